@@ -1,0 +1,182 @@
+"""SEPS model configuration (spec: SEPS_SPEC.md, paper arXiv 2511.01390)."""
+
+import math
+
+from transformers import AutoConfig, PreTrainedConfig
+from transformers.configuration_utils import SubConfigSpec
+
+VARIANTS = ("paper", "official")
+
+# Backbones whose `last_hidden_state` starts with a [CLS] token before the patch grid.
+_CLS_TOKEN_MODEL_TYPES = ("vit", "deit", "dinov2", "beit", "data2vec-vision", "vit_msn", "vit_mae")
+
+
+def infer_patch_layout(vision_config: PreTrainedConfig) -> tuple[int | None, bool | None]:
+    """Number of spatial patches and presence of a [CLS] token for known backbones.
+
+    ViT-like: (image_size / patch_size)^2 patches after a [CLS] token; Swin: the last stage's grid,
+    (image_size / patch_size / 2^(stages - 1))^2, no [CLS]. Returns ``(None, None)`` when the config alone
+    does not tell (CNNs through `TimmWrapperModel`, for instance); `SepsModel.from_backbones` then probes
+    the backbone with a dummy image.
+    """
+    model_type = getattr(vision_config, "model_type", "")
+    image_size = getattr(vision_config, "image_size", None)
+    patch_size = getattr(vision_config, "patch_size", None)
+    if isinstance(image_size, (list, tuple)):
+        image_size = image_size[0]
+    if isinstance(patch_size, (list, tuple)):
+        patch_size = patch_size[0]
+    if image_size is None or patch_size is None:
+        return None, None
+    if model_type in _CLS_TOKEN_MODEL_TYPES:
+        return (image_size // patch_size) ** 2, True
+    if model_type in ("swin", "swinv2"):
+        side = image_size // patch_size // 2 ** (len(vision_config.depths) - 1)
+        return side * side, False
+    return None, None
+
+
+class SepsConfig(PreTrainedConfig):
+    r"""Configuration of a [`SepsModel`]: two backbones, a patch-selection head and a patch-word aligner.
+
+    Args:
+        vision_config (`PreTrainedConfig` or `dict`, *optional*):
+            Any Hugging Face vision backbone config (ViT, Swin, `timm_wrapper`, ...). A dict needs `model_type`.
+        text_config (`PreTrainedConfig` or `dict`, *optional*):
+            Any BERT-like text encoder config. It embeds both the caption and the dense caption.
+        embed_dim (`int`, defaults to 512):
+            Joint embedding size C; backbones are projected to it (identity when their hidden size is C).
+        variant (`str`, defaults to `"paper"`):
+            `"paper"`: equations 1-7 of the paper (spec section 4). `"official"`: the authors' released code
+            (spec section 3), needed to load their checkpoints.
+        sparse_ratio (`float`, defaults to 0.5):
+            rho, the fraction of spatial patches kept, K = ceil(rho * N). In (0, 1].
+        aggr_ratio (`float`, defaults to 0.4):
+            The aggregation keeps N_c = int(N * aggr_ratio * sparse_ratio) tokens. In (0, 1].
+        aggr_hidden_ratio (`float`, defaults to 0.2):
+            Hidden width of the aggregation MLP as a fraction of C (LayerNorm -> Linear -> GELU -> Linear).
+        num_patches (`int`, *optional*):
+            N, the number of spatial patches of the vision backbone; derived from `vision_config` when possible.
+        vision_cls_token (`bool`, *optional*):
+            Whether the backbone's tokens start with a [CLS] token; derived with `num_patches`.
+        beta (`float`, defaults to 0.25):
+            Weight of the semantic scores in the unified score (Eq. 3), in [0, 0.5].
+        scorer_hidden_ratio (`float`, defaults to 0.25):
+            Hidden width of the patch-score MLP s_p (Eq. 1) as a fraction of C. Paper variant only.
+        relevance_topk (`int`, defaults to 5):
+            k of HRPA (Eq. 5): the k best matches feed a k -> 2k -> 1 relevance MLP. Paper variant only.
+        gumbel_tau (`float`, defaults to 1.0):
+            Temperature of the binary Gumbel-softmax that samples keep/drop decisions in training (paper variant).
+        keep_cls_and_extra_token (`bool`, defaults to `True`):
+            Paper variant: append the backbone's [CLS] token (if any) and one token fusing the dropped patches to
+            the aggregated tokens, as the official code does. The official variant always does.
+        leaky_relu_slope (`float`, defaults to 0.1):
+            Negative slope of the LeakyReLU on the official variant's patch-word similarities.
+        margin (`float`, defaults to 0.2):
+            Margin of the bidirectional triplet loss (Eq. 6).
+        max_violation_warmup_epochs (`int`, defaults to 1):
+            Epochs that sum the loss over all negatives before switching to the hardest negative (VSE++).
+        ratio_weight (`float`, defaults to 2.0):
+            Weight of the ratio loss (Eq. 7) in the total loss (the authors' default).
+        lambda_sparse (`float`, defaults to 1.0):
+            lambda_1 of Eq. 7: weight of (rho - mean D_s)^2.
+        lambda_dense (`float`, defaults to 1.0):
+            lambda_2 of Eq. 7: weight of (rho - mean D_d)^2.
+        similarity_chunk_size (`int`, defaults to 4096):
+            Image-caption pairs scored at once by `SepsModel.similarity`; bounds its memory.
+        initializer_range (`float`, defaults to 0.02):
+            Kept for Transformers' initialisation helpers; the SEPS head uses Xavier-uniform linear layers.
+    """
+
+    model_type = "seps"
+    sub_configs_defaults = {
+        "vision_config": SubConfigSpec(config_class=AutoConfig, model_type="vit"),
+        "text_config": SubConfigSpec(config_class=AutoConfig, model_type="bert"),
+    }
+
+    vision_config: PreTrainedConfig | dict | None = None
+    text_config: PreTrainedConfig | dict | None = None
+    embed_dim: int = 512
+    variant: str = "paper"
+    sparse_ratio: float = 0.5
+    aggr_ratio: float = 0.4
+    aggr_hidden_ratio: float = 0.2
+    num_patches: int | None = None
+    vision_cls_token: bool | None = None
+    beta: float = 0.25
+    scorer_hidden_ratio: float = 0.25
+    relevance_topk: int = 5
+    gumbel_tau: float = 1.0
+    keep_cls_and_extra_token: bool = True
+    leaky_relu_slope: float = 0.1
+    margin: float = 0.2
+    max_violation_warmup_epochs: int = 1
+    ratio_weight: float = 2.0
+    lambda_sparse: float = 1.0
+    lambda_dense: float = 1.0
+    similarity_chunk_size: int = 4096
+    initializer_range: float = 0.02
+
+    def __post_init__(self, **kwargs):
+        super().__post_init__(**kwargs)
+        if self.num_patches is None or self.vision_cls_token is None:
+            num_patches, cls_token = infer_patch_layout(self.vision_config)
+            if self.num_patches is None:
+                self.num_patches = num_patches
+            if self.vision_cls_token is None:
+                self.vision_cls_token = cls_token
+        self.validate_seps()
+
+    def validate_seps(self) -> None:
+        """Raise `ValueError` naming the first field outside its allowed range."""
+        if self.variant not in VARIANTS:
+            raise ValueError(f"variant must be one of {VARIANTS}, got {self.variant!r}")
+        for name in ("sparse_ratio", "aggr_ratio", "aggr_hidden_ratio", "scorer_hidden_ratio"):
+            value = getattr(self, name)
+            if not 0 < value <= 1:
+                raise ValueError(f"{name} must be in (0, 1], got {value}")
+        if not 0 <= self.beta <= 0.5:
+            raise ValueError(f"beta must be in [0, 0.5] (Eq. 3 weights 1 - 2*beta), got {self.beta}")
+        positive_ints = ("embed_dim", "relevance_topk", "similarity_chunk_size")
+        for name in positive_ints:
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+        if not isinstance(self.max_violation_warmup_epochs, int) or self.max_violation_warmup_epochs < 0:
+            raise ValueError(
+                f"max_violation_warmup_epochs must be an integer >= 0, got {self.max_violation_warmup_epochs!r}"
+            )
+        for name in (
+            "gumbel_tau",
+            "margin",
+            "ratio_weight",
+            "lambda_sparse",
+            "lambda_dense",
+            "leaky_relu_slope",
+        ):
+            value = getattr(self, name)
+            if name == "gumbel_tau" and not value > 0:
+                raise ValueError(f"gumbel_tau must be > 0, got {value}")
+            if value < 0:
+                raise ValueError(f"{name} must be >= 0, got {value}")
+        if self.num_patches is not None:
+            if not isinstance(self.num_patches, int) or self.num_patches < 1:
+                raise ValueError(f"num_patches must be an integer >= 1, got {self.num_patches!r}")
+            if self.num_aggregated_patches < 1:
+                raise ValueError(
+                    "num_patches * aggr_ratio * sparse_ratio must be >= 1 (the number of aggregated tokens), got "
+                    f"int({self.num_patches} * {self.aggr_ratio} * {self.sparse_ratio}) = 0"
+                )
+
+    @property
+    def num_kept_patches(self) -> int:
+        """K = ceil(rho * N): patches kept by the deterministic (top-K) selection."""
+        return math.ceil(self.num_patches * self.sparse_ratio)
+
+    @property
+    def num_aggregated_patches(self) -> int:
+        """N_c = int(N * aggr_ratio * rho): tokens produced by the aggregation (ViT-224: 39)."""
+        return int(self.num_patches * self.aggr_ratio * self.sparse_ratio)
+
+
+__all__ = ["SepsConfig", "infer_patch_layout"]

@@ -1,0 +1,775 @@
+"""SEPS: Semantic-Enhanced Patch Slimming for fine-grained image-text alignment.
+
+Shapes: C = `config.embed_dim`, N = `config.num_patches` spatial patches, K = `config.num_kept_patches`,
+N_c = `config.num_aggregated_patches`, L = tokens an image keeps after slimming, W = words of a caption.
+Section numbers refer to SEPS_SPEC.md; equation numbers to the paper (arXiv 2511.01390).
+"""
+
+import inspect
+from dataclasses import dataclass
+from os import PathLike
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import MODEL_MAPPING, AutoModel, PreTrainedConfig, PreTrainedModel
+from transformers import initialization as init
+from transformers.utils import ModelOutput
+
+from .configuration_seps import SepsConfig
+
+# --------------------------------------------------------------------------------------------------------------
+# Small building blocks
+# --------------------------------------------------------------------------------------------------------------
+
+
+def min_max_normalize(values: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    """Rescale the last dimension to [0, 1] (Eq. 2); a constant row becomes 0."""
+    low = values.amin(dim=-1, keepdim=True)
+    high = values.amax(dim=-1, keepdim=True)
+    return (values - low) / (high - low + eps)
+
+
+def masked_softmax(logits: torch.Tensor, keep_mask: torch.Tensor, dim: int = -1) -> torch.Tensor:
+    """Softmax over the entries where `keep_mask` is 1; the others get weight 0.
+
+    `keep_mask` may be a straight-through float mask (values 0/1 carrying a gradient): it multiplies the
+    exponentials, so the gradient reaches the selection scores. An all-zero mask gives all-zero weights.
+    """
+    keep_mask = keep_mask.to(logits.dtype)
+    shift = logits.masked_fill(keep_mask == 0, float("-inf")).amax(dim=dim, keepdim=True)
+    shift = torch.where(torch.isfinite(shift), shift, torch.zeros_like(shift)).detach()
+    weights = torch.exp(logits - shift) * keep_mask
+    return weights / weights.sum(dim=dim, keepdim=True).clamp_min(1e-12)
+
+
+def top_k_keep_mask(scores: torch.Tensor, k: int) -> torch.Tensor:
+    """Float mask (..., N) with ones at the k highest scores of the last dimension (inference decisions)."""
+    indices = scores.topk(k, dim=-1).indices
+    return torch.zeros_like(scores).scatter(-1, indices, 1.0)
+
+
+def gumbel_keep_mask(keep_probability: torch.Tensor, tau: float) -> torch.Tensor:
+    """Per-patch keep/drop decisions sampled with a binary Gumbel-softmax (spec 4.4).
+
+    The forward value is a hard 0/1 mask, so the number kept varies from sample to sample; the backward pass
+    uses the relaxed sample sigmoid((logit + logistic noise) / tau) (straight-through estimator).
+    """
+    probability = keep_probability.clamp(1e-6, 1 - 1e-6)
+    logits = torch.log(probability) - torch.log1p(-probability)
+    uniform = torch.rand_like(logits).clamp(1e-6, 1 - 1e-6)
+    noise = torch.log(uniform) - torch.log1p(-uniform)
+    soft = torch.sigmoid((logits + noise) / tau)
+    hard = (soft > 0.5).to(soft.dtype)
+    return hard - soft.detach() + soft
+
+
+def masked_mean(values: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """Mean over the last dimension, counting only entries where `mask` is true."""
+    if mask is None:
+        return values.mean(dim=-1)
+    mask = mask.to(values.dtype)
+    return (values * mask).sum(dim=-1) / mask.sum(dim=-1).clamp_min(1.0)
+
+
+def top_k_padded(values: torch.Tensor, mask: torch.Tensor | None, k: int) -> torch.Tensor:
+    """The k largest valid values of the last dimension, in descending order.
+
+    A row with fewer than k valid values (a caption shorter than k tokens) is padded by repeating its
+    smallest valid value, so the padding never ranks above a real match.
+    """
+    if mask is not None:
+        values = values.masked_fill(~mask, float("-inf"))
+    available = min(k, values.shape[-1])
+    top = values.topk(available, dim=-1).values
+    if available < k:
+        top = torch.cat([top, top.new_full((*top.shape[:-1], k - available), float("-inf"))], dim=-1)
+    smallest_valid = top.masked_fill(torch.isinf(top), float("inf")).amin(dim=-1, keepdim=True)
+    return torch.where(torch.isinf(top), smallest_valid.expand_as(top), top)
+
+
+class SepsTokenAggregator(nn.Module):
+    """Learns N_c aggregation weights per patch (spec 3.4, Eq. 4).
+
+    MLP = LayerNorm(C) -> Linear(C, int(hidden_ratio*C)) -> GELU -> Linear(., N_c), times a learned scalar.
+    The MLP acts on each patch alone, so it runs once per image; pairs only re-normalise its logits over the
+    patches they keep.
+    """
+
+    def __init__(self, embed_dim: int, num_aggregated: int, hidden_ratio: float):
+        super().__init__()
+        hidden = int(embed_dim * hidden_ratio)
+        self.mlp = nn.Sequential(
+            nn.LayerNorm(embed_dim),
+            nn.Linear(embed_dim, hidden),
+            nn.GELU(),
+            nn.Linear(hidden, num_aggregated),
+        )
+        self.scale = nn.Parameter(torch.ones(1))
+
+    def forward(self, patches: torch.Tensor) -> torch.Tensor:
+        """(..., N, C) patches -> (..., N_c, N) aggregation logits."""
+        return (self.mlp(patches) * self.scale).transpose(-1, -2)
+
+
+class SepsPatchScorer(nn.Module):
+    """s_p = sigmoid(MLP(v)): a two-layer MLP scoring each patch alone (Eq. 1)."""
+
+    def __init__(self, embed_dim: int, hidden_ratio: float):
+        super().__init__()
+        hidden = max(1, int(embed_dim * hidden_ratio))
+        self.mlp = nn.Sequential(nn.Linear(embed_dim, hidden), nn.GELU(), nn.Linear(hidden, 1))
+
+    def forward(self, patches: torch.Tensor) -> torch.Tensor:
+        """(..., N, C) -> (..., N) scores in (0, 1)."""
+        return torch.sigmoid(self.mlp(patches)).squeeze(-1)
+
+
+class SepsRelevanceHead(nn.Module):
+    """One direction of HRPA (Eq. 5): mean of the best matches plus MLP(top-k best matches), k -> 2k -> 1."""
+
+    def __init__(self, top_k: int):
+        super().__init__()
+        self.top_k = top_k
+        self.mlp = nn.Sequential(nn.Linear(top_k, 2 * top_k), nn.GELU(), nn.Linear(2 * top_k, 1))
+
+    def forward(self, best_matches: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """(..., M) best match per word (or per token), `mask` marking real entries -> (...) scores."""
+        top = top_k_padded(best_matches, mask, self.top_k)
+        return masked_mean(best_matches, mask) + self.mlp(top).squeeze(-1)
+
+
+def vse_triplet_loss(
+    scores: torch.Tensor, image_ids: torch.Tensor | None, margin: float, max_violation: bool
+) -> torch.Tensor:
+    """Bidirectional triplet loss of VSE++ (Eq. 6) on a square (B, B) score matrix of paired samples.
+
+    Pair k is (image k, caption k). Pairs whose images share an id are positives, never negatives (five
+    captions share an image). `max_violation` keeps only the hardest negative of each query; otherwise the
+    hinge is summed over all negatives.
+    """
+    batch = scores.shape[0]
+    if image_ids is None:
+        image_ids = torch.arange(batch, device=scores.device)
+    positives = scores.diagonal().view(batch, 1)
+    same_image = image_ids.view(-1, 1) == image_ids.view(1, -1)
+    cost_caption = (margin + scores - positives).clamp(min=0).masked_fill(same_image, 0)
+    cost_image = (margin + scores - positives.t()).clamp(min=0).masked_fill(same_image, 0)
+    if max_violation:
+        cost_caption = cost_caption.max(dim=1).values
+        cost_image = cost_image.max(dim=0).values
+    return cost_caption.sum() + cost_image.sum()
+
+
+def _einsum_with_text(equation: str, image_side: torch.Tensor, text_side: torch.Tensor) -> torch.Tensor:
+    """Contract an image-side tensor (I, ...) with a text-side tensor (T_i, T, ...).
+
+    `equation` is written for cross pairing (every image with every text, text operand without its leading
+    axis). When T_i == I > 1, texts are paired one-to-one with images (a dense caption with its own image)
+    and the text operand gains the image axis `i`.
+    """
+    if text_side.shape[0] == 1:
+        return torch.einsum(equation, image_side, text_side[0])
+    inputs, output = equation.split("->")
+    image_subscripts, text_subscripts = inputs.split(",")
+    return torch.einsum(f"{image_subscripts},i{text_subscripts}->{output}", image_side, text_side)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Outputs
+# --------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class SepsOutput(ModelOutput):
+    """Output of [`SepsModel.forward`].
+
+    Args:
+        loss (`torch.FloatTensor` of shape `()`, *optional*): alignment loss + `ratio_weight` * ratio loss.
+        alignment_loss (`torch.FloatTensor` of shape `()`, *optional*): the triplet loss (Eq. 6).
+        ratio_loss (`torch.FloatTensor` of shape `()`, *optional*): the ratio loss (Eq. 7, unweighted).
+        logits_per_image (`torch.FloatTensor` of shape `(N_img, N_txt)`): S(I_j, T_i).
+        logits_per_text (`torch.FloatTensor` of shape `(N_txt, N_img)`): its transpose.
+        image_embeds (`torch.FloatTensor` of shape `(N_img, L_v, C)`): projected image tokens.
+        text_embeds (`torch.FloatTensor` of shape `(N_txt, L_t, C)`): projected caption tokens.
+        dense_embeds (`torch.FloatTensor` of shape `(N_img, L_d, C)`, *optional*): projected dense captions.
+        sparse_keep_mask (`torch.FloatTensor` of shape `(N_img, N_txt, N)`): patches each pair keeps (D_s).
+        dense_keep_mask (`torch.FloatTensor` of shape `(N_img, N)`, *optional*): the dense view's decisions
+            (D_d, paper variant with dense captions).
+    """
+
+    loss: torch.FloatTensor | None = None
+    alignment_loss: torch.FloatTensor | None = None
+    ratio_loss: torch.FloatTensor | None = None
+    logits_per_image: torch.FloatTensor | None = None
+    logits_per_text: torch.FloatTensor | None = None
+    image_embeds: torch.FloatTensor | None = None
+    text_embeds: torch.FloatTensor | None = None
+    dense_embeds: torch.FloatTensor | None = None
+    sparse_keep_mask: torch.FloatTensor | None = None
+    dense_keep_mask: torch.FloatTensor | None = None
+
+
+@dataclass
+class _ImageSide:
+    """Per-image quantities, computed once per image (never per pair)."""
+
+    patches: torch.Tensor  # (I, N, C) spatial tokens, unnormalised
+    patches_norm: torch.Tensor  # (I, N, C)
+    cls: torch.Tensor | None  # (I, C)
+    self_scores: torch.Tensor  # (I, N) official: cos(mean P, P_n); paper: its min-max rescaling s_im
+    aggregation_logits: torch.Tensor  # (I, N_c, N)
+    patch_scores: torch.Tensor | None = None  # (I, N) s_p (paper)
+    dense_scores: torch.Tensor | None = None  # (I, N) s_dt (paper, with a dense caption)
+    dense_tokens: torch.Tensor | None = None  # (I, N_c, C) W_d-aggregated dense view (paper)
+    dense_keep_mask: torch.Tensor | None = None  # (I, N) D_d (paper)
+
+    def __getitem__(self, index: slice) -> "_ImageSide":
+        return _ImageSide(**{k: (v[index] if v is not None else None) for k, v in self.__dict__.items()})
+
+
+@dataclass
+class _TextSide:
+    """Per-caption quantities with a leading pairing axis T_i: 1 for cross scoring, I for one-to-one pairing."""
+
+    words_norm: torch.Tensor  # (T_i, T, W, C)
+    word_mask: torch.Tensor  # (T_i, T, W) bool
+    global_norm: torch.Tensor  # (T_i, T, C) normalised mean of the caption's tokens
+
+    def __getitem__(self, index: slice) -> "_TextSide":
+        if self.words_norm.shape[0] == 1:
+            return _TextSide(self.words_norm[:, index], self.word_mask[:, index], self.global_norm[:, index])
+        return _TextSide(self.words_norm[index], self.word_mask[index], self.global_norm[index])
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Model
+# --------------------------------------------------------------------------------------------------------------
+
+
+def _build_backbone(config: PreTrainedConfig) -> PreTrainedModel:
+    """A randomly initialised backbone for `config`, without the pooling head SEPS never uses."""
+    model_class = MODEL_MAPPING[type(config)]
+    kwargs = (
+        {"add_pooling_layer": False}
+        if "add_pooling_layer" in inspect.signature(model_class).parameters
+        else {}
+    )
+    return model_class(config, **kwargs)
+
+
+class SepsPreTrainedModel(PreTrainedModel):
+    config_class = SepsConfig
+    config: SepsConfig
+    base_model_prefix = "seps"
+    input_modalities = ("image", "text")
+    supports_gradient_checkpointing = False
+
+    def _init_weights(self, module: nn.Module) -> None:
+        if isinstance(module, nn.Linear):
+            init.xavier_uniform_(module.weight)
+            if module.bias is not None:
+                init.zeros_(module.bias)
+        elif isinstance(module, nn.LayerNorm):
+            init.ones_(module.weight)
+            init.zeros_(module.bias)
+        elif isinstance(module, SepsTokenAggregator):
+            init.ones_(module.scale)
+
+
+class SepsModel(SepsPreTrainedModel):
+    """SEPS: two backbones, a patch selector guided by the caption and the image's dense caption, an
+    aggregator that slims the kept patches into N_c tokens, and a patch-word aligner.
+
+    Scores are pairwise: use [`~SepsModel.get_image_features`] and [`~SepsModel.get_text_features`] once per
+    image and caption, then [`~SepsModel.similarity`] (chunked and vectorised) for any gallery.
+    """
+
+    def __init__(self, config: SepsConfig):
+        super().__init__(config)
+        if config.num_patches is None or config.vision_cls_token is None:
+            raise ValueError(
+                "SepsConfig.num_patches and vision_cls_token could not be derived from the vision config "
+                f"({config.vision_config.model_type}); set them, or build the model with SepsModel.from_backbones"
+            )
+        self.vision_model = _build_backbone(config.vision_config)
+        self.text_model = _build_backbone(config.text_config)
+        self.vision_model.config = config.vision_config
+        self.text_model.config = config.text_config
+        vision_hidden = _hidden_size(config.vision_config)
+        text_hidden = _hidden_size(config.text_config)
+        embed_dim = config.embed_dim
+        self.vision_projection = (
+            nn.Identity() if vision_hidden == embed_dim else nn.Linear(vision_hidden, embed_dim)
+        )
+        self.text_projection = (
+            nn.Identity() if text_hidden == embed_dim else nn.Linear(text_hidden, embed_dim)
+        )
+
+        num_aggregated = config.num_aggregated_patches
+        if config.variant == "official":
+            self.aggregator = SepsTokenAggregator(embed_dim, num_aggregated, config.aggr_hidden_ratio)
+        else:
+            self.patch_scorer = SepsPatchScorer(embed_dim, config.scorer_hidden_ratio)
+            self.sparse_aggregator = SepsTokenAggregator(embed_dim, num_aggregated, config.aggr_hidden_ratio)
+            self.dense_aggregator = SepsTokenAggregator(embed_dim, num_aggregated, config.aggr_hidden_ratio)
+            self.word_relevance = SepsRelevanceHead(config.relevance_topk)
+            self.token_relevance = SepsRelevanceHead(config.relevance_topk)
+        self.post_init()
+
+    # ---------------------------------------------------------------- construction from pretrained backbones
+
+    @classmethod
+    def from_backbones(
+        cls,
+        vision_model: str | PathLike | PreTrainedModel,
+        text_model: str | PathLike | PreTrainedModel,
+        **config_kwargs,
+    ) -> "SepsModel":
+        """A fresh SEPS head on pretrained backbones.
+
+        Args:
+            vision_model: a hub id or local folder (`google/vit-base-patch16-224-in21k`,
+                `microsoft/swin-base-patch4-window7-224`, a `timm_wrapper` checkpoint, ...) or a loaded model.
+            text_model: a BERT-like hub id or local folder (`bert-base-uncased`) or a loaded model.
+            config_kwargs: any other [`SepsConfig`] field (`variant`, `sparse_ratio`, `embed_dim`, ...).
+        """
+        vision = (
+            vision_model
+            if isinstance(vision_model, PreTrainedModel)
+            else AutoModel.from_pretrained(vision_model)
+        )
+        text = (
+            text_model if isinstance(text_model, PreTrainedModel) else AutoModel.from_pretrained(text_model)
+        )
+        vision.eval()
+        if "num_patches" not in config_kwargs or "vision_cls_token" not in config_kwargs:
+            num_patches, cls_token = _probe_patch_layout(vision)
+            config_kwargs.setdefault("num_patches", num_patches)
+            config_kwargs.setdefault("vision_cls_token", cls_token)
+        config = SepsConfig(
+            vision_config=vision.config.to_dict(), text_config=text.config.to_dict(), **config_kwargs
+        )
+        model = cls(config)
+        for name, pretrained in (("vision_model", vision), ("text_model", text)):
+            missing, unexpected = getattr(model, name).load_state_dict(pretrained.state_dict(), strict=False)
+            unexpected = [key for key in unexpected if not key.startswith("pooler.")]
+            if missing or unexpected:
+                raise ValueError(
+                    f"{name}: pretrained weights do not fit; missing {missing}, unexpected {unexpected}"
+                )
+        return model
+
+    # ---------------------------------------------------------------- encoders
+
+    def get_image_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """(N_img, 3, H, W) pixels -> (N_img, L_v, C) tokens: [CLS] (if the backbone has one) then N patches.
+
+        A CNN's (N_img, hidden, h, w) feature map becomes h*w patch tokens.
+        """
+        if not isinstance(pixel_values, torch.Tensor) or pixel_values.dim() != 4:
+            shape = (
+                tuple(pixel_values.shape) if isinstance(pixel_values, torch.Tensor) else type(pixel_values)
+            )
+            raise ValueError(f"pixel_values must be a (batch, channels, height, width) tensor, got {shape}")
+        channels = getattr(self.config.vision_config, "num_channels", None)
+        if channels is not None and pixel_values.shape[1] != channels:
+            raise ValueError(
+                f"pixel_values has {pixel_values.shape[1]} channels; the vision backbone expects {channels}"
+            )
+        hidden = self.vision_model(pixel_values=pixel_values).last_hidden_state
+        if hidden.dim() == 4:
+            hidden = hidden.flatten(2).transpose(1, 2)
+        expected = self.config.num_patches + int(self.config.vision_cls_token)
+        if hidden.shape[1] != expected:
+            raise ValueError(
+                f"the vision backbone produced {hidden.shape[1]} tokens for images of size "
+                f"{tuple(pixel_values.shape[-2:])}; the config expects {expected} (num_patches="
+                f"{self.config.num_patches}, cls token={self.config.vision_cls_token}): resize the images"
+            )
+        return self.vision_projection(hidden)
+
+    def get_text_features(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """(N_txt, L_t) token ids -> (N_txt, L_t, C) token embeddings ([CLS] and [SEP] included)."""
+        if not isinstance(input_ids, torch.Tensor) or input_ids.dim() != 2:
+            raise ValueError("input_ids must be a (batch, sequence) tensor of token ids")
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        if attention_mask.shape != input_ids.shape:
+            raise ValueError(
+                f"attention_mask {tuple(attention_mask.shape)} must have the shape of input_ids "
+                f"{tuple(input_ids.shape)}"
+            )
+        _check_no_empty_rows(attention_mask, "attention_mask")
+        hidden = self.text_model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        return self.text_projection(hidden)
+
+    # ---------------------------------------------------------------- per-image and per-caption preparation
+
+    def _prepare_images(
+        self, image_embeds: torch.Tensor, dense: "_TextSide | None", sample_decisions: bool
+    ) -> _ImageSide:
+        config = self.config
+        if config.vision_cls_token:
+            cls, patches = image_embeds[:, 0], image_embeds[:, 1:]
+        else:
+            cls, patches = None, image_embeds
+        patches_norm = F.normalize(patches, dim=-1)
+        image_global = F.normalize(patches.mean(dim=1), dim=-1)
+        self_similarity = torch.einsum("ind,id->in", patches_norm, image_global)
+
+        if config.variant == "official":
+            # Spec 3.1: the selection scores carry no gradient in the authors' code.
+            return _ImageSide(patches, patches_norm, cls, self_similarity.detach(), self.aggregator(patches))
+
+        side = _ImageSide(
+            patches,
+            patches_norm,
+            cls,
+            min_max_normalize(self_similarity),
+            self.sparse_aggregator(patches),
+            patch_scores=self.patch_scorer(patches),
+        )
+        if dense is not None:
+            beta = config.beta
+            side.dense_scores = min_max_normalize(
+                _einsum_with_text("ind,td->itn", patches_norm, dense.global_norm).squeeze(1)
+            )
+            # Dense view (spec 4.4): depends on the image only.
+            dense_view = (
+                (1 - 2 * beta) * side.patch_scores + 2 * beta * (side.dense_scores + side.self_scores)
+            ) / (1 + 2 * beta)
+            side.dense_keep_mask = self._decide(dense_view, sample_decisions)
+            weights = masked_softmax(self.dense_aggregator(patches), side.dense_keep_mask.unsqueeze(1))
+            side.dense_tokens = weights @ patches
+        return side
+
+    @staticmethod
+    def _prepare_texts(
+        text_embeds: torch.Tensor, attention_mask: torch.Tensor, paired: bool = False
+    ) -> _TextSide:
+        mask = attention_mask.bool()
+        global_embeds = masked_mean(text_embeds.transpose(1, 2), mask.unsqueeze(1))
+        side = _TextSide(F.normalize(text_embeds, dim=-1), mask, F.normalize(global_embeds, dim=-1))
+        if paired:
+            return _TextSide(side.words_norm[:, None], side.word_mask[:, None], side.global_norm[:, None])
+        return _TextSide(side.words_norm[None], side.word_mask[None], side.global_norm[None])
+
+    def _decide(self, scores: torch.Tensor, sample: bool) -> torch.Tensor:
+        """Keep decisions over the last (patch) axis: Gumbel samples in training, top-K otherwise."""
+        if sample:
+            return gumbel_keep_mask(scores, self.config.gumbel_tau)
+        return top_k_keep_mask(scores, self.config.num_kept_patches)
+
+    # ---------------------------------------------------------------- pairwise scoring
+
+    def _score_block(
+        self, image: _ImageSide, text: _TextSide, sample_decisions: bool
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Scores (I, T) and sparse keep masks (I, T, N) of a block of pairs."""
+        config = self.config
+        text_similarity = _einsum_with_text("ind,td->itn", image.patches_norm, text.global_norm)
+        if config.variant == "official":
+            # Spec 3.1-3.3: s_im + s_st, hard top-K.
+            selection_scores = image.self_scores.unsqueeze(1) + text_similarity.detach()
+            keep_mask = top_k_keep_mask(selection_scores, config.num_kept_patches)
+        else:
+            # Eq. 3, each weight normalised by the total so the score is a keep probability in [0, 1].
+            beta = config.beta
+            semantic = min_max_normalize(text_similarity) + 2 * image.self_scores.unsqueeze(1)
+            total = 1 + beta
+            if image.dense_scores is not None:
+                semantic = semantic + image.dense_scores.unsqueeze(1)
+                total = 1 + 2 * beta
+            selection_scores = ((1 - 2 * beta) * image.patch_scores.unsqueeze(1) + beta * semantic) / total
+            keep_mask = self._decide(selection_scores, sample_decisions)
+
+        # Eq. 4 / spec 3.4: aggregation weights are a softmax over the kept patches of per-image logits.
+        weights = masked_softmax(image.aggregation_logits.unsqueeze(1), keep_mask.unsqueeze(2))
+        tokens = torch.einsum("itcn,ind->itcd", weights, image.patches)
+        if image.dense_tokens is not None:
+            tokens = tokens + image.dense_tokens.unsqueeze(1)
+        pieces = [tokens]
+        if config.variant == "official" or config.keep_cls_and_extra_token:
+            # Spec 3.3: one extra token fuses the dropped patches, weighted by a softmax of their scores.
+            fuse_weights = masked_softmax(selection_scores, 1 - keep_mask)
+            pieces.append(torch.einsum("itn,ind->itd", fuse_weights, image.patches).unsqueeze(2))
+            if image.cls is not None:
+                cls = image.cls[:, None, None, :].expand(-1, tokens.shape[1], 1, -1)
+                pieces.insert(0, cls)
+        tokens = F.normalize(torch.cat(pieces, dim=2), dim=-1)
+
+        # (I, T, L, W) token-word cosine similarities.
+        alignment = _einsum_with_text("itld,twd->itlw", tokens, text.words_norm)
+        word_mask = text.word_mask.unsqueeze(2)
+        if config.variant == "official":
+            alignment = F.leaky_relu(alignment, negative_slope=config.leaky_relu_slope)
+        best_per_word = alignment.amax(dim=2)
+        best_per_token = alignment.masked_fill(~word_mask, float("-inf")).amax(dim=3)
+        if config.variant == "official":
+            # Spec 3.6: mean over words of the best token + mean over tokens of the best word.
+            scores = masked_mean(best_per_word, text.word_mask) + best_per_token.mean(dim=-1)
+        else:
+            # Eq. 5 (HRPA), over the sparse caption's words only.
+            scores = self.word_relevance(best_per_word, text.word_mask.expand_as(best_per_word))
+            scores = scores + self.token_relevance(best_per_token)
+        return scores, keep_mask
+
+    def _pair_block_size(self, num_texts: int, chunk_size: int | None) -> tuple[int, int]:
+        chunk = chunk_size or self.config.similarity_chunk_size
+        if chunk < 1:
+            raise ValueError(f"chunk_size must be >= 1, got {chunk}")
+        texts_per_block = min(num_texts, chunk)
+        return max(1, chunk // texts_per_block), texts_per_block
+
+    def _score(
+        self,
+        image_embeds: torch.Tensor,
+        text_embeds: torch.Tensor,
+        text_attention_mask: torch.Tensor,
+        dense_embeds: torch.Tensor | None,
+        dense_attention_mask: torch.Tensor | None,
+        chunk_size: int | None,
+        return_masks: bool,
+    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        self._check_similarity_inputs(
+            image_embeds, text_embeds, text_attention_mask, dense_embeds, dense_attention_mask
+        )
+        sample = self.training and self.config.variant == "paper"
+        dense = None
+        if dense_embeds is not None:
+            dense = self._prepare_texts(dense_embeds, dense_attention_mask, paired=True)
+        image_side = self._prepare_images(image_embeds, dense, sample)
+        text_side = self._prepare_texts(text_embeds, text_attention_mask)
+        num_images, num_texts = image_embeds.shape[0], text_embeds.shape[0]
+        images_per_block, texts_per_block = self._pair_block_size(num_texts, chunk_size)
+
+        rows, mask_rows = [], []
+        for image_start in range(0, num_images, images_per_block):
+            image_block = image_side[image_start : image_start + images_per_block]
+            columns, mask_columns = [], []
+            for text_start in range(0, num_texts, texts_per_block):
+                text_block = text_side[text_start : text_start + texts_per_block]
+                scores, keep_mask = self._score_block(image_block, text_block, sample)
+                columns.append(scores)
+                if return_masks:
+                    mask_columns.append(keep_mask)
+            rows.append(torch.cat(columns, dim=1))
+            if return_masks:
+                mask_rows.append(torch.cat(mask_columns, dim=1))
+        scores = torch.cat(rows, dim=0)
+        sparse_masks = torch.cat(mask_rows, dim=0) if return_masks else None
+
+        if dense is not None and self.config.variant == "official":
+            # Spec 3.7, honest form: + f(I_j, D_j), each image with its own dense caption (an (N_img, 1) column).
+            block = chunk_size or self.config.similarity_chunk_size
+            own_dense = [
+                self._score_block(image_side[start : start + block], dense[start : start + block], sample)[0]
+                for start in range(0, num_images, block)
+            ]
+            scores = scores + torch.cat(own_dense, dim=0)
+        return scores, sparse_masks, image_side.dense_keep_mask
+
+    def similarity(
+        self,
+        image_embeds: torch.Tensor,
+        text_embeds: torch.Tensor,
+        text_attention_mask: torch.Tensor,
+        dense_embeds: torch.Tensor | None = None,
+        dense_attention_mask: torch.Tensor | None = None,
+        chunk_size: int | None = None,
+    ) -> torch.Tensor:
+        """S(I_j, T_i) for every image and caption, in blocks of at most `chunk_size` pairs.
+
+        Args:
+            image_embeds: (N_img, L_v, C) from [`~SepsModel.get_image_features`].
+            text_embeds: (N_txt, L_t, C) from [`~SepsModel.get_text_features`].
+            text_attention_mask: (N_txt, L_t), 1 for real tokens.
+            dense_embeds: (N_img, L_d, C), ONE dense caption per image, the image's own (spec section 2).
+                Without it the dense terms drop out.
+            dense_attention_mask: (N_img, L_d).
+            chunk_size: pairs scored at once (default `config.similarity_chunk_size`); memory is
+                O(chunk_size * (N_c * N + L * C)), never N_img * N_txt * N * C.
+
+        Returns:
+            (N_img, N_txt) scores. Selection decisions are deterministic (top-K) in eval mode and sampled in
+            training mode (paper variant).
+        """
+        return self._score(
+            image_embeds,
+            text_embeds,
+            text_attention_mask,
+            dense_embeds,
+            dense_attention_mask,
+            chunk_size,
+            False,
+        )[0]
+
+    def _check_similarity_inputs(
+        self,
+        image_embeds: torch.Tensor,
+        text_embeds: torch.Tensor,
+        text_attention_mask: torch.Tensor,
+        dense_embeds: torch.Tensor | None,
+        dense_attention_mask: torch.Tensor | None,
+    ) -> None:
+        embed_dim = self.config.embed_dim
+        expected_tokens = self.config.num_patches + int(self.config.vision_cls_token)
+        if image_embeds.dim() != 3 or image_embeds.shape[1:] != (expected_tokens, embed_dim):
+            raise ValueError(
+                f"image_embeds must have shape (N_img, {expected_tokens}, {embed_dim}), got {tuple(image_embeds.shape)}"
+            )
+        for name, embeds, mask in (
+            ("text", text_embeds, text_attention_mask),
+            ("dense", dense_embeds, dense_attention_mask),
+        ):
+            if embeds is None:
+                if mask is not None:
+                    raise ValueError(f"{name} attention mask given without {name} embeddings")
+                continue
+            if embeds.dim() != 3 or embeds.shape[-1] != embed_dim:
+                raise ValueError(
+                    f"{name}_embeds must have shape (N, L, {embed_dim}), got {tuple(embeds.shape)}"
+                )
+            if mask is None or tuple(mask.shape) != tuple(embeds.shape[:2]):
+                got = None if mask is None else tuple(mask.shape)
+                raise ValueError(
+                    f"{name} attention mask must have shape {tuple(embeds.shape[:2])}, got {got}"
+                )
+            _check_no_empty_rows(mask, f"{name} attention mask")
+        if dense_embeds is not None and dense_embeds.shape[0] != image_embeds.shape[0]:
+            raise ValueError(
+                f"dense_embeds holds one dense caption per image: expected {image_embeds.shape[0]} rows, got "
+                f"{dense_embeds.shape[0]}"
+            )
+
+    # ---------------------------------------------------------------- forward
+
+    def forward(
+        self,
+        pixel_values: torch.Tensor,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        dense_input_ids: torch.Tensor | None = None,
+        dense_attention_mask: torch.Tensor | None = None,
+        image_ids: torch.Tensor | None = None,
+        return_loss: bool = False,
+        max_violation: bool = True,
+    ) -> SepsOutput:
+        """Score every image of the batch against every caption.
+
+        Args:
+            pixel_values: (N_img, 3, H, W).
+            input_ids, attention_mask: (N_txt, L_t) captions.
+            dense_input_ids, dense_attention_mask: (N_img, L_d), the dense caption of each image.
+            image_ids: (N_img,) image identities; with `return_loss`, captions k and k' of images with the same
+                id are both positives of either image (five captions share an image).
+            return_loss: compute the loss; needs paired batches (N_img == N_txt, caption k describes image k).
+            max_violation: hardest negative (True) or sum over negatives (the first
+                `config.max_violation_warmup_epochs` epochs).
+        """
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        if dense_input_ids is None and dense_attention_mask is not None:
+            raise ValueError("dense_attention_mask given without dense_input_ids")
+        if dense_input_ids is not None and dense_input_ids.shape[0] != pixel_values.shape[0]:
+            raise ValueError(
+                f"one dense caption per image: {pixel_values.shape[0]} images but {dense_input_ids.shape[0]} "
+                "dense captions"
+            )
+        if return_loss and pixel_values.shape[0] != input_ids.shape[0]:
+            raise ValueError(
+                "return_loss needs paired batches (caption k describes image k): got "
+                f"{pixel_values.shape[0]} images and {input_ids.shape[0]} captions"
+            )
+        if image_ids is not None and image_ids.shape[0] != pixel_values.shape[0]:
+            raise ValueError(f"image_ids has {image_ids.shape[0]} entries for {pixel_values.shape[0]} images")
+
+        image_embeds = self.get_image_features(pixel_values)
+        text_embeds = self.get_text_features(input_ids, attention_mask)
+        dense_embeds = None
+        if dense_input_ids is not None:
+            if dense_attention_mask is None:
+                dense_attention_mask = torch.ones_like(dense_input_ids)
+            dense_embeds = self.get_text_features(dense_input_ids, dense_attention_mask)
+        scores, sparse_keep_mask, dense_keep_mask = self._score(
+            image_embeds, text_embeds, attention_mask, dense_embeds, dense_attention_mask, None, True
+        )
+
+        loss = alignment_loss = ratio_loss = None
+        if return_loss:
+            config = self.config
+            alignment_loss = vse_triplet_loss(scores, image_ids, config.margin, max_violation)
+            ratio_loss = config.lambda_sparse * (config.sparse_ratio - sparse_keep_mask.mean()) ** 2
+            if dense_keep_mask is not None:
+                ratio_loss = (
+                    ratio_loss + config.lambda_dense * (config.sparse_ratio - dense_keep_mask.mean()) ** 2
+                )
+            loss = alignment_loss + config.ratio_weight * ratio_loss
+        return SepsOutput(
+            loss=loss,
+            alignment_loss=alignment_loss,
+            ratio_loss=ratio_loss,
+            logits_per_image=scores,
+            logits_per_text=scores.t(),
+            image_embeds=image_embeds,
+            text_embeds=text_embeds,
+            dense_embeds=dense_embeds,
+            sparse_keep_mask=sparse_keep_mask,
+            dense_keep_mask=dense_keep_mask,
+        )
+
+
+def _hidden_size(config: PreTrainedConfig) -> int:
+    """Width of a backbone's last hidden state (Swin: the last stage; timm: its feature count)."""
+    for name in ("hidden_size", "num_features"):
+        value = getattr(config, name, None)
+        if isinstance(value, int):
+            return value
+    raise ValueError(f"cannot tell the output width of a {config.model_type} backbone; set hidden_size")
+
+
+def _check_no_empty_rows(mask: torch.Tensor, name: str) -> None:
+    empty = (mask.sum(dim=-1) == 0).nonzero().flatten().tolist()
+    if empty:
+        raise ValueError(
+            f"{name}: rows {empty} have no token (all padding); every caption needs at least one token"
+        )
+
+
+@torch.no_grad()
+def _probe_patch_layout(vision: PreTrainedModel) -> tuple[int, bool]:
+    """Run a dummy image through a vision backbone to count its spatial patches and detect a [CLS] token."""
+    from .configuration_seps import infer_patch_layout
+
+    num_patches, cls_token = infer_patch_layout(vision.config)
+    if num_patches is not None:
+        return num_patches, cls_token
+    size = getattr(vision.config, "image_size", None)
+    if size is None:
+        size = vision.config.pretrained_cfg.get("input_size", (3, 224, 224))[-1]
+    channels = getattr(vision.config, "num_channels", 3)
+    hidden = vision(pixel_values=torch.zeros(1, channels, size, size)).last_hidden_state
+    if hidden.dim() == 4:
+        return hidden.shape[2] * hidden.shape[3], False
+    length = hidden.shape[1]
+    is_square = int(length**0.5) ** 2 == length
+    return (length, False) if is_square else (length - 1, True)
+
+
+__all__ = [
+    "SepsModel",
+    "SepsOutput",
+    "SepsPreTrainedModel",
+    "SepsPatchScorer",
+    "SepsRelevanceHead",
+    "SepsTokenAggregator",
+    "gumbel_keep_mask",
+    "masked_softmax",
+    "min_max_normalize",
+    "top_k_keep_mask",
+    "top_k_padded",
+    "vse_triplet_loss",
+]

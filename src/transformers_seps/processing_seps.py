@@ -1,0 +1,286 @@
+"""Processor for SEPS (Semantic-Enhanced Patch Slimming, arXiv 2511.01390).
+
+[`SepsProcessor`] wraps one image processor and one BERT tokenizer, like transformers' `CLIPProcessor`, and
+adds a third input: *dense captions*, i.e. long image descriptions written by a multimodal LLM for each image.
+
+This module imports nothing from its own package (only transformers, numpy, PIL and torch), so that
+`save_pretrained` on a processor registered with `register_for_auto_class()` copies a self-contained file that
+`AutoProcessor.from_pretrained(..., trust_remote_code=True)` can load.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from PIL import Image
+from transformers import BatchFeature, BertTokenizer, ViTImageProcessorPil
+from transformers.image_utils import PILImageResampling, make_flat_list_of_images
+from transformers.processing_utils import ProcessorMixin
+
+__all__ = ["SEPS_IMAGE_MEAN", "SEPS_IMAGE_STD", "SepsProcessor"]
+
+#: ImageNet per-channel mean used by the SEPS authors' `T.Normalize` (RGB order).
+SEPS_IMAGE_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
+#: ImageNet per-channel standard deviation used by the SEPS authors' `T.Normalize` (RGB order).
+SEPS_IMAGE_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
+
+# Special tokens added around every caption: [CLS] ... [SEP].
+_NUM_SPECIAL_TOKENS = 2
+
+
+class SepsProcessor(ProcessorMixin):
+    r"""
+    Builds SEPS model inputs from images, short captions and dense captions.
+
+    It holds an image processor (turns images into `pixel_values`) and a BERT tokenizer (turns captions into
+    `input_ids`/`attention_mask`). The same tokenizer encodes the *dense captions*: long, MLLM-written
+    descriptions of an image (typically 130-200 word pieces, up to about 250), returned as
+    `dense_input_ids`/`dense_attention_mask`.
+
+    [`SepsProcessor.official`] builds the preprocessing used by the SEPS authors (bicubic resize to a square
+    with no crop, ImageNet mean/std, uncased BERT word pieces wrapped in `[CLS] ... [SEP]`).
+
+    Args:
+        image_processor ([`~image_processing_utils.BaseImageProcessor`]):
+            Turns images into `pixel_values` of shape `(batch_size, 3, height, width)`.
+        tokenizer ([`BertTokenizer`]):
+            Tokenizes both the short captions and the dense captions.
+        dense_max_length (`int`, *optional*):
+            Token limit for dense captions, special tokens included. A dense caption longer than this is
+            truncated to exactly `dense_max_length` tokens, the last of which is `[SEP]`. `None` (the default)
+            means the tokenizer's `model_max_length` (512 for BERT). It must be at least 2 and at most the
+            tokenizer's `model_max_length`. It is saved in `processor_config.json` by `save_pretrained` and
+            restored by `from_pretrained`.
+    """
+
+    def __init__(
+        self,
+        image_processor: Any = None,
+        tokenizer: Any = None,
+        dense_max_length: int | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(image_processor, tokenizer, **kwargs)
+        if dense_max_length is not None:
+            if isinstance(dense_max_length, bool) or not isinstance(dense_max_length, int):
+                raise ValueError(
+                    f"`dense_max_length` must be an int or None, got {type(dense_max_length).__name__}."
+                )
+            if dense_max_length < _NUM_SPECIAL_TOKENS:
+                raise ValueError(
+                    f"`dense_max_length` must be at least {_NUM_SPECIAL_TOKENS} (room for [CLS] and [SEP]), "
+                    f"got {dense_max_length}."
+                )
+            model_max_length = self.tokenizer.model_max_length
+            if dense_max_length > model_max_length:
+                raise ValueError(
+                    f"`dense_max_length` ({dense_max_length}) exceeds the tokenizer's model_max_length "
+                    f"({model_max_length}); the text encoder cannot take longer sequences."
+                )
+        self.dense_max_length = dense_max_length
+
+    @property
+    def effective_dense_max_length(self) -> int:
+        """`int`: the token limit actually applied to dense captions (`dense_max_length`, or the tokenizer's
+        `model_max_length` when `dense_max_length` is None)."""
+        if self.dense_max_length is not None:
+            return self.dense_max_length
+        return int(self.tokenizer.model_max_length)
+
+    @property
+    def model_input_names(self) -> list[str]:
+        """`list[str]`: names of every tensor [`SepsProcessor.__call__`] can return."""
+        return ["pixel_values", "input_ids", "attention_mask", "dense_input_ids", "dense_attention_mask"]
+
+    @classmethod
+    def official(
+        cls,
+        tokenizer_name_or_path: str = "bert-base-uncased",
+        image_size: int = 224,
+        *,
+        dense_max_length: int | None = None,
+        **tokenizer_kwargs: Any,
+    ) -> SepsProcessor:
+        r"""
+        Builds the preprocessing of the SEPS authors' evaluation code.
+
+        Images: converted to RGB, resized with PIL bicubic resampling to `(image_size, image_size)` (aspect
+        ratio not kept, **no** center crop), rescaled by 1/255, normalized with the ImageNet mean
+        `(0.485, 0.456, 0.406)` and std `(0.229, 0.224, 0.225)`. The image processor is the PIL/numpy
+        `ViTImageProcessorPil`, so torchvision is not needed.
+
+        Captions: BERT basic tokenization then WordPiece (a standard uncased [`BertTokenizer`]), wrapped in
+        `[CLS] ... [SEP]`. Text that looks like a special token (e.g. a literal `"[MASK]"`) is tokenized as
+        plain text, as the authors' code does.
+
+        Args:
+            tokenizer_name_or_path (`str`, *optional*, defaults to `"bert-base-uncased"`):
+                Hub id or local folder of an uncased BERT tokenizer.
+            image_size (`int`, *optional*, defaults to 224):
+                Side of the square images fed to the vision encoder (the authors use 224 or 384).
+            dense_max_length (`int`, *optional*):
+                See [`SepsProcessor`]; `None` means the tokenizer's `model_max_length` (512).
+            tokenizer_kwargs:
+                Passed to `BertTokenizer.from_pretrained` (e.g. `local_files_only=True`).
+
+        Returns:
+            [`SepsProcessor`]: a processor whose `pixel_values` have shape `(batch_size, 3, image_size,
+            image_size)`.
+        """
+        if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size <= 0:
+            raise ValueError(f"`image_size` must be a positive int, got {image_size!r}.")
+        image_processor = ViTImageProcessorPil(
+            do_convert_rgb=True,
+            do_resize=True,
+            size={"height": image_size, "width": image_size},
+            resample=PILImageResampling.BICUBIC,
+            do_center_crop=False,
+            do_rescale=True,
+            rescale_factor=1 / 255,
+            do_normalize=True,
+            image_mean=list(SEPS_IMAGE_MEAN),
+            image_std=list(SEPS_IMAGE_STD),
+        )
+        tokenizer = BertTokenizer.from_pretrained(tokenizer_name_or_path, **tokenizer_kwargs)
+        return cls(image_processor=image_processor, tokenizer=tokenizer, dense_max_length=dense_max_length)
+
+    def __call__(
+        self,
+        images: Any = None,
+        text: str | Sequence[str] | None = None,
+        dense_text: str | Sequence[str] | None = None,
+        return_tensors: str | None = "pt",
+        **kwargs: Any,
+    ) -> BatchFeature:
+        r"""
+        Prepares images, captions and dense captions for the SEPS model.
+
+        Args:
+            images (`PIL.Image.Image`, `np.ndarray`, `torch.Tensor` or a list of them, *optional*):
+                One image or a batch of images. PIL images that are not RGB are converted with
+                `Image.convert("RGB")`, as the authors' loader does (an alpha channel is dropped, not
+                blended onto white).
+            text (`str` or `list[str]`, *optional*):
+                One caption or a batch of captions. Padded to the longest caption of the batch and truncated
+                at the tokenizer's `model_max_length` (or at `max_length` if given as a keyword argument).
+            dense_text (`str` or `list[str]`, *optional*):
+                One dense caption per image. When `images` is given too, there must be exactly as many dense
+                captions as images. Padded to the longest of the batch and truncated to
+                [`SepsProcessor.effective_dense_max_length`] tokens (`dense_max_length`, or the tokenizer's
+                `model_max_length` when it is None); a truncated caption still ends with `[SEP]`.
+            return_tensors (`str`, *optional*, defaults to `"pt"`):
+                `"pt"` for PyTorch tensors, `"np"` for NumPy arrays, `None` for Python lists.
+            kwargs:
+                Extra options for the image processor or the tokenizer, flat (e.g. `padding="max_length"`,
+                `max_length=32`) or grouped as `images_kwargs={...}` / `text_kwargs={...}`. Text options apply
+                to both `text` and `dense_text`, except that dense captions always use the dense limit for
+                `max_length` and are always truncated.
+
+        Returns:
+            [`BatchFeature`] with, each only when the matching input is given:
+
+            - **pixel_values** -- `(num_images, 3, height, width)` float32.
+            - **input_ids**, **attention_mask** -- `(num_texts, text_length)` int64, `text_length` being the
+              longest caption of the batch in tokens, `[CLS]` and `[SEP]` included.
+            - **dense_input_ids**, **dense_attention_mask** -- `(num_dense_texts, dense_length)` int64, with
+              `dense_length <= effective_dense_max_length`.
+
+        Raises:
+            ValueError: if no input is given; if a caption is not a string, is empty or whitespace-only, or
+                has no token left after BERT normalization; if `images` and `dense_text` differ in count.
+        """
+        if images is None and text is None and dense_text is None:
+            raise ValueError(
+                f"{type(self).__name__} needs at least one of `images`, `text` or `dense_text`; "
+                "none was given."
+            )
+        text_batch = _as_caption_batch(text, "text") if text is not None else None
+        dense_batch = _as_caption_batch(dense_text, "dense_text") if dense_text is not None else None
+        image_batch = _as_image_batch(images) if images is not None else None
+        if image_batch is not None and dense_batch is not None and len(image_batch) != len(dense_batch):
+            raise ValueError(
+                "`dense_text` must hold one dense caption per image: got "
+                f"{len(image_batch)} image(s) and {len(dense_batch)} dense caption(s)."
+            )
+
+        # `tokenizer_init_kwargs={}`: a tokenizer's saved init kwargs may carry a `max_length` (e.g. 128 for
+        # sentence-transformers checkpoints) that must not silently cap the captions.
+        merged = self._merge_kwargs(tokenizer_init_kwargs={}, **kwargs)
+        text_kwargs = {k: v for k, v in merged["text_kwargs"].items() if k != "return_tensors"}
+        images_kwargs = {k: v for k, v in merged["images_kwargs"].items() if k != "return_tensors"}
+
+        data: dict[str, Any] = {}
+        if image_batch is not None:
+            pixel_values = self.image_processor(image_batch, return_tensors=return_tensors, **images_kwargs)
+            data["pixel_values"] = pixel_values["pixel_values"]
+        if text_batch is not None:
+            data.update(self._tokenize(text_batch, "text", "", dict(text_kwargs), return_tensors))
+        if dense_batch is not None:
+            dense_kwargs = dict(text_kwargs, truncation=True, max_length=self.effective_dense_max_length)
+            data.update(self._tokenize(dense_batch, "dense_text", "dense_", dense_kwargs, return_tensors))
+        return BatchFeature(data=data, tensor_type=return_tensors)
+
+    def _tokenize(
+        self,
+        captions: list[str],
+        name: str,
+        prefix: str,
+        text_kwargs: dict[str, Any],
+        return_tensors: str | None,
+    ) -> dict[str, Any]:
+        """Tokenizes a validated batch of captions and returns its outputs with keys prefixed by `prefix`."""
+        text_kwargs.setdefault("padding", "longest")
+        text_kwargs.setdefault("truncation", True)
+        text_kwargs.setdefault("add_special_tokens", True)
+        text_kwargs.setdefault("return_attention_mask", True)
+        text_kwargs.setdefault("return_token_type_ids", False)
+        # The authors tokenize raw caption text with the basic tokenizer, which never treats "[MASK]" etc. as
+        # special tokens; `split_special_tokens=True` gives the same ids with the Rust tokenizer.
+        text_kwargs.setdefault("split_special_tokens", True)
+        encoded = self.tokenizer(captions, return_tensors=None, **text_kwargs)
+        framing_ids = {self.tokenizer.cls_token_id, self.tokenizer.sep_token_id, self.tokenizer.pad_token_id}
+        for index, ids in enumerate(encoded["input_ids"]):
+            if all(token_id in framing_ids for token_id in ids):
+                raise ValueError(
+                    f"`{name}[{index}]` ({captions[index]!r}) has no token left after BERT normalization."
+                )
+        out = BatchFeature(data=dict(encoded), tensor_type=return_tensors)
+        return {prefix + key: value for key, value in out.items()}
+
+
+def _as_caption_batch(value: Any, name: str) -> list[str]:
+    """Turns `text`/`dense_text` into a non-empty list of non-blank strings, or raises a `ValueError`."""
+    if isinstance(value, str):
+        batch: list[Any] = [value]
+    elif isinstance(value, (list, tuple)):
+        batch = list(value)
+    else:
+        raise ValueError(f"`{name}` must be a string or a list of strings, got {type(value).__name__}.")
+    if not batch:
+        raise ValueError(f"`{name}` is an empty list; give at least one caption.")
+    for index, caption in enumerate(batch):
+        if not isinstance(caption, str):
+            raise ValueError(
+                f"`{name}[{index}]` must be a string, got {type(caption).__name__} ({caption!r})."
+            )
+        if not caption.strip():
+            raise ValueError(f"`{name}[{index}]` is an empty or whitespace-only string ({caption!r}).")
+    return batch
+
+
+def _as_image_batch(images: Any) -> list[Any]:
+    """Turns `images` into a flat, non-empty list; non-RGB PIL images are converted with `convert("RGB")`."""
+    if isinstance(images, (list, tuple)) and len(images) == 0:
+        raise ValueError("`images` is an empty list; give at least one image.")
+    try:
+        batch = make_flat_list_of_images(images)
+    except ValueError as error:
+        raise ValueError(
+            "`images` must be a PIL image, a numpy array, a torch tensor, or a list of them; "
+            f"got {type(images).__name__}."
+        ) from error
+    return [
+        image.convert("RGB") if isinstance(image, Image.Image) and image.mode != "RGB" else image
+        for image in batch
+    ]

@@ -1,0 +1,76 @@
+"""Shared fixtures: tiny backbones built from configs (nothing is downloaded)."""
+
+import pytest
+import torch
+from transformers import BertConfig, SwinConfig, ViTConfig
+
+from transformers_seps import SepsConfig, SepsModel
+
+EMBED_DIM = 24
+VOCAB_SIZE = 120
+
+
+def tiny_vit_config(**overrides) -> ViTConfig:
+    kwargs = dict(
+        hidden_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=48,
+        image_size=40,
+        patch_size=8,
+    )
+    kwargs.update(overrides)
+    return ViTConfig(**kwargs)
+
+
+def tiny_swin_config() -> SwinConfig:
+    return SwinConfig(
+        image_size=32,
+        patch_size=4,
+        embed_dim=8,
+        depths=[1, 1],
+        num_heads=[1, 2],
+        window_size=4,
+        mlp_ratio=2.0,
+    )
+
+
+def tiny_bert_config(**overrides) -> BertConfig:
+    kwargs = dict(
+        hidden_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=48,
+        vocab_size=VOCAB_SIZE,
+    )
+    kwargs.update(overrides)
+    return BertConfig(**kwargs)
+
+
+def tiny_config(variant: str = "paper", vision_config=None, **overrides) -> SepsConfig:
+    return SepsConfig(
+        vision_config=vision_config if vision_config is not None else tiny_vit_config(),
+        text_config=tiny_bert_config(),
+        embed_dim=EMBED_DIM,
+        variant=variant,
+        **overrides,
+    )
+
+
+def tiny_model(variant: str = "paper", seed: int = 0, **overrides) -> SepsModel:
+    torch.manual_seed(seed)
+    return SepsModel(tiny_config(variant, **overrides)).eval()
+
+
+def random_captions(num: int, max_len: int, seed: int, min_len: int = 3) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token ids and masks of `num` captions of random lengths in [min_len, max_len], right-padded."""
+    generator = torch.Generator().manual_seed(seed)
+    lengths = torch.randint(min_len, max_len + 1, (num,), generator=generator)
+    ids = torch.randint(3, VOCAB_SIZE, (num, max_len), generator=generator)
+    mask = (torch.arange(max_len)[None] < lengths[:, None]).long()
+    return ids * mask, mask
+
+
+@pytest.fixture(params=["paper", "official"])
+def variant(request) -> str:
+    return request.param

@@ -1,0 +1,126 @@
+"""Plain one-caption-at-a-time SEPS scoring, written independently of the vectorised model code.
+
+It follows the spec step by step with sort/gather on the kept patches (as the authors' loop does) and
+serves as the ground truth that `SepsModel.similarity` must match.
+"""
+
+import torch
+import torch.nn.functional as F
+
+
+def _split(image_embeds: torch.Tensor, has_cls: bool) -> tuple[torch.Tensor | None, torch.Tensor]:
+    if has_cls:
+        return image_embeds[:, :1], image_embeds[:, 1:]
+    return None, image_embeds
+
+
+def _cosine_to_patches(vector: torch.Tensor, patches: torch.Tensor) -> torch.Tensor:
+    """vector (I or 1, C) unnormalised, patches (I, N, C) -> (I, N) cosines."""
+    return (F.normalize(vector, dim=-1).unsqueeze(1) * F.normalize(patches, dim=-1)).sum(-1)
+
+
+def _gather(patches: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    return torch.gather(patches, 1, index.unsqueeze(-1).expand(-1, -1, patches.shape[-1]))
+
+
+def _minmax(values: torch.Tensor) -> torch.Tensor:
+    low = values.min(dim=1, keepdim=True).values
+    high = values.max(dim=1, keepdim=True).values
+    return (values - low) / (high - low + 1e-6)
+
+
+def official_branch(model, image_embeds: torch.Tensor, caption: torch.Tensor) -> torch.Tensor:
+    """f(I, T) of spec section 3 for all images and ONE caption (W, C), real tokens only -> (I,)."""
+    config = model.config
+    cls, patches = _split(image_embeds, config.vision_cls_token)
+    self_scores = _cosine_to_patches(patches.mean(1), patches)
+    text_scores = _cosine_to_patches(caption.mean(0, keepdim=True), patches)
+    scores = self_scores + text_scores
+    sorted_scores, order = torch.sort(scores, dim=1, descending=True)
+    k = config.num_kept_patches
+    kept = _gather(patches, order[:, :k])
+    dropped = _gather(patches, order[:, k:])
+    extra = (F.softmax(sorted_scores[:, k:], dim=1).unsqueeze(-1) * dropped).sum(1, keepdim=True)
+    aggregator = model.aggregator
+    weights = F.softmax((aggregator.mlp(kept) * aggregator.scale).transpose(1, 2), dim=2)
+    pieces = [weights @ kept, extra]
+    if cls is not None:
+        pieces.insert(0, cls)
+    tokens = F.normalize(torch.cat(pieces, dim=1), dim=-1)
+    words = F.normalize(caption, dim=-1)
+    alignment = F.leaky_relu(
+        torch.einsum("wc,ilc->iwl", words, tokens), negative_slope=config.leaky_relu_slope
+    )
+    return alignment.max(dim=2).values.mean(dim=1) + alignment.max(dim=1).values.mean(dim=1)
+
+
+def _relevance(head, values: torch.Tensor) -> torch.Tensor:
+    """values (I, M) -> mean + MLP(top-k), short rows padded with their smallest value."""
+    k = head.top_k
+    ordered = values.sort(dim=1, descending=True).values[:, :k]
+    if ordered.shape[1] < k:
+        ordered = torch.cat([ordered, ordered[:, -1:].expand(-1, k - ordered.shape[1])], dim=1)
+    return values.mean(dim=1) + head.mlp(ordered).squeeze(-1)
+
+
+def _aggregate_kept(aggregator, patches: torch.Tensor, kept_index: torch.Tensor) -> torch.Tensor:
+    kept = _gather(patches, kept_index)
+    weights = F.softmax((aggregator.mlp(kept) * aggregator.scale).transpose(1, 2), dim=2)
+    return weights @ kept
+
+
+def paper_score(model, image_embeds: torch.Tensor, caption: torch.Tensor, dense: list | None) -> torch.Tensor:
+    """S(I, T) of spec section 4 (eval mode) for all images and ONE caption; dense[j] is image j's own."""
+    config = model.config
+    beta, k = config.beta, config.num_kept_patches
+    cls, patches = _split(image_embeds, config.vision_cls_token)
+    patch_scores = model.patch_scorer(patches)
+    self_scores = _minmax(_cosine_to_patches(patches.mean(1), patches))
+    text_scores = _minmax(_cosine_to_patches(caption.mean(0, keepdim=True), patches))
+    if dense is None:
+        scores = ((1 - 2 * beta) * patch_scores + beta * (text_scores + 2 * self_scores)) / (1 + beta)
+    else:
+        dense_global = torch.stack([d.mean(0) for d in dense])
+        dense_scores = _minmax(_cosine_to_patches(dense_global, patches))
+        scores = ((1 - 2 * beta) * patch_scores + beta * (text_scores + dense_scores + 2 * self_scores)) / (
+            1 + 2 * beta
+        )
+    sorted_scores, order = torch.sort(scores, dim=1, descending=True)
+    tokens = _aggregate_kept(model.sparse_aggregator, patches, order[:, :k])
+    if dense is not None:
+        dense_view = ((1 - 2 * beta) * patch_scores + beta * (2 * dense_scores + 2 * self_scores)) / (
+            1 + 2 * beta
+        )
+        dense_order = torch.sort(dense_view, dim=1, descending=True).indices
+        tokens = tokens + _aggregate_kept(model.dense_aggregator, patches, dense_order[:, :k])
+    pieces = [tokens]
+    if config.keep_cls_and_extra_token:
+        dropped = _gather(patches, order[:, k:])
+        extra = (F.softmax(sorted_scores[:, k:], dim=1).unsqueeze(-1) * dropped).sum(1, keepdim=True)
+        pieces = ([cls] if cls is not None else []) + [tokens, extra]
+    tokens = F.normalize(torch.cat(pieces, dim=1), dim=-1)
+    alignment = torch.einsum("wc,ilc->iwl", F.normalize(caption, dim=-1), tokens)
+    return _relevance(model.word_relevance, alignment.max(dim=2).values) + _relevance(
+        model.token_relevance, alignment.max(dim=1).values
+    )
+
+
+def reference_similarity(model, image_embeds, text_embeds, text_mask, dense_embeds=None, dense_mask=None):
+    """(N_img, N_txt) scores, one caption at a time."""
+    dense = None
+    if dense_embeds is not None:
+        dense = [d[m.bool()] for d, m in zip(dense_embeds, dense_mask, strict=True)]
+    columns = []
+    for caption, mask in zip(text_embeds, text_mask, strict=True):
+        caption = caption[mask.bool()]
+        if model.config.variant == "official":
+            column = official_branch(model, image_embeds, caption)
+            if dense is not None:
+                own = torch.stack(
+                    [official_branch(model, image_embeds[j : j + 1], d)[0] for j, d in enumerate(dense)]
+                )
+                column = column + own
+        else:
+            column = paper_score(model, image_embeds, caption, dense)
+        columns.append(column)
+    return torch.stack(columns, dim=1)
