@@ -3,17 +3,27 @@
 Importing the package registers `SepsConfig`, `SepsModel` and `SepsProcessor` with the Auto classes.
 """
 
-from transformers import AutoConfig, AutoModel
+from transformers import AutoConfig, AutoModel, AutoProcessor
 
 from .configuration_seps import SepsConfig
 from .convert_official import convert_official_state_dict
 from .modeling_seps import SepsModel, SepsOutput, SepsPreTrainedModel
+from .processing_seps import SepsProcessor
 
 AutoConfig.register(SepsConfig.model_type, SepsConfig, exist_ok=True)
 AutoModel.register(SepsConfig, SepsModel, exist_ok=True)
+AutoProcessor.register(SepsConfig, SepsProcessor, exist_ok=True)
 # save_pretrained writes `auto_map` and copies the code files, so `trust_remote_code=True` loads a saved
 # model in a process that cannot import this package.
 SepsConfig.register_for_auto_class()
 SepsModel.register_for_auto_class("AutoModel")
+SepsProcessor.register_for_auto_class()
 
-__all__ = ["SepsConfig", "SepsModel", "SepsOutput", "SepsPreTrainedModel", "convert_official_state_dict"]
+__all__ = [
+    "SepsConfig",
+    "SepsModel",
+    "SepsOutput",
+    "SepsPreTrainedModel",
+    "SepsProcessor",
+    "convert_official_state_dict",
+]

@@ -19,18 +19,14 @@ _DROPPED_SUFFIXES = ("embeddings.position_ids",)
 _DROPPED_PREFIXES = ("vision_model.pooler.", "text_model.pooler.")
 
 
-def convert_official_state_dict(
-    state_dict: Mapping[str, torch.Tensor], config: SepsConfig
-) -> dict[str, torch.Tensor]:
+def convert_official_state_dict(state_dict: Mapping[str, torch.Tensor], config: SepsConfig) -> dict[str, torch.Tensor]:
     """Rename the authors' state dict (`model_best.pth["model"]`) to `SepsModel` keys.
 
     A `module.` prefix (DistributedDataParallel) is stripped. Pooling heads are dropped. A key that maps to
     nothing raises `ValueError` naming it, so a LAPS or SEPS checkpoint of another layout never loads silently.
     """
     if config.variant != "official":
-        raise ValueError(
-            f"the authors' checkpoints need SepsConfig(variant='official'), got {config.variant!r}"
-        )
+        raise ValueError(f"the authors' checkpoints need SepsConfig(variant='official'), got {config.variant!r}")
     converted: dict[str, torch.Tensor] = {}
     unknown = []
     for key, value in state_dict.items():

@@ -109,7 +109,7 @@ class SepsTokenAggregator(nn.Module):
 
     def forward(self, patches: torch.Tensor) -> torch.Tensor:
         """(..., N, C) patches -> (..., N_c, N) aggregation logits."""
-        return (self.mlp(patches) * self.scale).transpose(-1, -2)
+        return (self.mlp(patches) * self.scale).transpose(-1, -2).contiguous()
 
 
 class SepsPatchScorer(nn.Module):
@@ -159,6 +159,11 @@ def vse_triplet_loss(
         cost_caption = cost_caption.max(dim=1).values
         cost_image = cost_image.max(dim=0).values
     return cost_caption.sum() + cost_image.sum()
+
+
+def _shifted_exp(logits: torch.Tensor) -> torch.Tensor:
+    """exp(logits - max) over the last axis: softmax numerators that any subset of entries can share."""
+    return torch.exp(logits - logits.amax(dim=-1, keepdim=True).detach())
 
 
 def _einsum_with_text(equation: str, image_side: torch.Tensor, text_side: torch.Tensor) -> torch.Tensor:
@@ -218,7 +223,7 @@ class _ImageSide:
     patches_norm: torch.Tensor  # (I, N, C)
     cls: torch.Tensor | None  # (I, C)
     self_scores: torch.Tensor  # (I, N) official: cos(mean P, P_n); paper: its min-max rescaling s_im
-    aggregation_logits: torch.Tensor  # (I, N_c, N)
+    aggregation_exp: torch.Tensor  # (I, N_c, N) exp of the aggregation logits, shifted by their max per image
     patch_scores: torch.Tensor | None = None  # (I, N) s_p (paper)
     dense_scores: torch.Tensor | None = None  # (I, N) s_dt (paper, with a dense caption)
     dense_tokens: torch.Tensor | None = None  # (I, N_c, C) W_d-aggregated dense view (paper)
@@ -250,11 +255,7 @@ class _TextSide:
 def _build_backbone(config: PreTrainedConfig) -> PreTrainedModel:
     """A randomly initialised backbone for `config`, without the pooling head SEPS never uses."""
     model_class = MODEL_MAPPING[type(config)]
-    kwargs = (
-        {"add_pooling_layer": False}
-        if "add_pooling_layer" in inspect.signature(model_class).parameters
-        else {}
-    )
+    kwargs = {"add_pooling_layer": False} if "add_pooling_layer" in inspect.signature(model_class).parameters else {}
     return model_class(config, **kwargs)
 
 
@@ -299,12 +300,8 @@ class SepsModel(SepsPreTrainedModel):
         vision_hidden = _hidden_size(config.vision_config)
         text_hidden = _hidden_size(config.text_config)
         embed_dim = config.embed_dim
-        self.vision_projection = (
-            nn.Identity() if vision_hidden == embed_dim else nn.Linear(vision_hidden, embed_dim)
-        )
-        self.text_projection = (
-            nn.Identity() if text_hidden == embed_dim else nn.Linear(text_hidden, embed_dim)
-        )
+        self.vision_projection = nn.Identity() if vision_hidden == embed_dim else nn.Linear(vision_hidden, embed_dim)
+        self.text_projection = nn.Identity() if text_hidden == embed_dim else nn.Linear(text_hidden, embed_dim)
 
         num_aggregated = config.num_aggregated_patches
         if config.variant == "official":
@@ -334,30 +331,20 @@ class SepsModel(SepsPreTrainedModel):
             text_model: a BERT-like hub id or local folder (`bert-base-uncased`) or a loaded model.
             config_kwargs: any other [`SepsConfig`] field (`variant`, `sparse_ratio`, `embed_dim`, ...).
         """
-        vision = (
-            vision_model
-            if isinstance(vision_model, PreTrainedModel)
-            else AutoModel.from_pretrained(vision_model)
-        )
-        text = (
-            text_model if isinstance(text_model, PreTrainedModel) else AutoModel.from_pretrained(text_model)
-        )
+        vision = vision_model if isinstance(vision_model, PreTrainedModel) else AutoModel.from_pretrained(vision_model)
+        text = text_model if isinstance(text_model, PreTrainedModel) else AutoModel.from_pretrained(text_model)
         vision.eval()
         if "num_patches" not in config_kwargs or "vision_cls_token" not in config_kwargs:
             num_patches, cls_token = _probe_patch_layout(vision)
             config_kwargs.setdefault("num_patches", num_patches)
             config_kwargs.setdefault("vision_cls_token", cls_token)
-        config = SepsConfig(
-            vision_config=vision.config.to_dict(), text_config=text.config.to_dict(), **config_kwargs
-        )
+        config = SepsConfig(vision_config=vision.config.to_dict(), text_config=text.config.to_dict(), **config_kwargs)
         model = cls(config)
         for name, pretrained in (("vision_model", vision), ("text_model", text)):
             missing, unexpected = getattr(model, name).load_state_dict(pretrained.state_dict(), strict=False)
             unexpected = [key for key in unexpected if not key.startswith("pooler.")]
             if missing or unexpected:
-                raise ValueError(
-                    f"{name}: pretrained weights do not fit; missing {missing}, unexpected {unexpected}"
-                )
+                raise ValueError(f"{name}: pretrained weights do not fit; missing {missing}, unexpected {unexpected}")
         return model
 
     # ---------------------------------------------------------------- encoders
@@ -368,9 +355,7 @@ class SepsModel(SepsPreTrainedModel):
         A CNN's (N_img, hidden, h, w) feature map becomes h*w patch tokens.
         """
         if not isinstance(pixel_values, torch.Tensor) or pixel_values.dim() != 4:
-            shape = (
-                tuple(pixel_values.shape) if isinstance(pixel_values, torch.Tensor) else type(pixel_values)
-            )
+            shape = tuple(pixel_values.shape) if isinstance(pixel_values, torch.Tensor) else type(pixel_values)
             raise ValueError(f"pixel_values must be a (batch, channels, height, width) tensor, got {shape}")
         channels = getattr(self.config.vision_config, "num_channels", None)
         if channels is not None and pixel_values.shape[1] != channels:
@@ -389,9 +374,7 @@ class SepsModel(SepsPreTrainedModel):
             )
         return self.vision_projection(hidden)
 
-    def get_text_features(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None
-    ) -> torch.Tensor:
+    def get_text_features(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         """(N_txt, L_t) token ids -> (N_txt, L_t, C) token embeddings ([CLS] and [SEP] included)."""
         if not isinstance(input_ids, torch.Tensor) or input_ids.dim() != 2:
             raise ValueError("input_ids must be a (batch, sequence) tensor of token ids")
@@ -422,14 +405,16 @@ class SepsModel(SepsPreTrainedModel):
 
         if config.variant == "official":
             # Spec 3.1: the selection scores carry no gradient in the authors' code.
-            return _ImageSide(patches, patches_norm, cls, self_similarity.detach(), self.aggregator(patches))
+            return _ImageSide(
+                patches, patches_norm, cls, self_similarity.detach(), _shifted_exp(self.aggregator(patches))
+            )
 
         side = _ImageSide(
             patches,
             patches_norm,
             cls,
             min_max_normalize(self_similarity),
-            self.sparse_aggregator(patches),
+            _shifted_exp(self.sparse_aggregator(patches)),
             patch_scores=self.patch_scorer(patches),
         )
         if dense is not None:
@@ -438,18 +423,16 @@ class SepsModel(SepsPreTrainedModel):
                 _einsum_with_text("ind,td->itn", patches_norm, dense.global_norm).squeeze(1)
             )
             # Dense view (spec 4.4): depends on the image only.
-            dense_view = (
-                (1 - 2 * beta) * side.patch_scores + 2 * beta * (side.dense_scores + side.self_scores)
-            ) / (1 + 2 * beta)
+            dense_view = ((1 - 2 * beta) * side.patch_scores + 2 * beta * (side.dense_scores + side.self_scores)) / (
+                1 + 2 * beta
+            )
             side.dense_keep_mask = self._decide(dense_view, sample_decisions)
             weights = masked_softmax(self.dense_aggregator(patches), side.dense_keep_mask.unsqueeze(1))
             side.dense_tokens = weights @ patches
         return side
 
     @staticmethod
-    def _prepare_texts(
-        text_embeds: torch.Tensor, attention_mask: torch.Tensor, paired: bool = False
-    ) -> _TextSide:
+    def _prepare_texts(text_embeds: torch.Tensor, attention_mask: torch.Tensor, paired: bool = False) -> _TextSide:
         mask = attention_mask.bool()
         global_embeds = masked_mean(text_embeds.transpose(1, 2), mask.unsqueeze(1))
         side = _TextSide(F.normalize(text_embeds, dim=-1), mask, F.normalize(global_embeds, dim=-1))
@@ -470,7 +453,7 @@ class SepsModel(SepsPreTrainedModel):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Scores (I, T) and sparse keep masks (I, T, N) of a block of pairs."""
         config = self.config
-        text_similarity = _einsum_with_text("ind,td->itn", image.patches_norm, text.global_norm)
+        text_similarity = _einsum_with_text("ind,td->itn", image.patches_norm, text.global_norm).contiguous()
         if config.variant == "official":
             # Spec 3.1-3.3: s_im + s_st, hard top-K.
             selection_scores = image.self_scores.unsqueeze(1) + text_similarity.detach()
@@ -486,23 +469,29 @@ class SepsModel(SepsPreTrainedModel):
             selection_scores = ((1 - 2 * beta) * image.patch_scores.unsqueeze(1) + beta * semantic) / total
             keep_mask = self._decide(selection_scores, sample_decisions)
 
-        # Eq. 4 / spec 3.4: aggregation weights are a softmax over the kept patches of per-image logits.
-        weights = masked_softmax(image.aggregation_logits.unsqueeze(1), keep_mask.unsqueeze(2))
-        tokens = torch.einsum("itcn,ind->itcd", weights, image.patches)
+        # Eq. 4 / spec 3.4: the weights are a softmax over the kept patches of per-image logits. The masked
+        # exponentials go through one GEMM per image, (T * N_c, N) @ (N, C).
+        weights = image.aggregation_exp.unsqueeze(1) * keep_mask.unsqueeze(2)
+        num_images, num_texts, num_aggregated, num_patches = weights.shape
+        tokens = torch.bmm(weights.view(num_images, -1, num_patches), image.patches)
+        tokens = tokens.view(num_images, num_texts, num_aggregated, -1)
         if image.dense_tokens is not None:
-            tokens = tokens + image.dense_tokens.unsqueeze(1)
-        pieces = [tokens]
+            tokens = tokens / weights.sum(dim=-1, keepdim=True).clamp_min(1e-12) + image.dense_tokens.unsqueeze(1)
+        # Otherwise the softmax denominator is irrelevant: every token is L2-normalised, here after the
+        # product with the (normalised) words, which is cheaper than normalising (I, T, N_c, C).
+        token_norms = tokens.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+        words_t = text.words_norm.transpose(-1, -2)
+        pieces = [torch.matmul(tokens, words_t) / token_norms]  # (I, T, N_c, W)
         if config.variant == "official" or config.keep_cls_and_extra_token:
             # Spec 3.3: one extra token fuses the dropped patches, weighted by a softmax of their scores.
             fuse_weights = masked_softmax(selection_scores, 1 - keep_mask)
-            pieces.append(torch.einsum("itn,ind->itd", fuse_weights, image.patches).unsqueeze(2))
+            extra = F.normalize(torch.einsum("itn,ind->itd", fuse_weights, image.patches), dim=-1)
+            pieces.append(_einsum_with_text("itd,twd->itw", extra, text.words_norm).unsqueeze(2))
             if image.cls is not None:
-                cls = image.cls[:, None, None, :].expand(-1, tokens.shape[1], 1, -1)
-                pieces.insert(0, cls)
-        tokens = F.normalize(torch.cat(pieces, dim=2), dim=-1)
-
+                cls = F.normalize(image.cls, dim=-1)
+                pieces.insert(0, _einsum_with_text("id,twd->itw", cls, text.words_norm).unsqueeze(2))
         # (I, T, L, W) token-word cosine similarities.
-        alignment = _einsum_with_text("itld,twd->itlw", tokens, text.words_norm)
+        alignment = torch.cat(pieces, dim=2)
         word_mask = text.word_mask.unsqueeze(2)
         if config.variant == "official":
             alignment = F.leaky_relu(alignment, negative_slope=config.leaky_relu_slope)
@@ -630,14 +619,10 @@ class SepsModel(SepsPreTrainedModel):
                     raise ValueError(f"{name} attention mask given without {name} embeddings")
                 continue
             if embeds.dim() != 3 or embeds.shape[-1] != embed_dim:
-                raise ValueError(
-                    f"{name}_embeds must have shape (N, L, {embed_dim}), got {tuple(embeds.shape)}"
-                )
+                raise ValueError(f"{name}_embeds must have shape (N, L, {embed_dim}), got {tuple(embeds.shape)}")
             if mask is None or tuple(mask.shape) != tuple(embeds.shape[:2]):
                 got = None if mask is None else tuple(mask.shape)
-                raise ValueError(
-                    f"{name} attention mask must have shape {tuple(embeds.shape[:2])}, got {got}"
-                )
+                raise ValueError(f"{name} attention mask must have shape {tuple(embeds.shape[:2])}, got {got}")
             _check_no_empty_rows(mask, f"{name} attention mask")
         if dense_embeds is not None and dense_embeds.shape[0] != image_embeds.shape[0]:
             raise ValueError(
@@ -704,9 +689,7 @@ class SepsModel(SepsPreTrainedModel):
             alignment_loss = vse_triplet_loss(scores, image_ids, config.margin, max_violation)
             ratio_loss = config.lambda_sparse * (config.sparse_ratio - sparse_keep_mask.mean()) ** 2
             if dense_keep_mask is not None:
-                ratio_loss = (
-                    ratio_loss + config.lambda_dense * (config.sparse_ratio - dense_keep_mask.mean()) ** 2
-                )
+                ratio_loss = ratio_loss + config.lambda_dense * (config.sparse_ratio - dense_keep_mask.mean()) ** 2
             loss = alignment_loss + config.ratio_weight * ratio_loss
         return SepsOutput(
             loss=loss,
@@ -734,9 +717,7 @@ def _hidden_size(config: PreTrainedConfig) -> int:
 def _check_no_empty_rows(mask: torch.Tensor, name: str) -> None:
     empty = (mask.sum(dim=-1) == 0).nonzero().flatten().tolist()
     if empty:
-        raise ValueError(
-            f"{name}: rows {empty} have no token (all padding); every caption needs at least one token"
-        )
+        raise ValueError(f"{name}: rows {empty} have no token (all padding); every caption needs at least one token")
 
 
 @torch.no_grad()

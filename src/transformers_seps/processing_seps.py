@@ -3,18 +3,19 @@
 [`SepsProcessor`] wraps one image processor and one BERT tokenizer, like transformers' `CLIPProcessor`, and
 adds a third input: *dense captions*, i.e. long image descriptions written by a multimodal LLM for each image.
 
-This module imports nothing from its own package (only transformers, numpy, PIL and torch), so that
+This module imports nothing from its own package (only transformers and PIL), so that
 `save_pretrained` on a processor registered with `register_for_auto_class()` copies a self-contained file that
 `AutoProcessor.from_pretrained(..., trust_remote_code=True)` can load.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from typing import Any
 
 from PIL import Image
-from transformers import BatchFeature, BertTokenizer, ViTImageProcessorPil
+from transformers import AutoImageProcessor, BatchFeature, BertTokenizer, ViTImageProcessorPil
 from transformers.image_utils import PILImageResampling, make_flat_list_of_images
 from transformers.processing_utils import ProcessorMixin
 
@@ -27,6 +28,12 @@ SEPS_IMAGE_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
 
 # Special tokens added around every caption: [CLS] ... [SEP].
 _NUM_SPECIAL_TOKENS = 2
+
+# `from_pretrained` keyword arguments that say where files come from; forwarded when the image processor is
+# reloaded with another backend.
+_UNSET = object()
+
+_HUB_KWARGS = ("cache_dir", "force_download", "local_files_only", "token", "revision", "subfolder", "proxies")
 
 
 class SepsProcessor(ProcessorMixin):
@@ -62,23 +69,7 @@ class SepsProcessor(ProcessorMixin):
         **kwargs: Any,
     ) -> None:
         super().__init__(image_processor, tokenizer, **kwargs)
-        if dense_max_length is not None:
-            if isinstance(dense_max_length, bool) or not isinstance(dense_max_length, int):
-                raise ValueError(
-                    f"`dense_max_length` must be an int or None, got {type(dense_max_length).__name__}."
-                )
-            if dense_max_length < _NUM_SPECIAL_TOKENS:
-                raise ValueError(
-                    f"`dense_max_length` must be at least {_NUM_SPECIAL_TOKENS} (room for [CLS] and [SEP]), "
-                    f"got {dense_max_length}."
-                )
-            model_max_length = self.tokenizer.model_max_length
-            if dense_max_length > model_max_length:
-                raise ValueError(
-                    f"`dense_max_length` ({dense_max_length}) exceeds the tokenizer's model_max_length "
-                    f"({model_max_length}); the text encoder cannot take longer sequences."
-                )
-        self.dense_max_length = dense_max_length
+        self.dense_max_length = _check_dense_max_length(dense_max_length, self.tokenizer)
 
     @property
     def effective_dense_max_length(self) -> int:
@@ -92,6 +83,45 @@ class SepsProcessor(ProcessorMixin):
     def model_input_names(self) -> list[str]:
         """`list[str]`: names of every tensor [`SepsProcessor.__call__`] can return."""
         return ["pixel_values", "input_ids", "attention_mask", "dense_input_ids", "dense_attention_mask"]
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        pretrained_model_name_or_path: str | os.PathLike,
+        *args: Any,
+        image_processor_backend: str | None = "pil",
+        **kwargs: Any,
+    ) -> SepsProcessor:
+        r"""
+        Loads a processor saved with `save_pretrained` (folder or Hub id), as `ProcessorMixin.from_pretrained`.
+
+        `dense_max_length` comes back from `processor_config.json`. In transformers v5, `AutoImageProcessor`
+        picks the torchvision backend whenever torchvision is installed; the SEPS preprocessing is defined by
+        PIL's bicubic resize, so the image processor is reloaded with `image_processor_backend` ("pil" by
+        default) when the automatic choice differs. Pass `image_processor_backend=None` to keep the automatic
+        choice.
+
+        Args:
+            pretrained_model_name_or_path (`str` or `os.PathLike`):
+                Folder written by `save_pretrained`, or a Hub model id.
+            image_processor_backend (`str`, *optional*, defaults to `"pil"`):
+                Backend of the image processor: `"pil"`, `"torchvision"`, or None for transformers' choice.
+            args, kwargs:
+                Passed to `ProcessorMixin.from_pretrained` (e.g. `local_files_only=True`, `revision`);
+                `dense_max_length=...` overrides the saved value.
+        """
+        # Set `dense_max_length` after loading: passed down, it would also land in the tokenizer's init kwargs.
+        dense_max_length = kwargs.pop("dense_max_length", _UNSET)
+        processor = super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+        if dense_max_length is not _UNSET:
+            processor.dense_max_length = _check_dense_max_length(dense_max_length, processor.tokenizer)
+        current_backend = getattr(processor.image_processor, "backend", None)
+        if image_processor_backend is not None and current_backend not in (None, image_processor_backend):
+            hub_kwargs = {key: kwargs[key] for key in _HUB_KWARGS if key in kwargs}
+            processor.image_processor = AutoImageProcessor.from_pretrained(
+                pretrained_model_name_or_path, backend=image_processor_backend, **hub_kwargs
+            )
+        return processor
 
     @classmethod
     def official(
@@ -192,8 +222,7 @@ class SepsProcessor(ProcessorMixin):
         """
         if images is None and text is None and dense_text is None:
             raise ValueError(
-                f"{type(self).__name__} needs at least one of `images`, `text` or `dense_text`; "
-                "none was given."
+                f"{type(self).__name__} needs at least one of `images`, `text` or `dense_text`; none was given."
             )
         text_batch = _as_caption_batch(text, "text") if text is not None else None
         dense_batch = _as_caption_batch(dense_text, "dense_text") if dense_text is not None else None
@@ -242,9 +271,7 @@ class SepsProcessor(ProcessorMixin):
         framing_ids = {self.tokenizer.cls_token_id, self.tokenizer.sep_token_id, self.tokenizer.pad_token_id}
         for index, ids in enumerate(encoded["input_ids"]):
             if all(token_id in framing_ids for token_id in ids):
-                raise ValueError(
-                    f"`{name}[{index}]` ({captions[index]!r}) has no token left after BERT normalization."
-                )
+                raise ValueError(f"`{name}[{index}]` ({captions[index]!r}) has no token left after BERT normalization.")
         out = BatchFeature(data=dict(encoded), tensor_type=return_tensors)
         return {prefix + key: value for key, value in out.items()}
 
@@ -261,9 +288,7 @@ def _as_caption_batch(value: Any, name: str) -> list[str]:
         raise ValueError(f"`{name}` is an empty list; give at least one caption.")
     for index, caption in enumerate(batch):
         if not isinstance(caption, str):
-            raise ValueError(
-                f"`{name}[{index}]` must be a string, got {type(caption).__name__} ({caption!r})."
-            )
+            raise ValueError(f"`{name}[{index}]` must be a string, got {type(caption).__name__} ({caption!r}).")
         if not caption.strip():
             raise ValueError(f"`{name}[{index}]` is an empty or whitespace-only string ({caption!r}).")
     return batch
@@ -281,6 +306,24 @@ def _as_image_batch(images: Any) -> list[Any]:
             f"got {type(images).__name__}."
         ) from error
     return [
-        image.convert("RGB") if isinstance(image, Image.Image) and image.mode != "RGB" else image
-        for image in batch
+        image.convert("RGB") if isinstance(image, Image.Image) and image.mode != "RGB" else image for image in batch
     ]
+
+
+def _check_dense_max_length(dense_max_length: Any, tokenizer: Any) -> int | None:
+    """Returns `dense_max_length` if it is None or an int in [2, tokenizer.model_max_length], else raises."""
+    if dense_max_length is None:
+        return None
+    if isinstance(dense_max_length, bool) or not isinstance(dense_max_length, int):
+        raise ValueError(f"`dense_max_length` must be an int or None, got {type(dense_max_length).__name__}.")
+    if dense_max_length < _NUM_SPECIAL_TOKENS:
+        raise ValueError(
+            f"`dense_max_length` must be at least {_NUM_SPECIAL_TOKENS} (room for [CLS] and [SEP]), "
+            f"got {dense_max_length}."
+        )
+    if dense_max_length > tokenizer.model_max_length:
+        raise ValueError(
+            f"`dense_max_length` ({dense_max_length}) exceeds the tokenizer's model_max_length "
+            f"({tokenizer.model_max_length}); the text encoder cannot take longer sequences."
+        )
+    return dense_max_length

@@ -1,0 +1,90 @@
+"""Pairs per second of `SepsModel.similarity` against the one-caption-at-a-time reference loop.
+
+Flickr30K / ViT-224 shapes: embed 512, 196 patches + [CLS], 16-token captions, 128-token dense captions
+(one per image), random weights. Both variants; prints a markdown table with the max abs difference.
+
+    .venv/bin/python benchmarks/bench_similarity.py [--images 100 --captions 100 --reference_captions 20]
+"""
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import torch
+from transformers import BertConfig, ViTConfig
+
+from transformers_seps import SepsConfig, SepsModel
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from reference_seps import reference_similarity  # noqa: E402
+
+
+def build_model(variant: str, embed_dim: int) -> SepsModel:
+    vision = ViTConfig(
+        hidden_size=embed_dim,
+        num_hidden_layers=1,
+        num_attention_heads=8,
+        intermediate_size=64,
+        image_size=224,
+        patch_size=16,
+    )
+    text = BertConfig(hidden_size=embed_dim, num_hidden_layers=1, num_attention_heads=8, intermediate_size=64)
+    torch.manual_seed(0)
+    return SepsModel(SepsConfig(vision_config=vision, text_config=text, embed_dim=embed_dim, variant=variant)).eval()
+
+
+def timed(function, repeats: int = 1) -> tuple[torch.Tensor, float]:
+    start = time.perf_counter()
+    for _ in range(repeats):
+        result = function()
+    return result, (time.perf_counter() - start) / repeats
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--images", type=int, default=100)
+    parser.add_argument("--captions", type=int, default=100)
+    parser.add_argument("--reference_captions", type=int, default=20, help="captions scored by the slow loop")
+    parser.add_argument("--caption_tokens", type=int, default=16)
+    parser.add_argument("--dense_tokens", type=int, default=128)
+    parser.add_argument("--embed_dim", type=int, default=512)
+    parser.add_argument("--chunk_size", type=int, default=None)
+    args = parser.parse_args()
+
+    generator = torch.Generator().manual_seed(0)
+    images = torch.randn(args.images, 197, args.embed_dim, generator=generator)
+    texts = torch.randn(args.captions, args.caption_tokens, args.embed_dim, generator=generator)
+    text_mask = torch.ones(args.captions, args.caption_tokens, dtype=torch.long)
+    dense = torch.randn(args.images, args.dense_tokens, args.embed_dim, generator=generator)
+    dense_mask = torch.ones(args.images, args.dense_tokens, dtype=torch.long)
+    subset = slice(0, args.reference_captions)
+
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads; {args.images} images x "
+        f"{args.captions} captions (reference: {args.reference_captions} captions), dense captions on"
+    )
+    print("| variant | similarity pairs/s | reference pairs/s | speed-up | max abs diff |")
+    print("| --- | ---: | ---: | ---: | ---: |")
+    for variant in ("official", "paper"):
+        model = build_model(variant, args.embed_dim)
+        with torch.no_grad():
+            model.similarity(images[:2], texts[:2], text_mask[:2], dense[:2], dense_mask[:2])  # warm-up
+            fast, fast_seconds = timed(
+                lambda model=model: model.similarity(
+                    images, texts, text_mask, dense, dense_mask, chunk_size=args.chunk_size
+                )
+            )
+            slow, slow_seconds = timed(
+                lambda model=model: reference_similarity(
+                    model, images, texts[subset], text_mask[subset], dense, dense_mask
+                )
+            )
+        fast_rate = args.images * args.captions / fast_seconds
+        slow_rate = args.images * args.reference_captions / slow_seconds
+        difference = (fast[:, subset] - slow).abs().max().item()
+        print(f"| {variant} | {fast_rate:,.0f} | {slow_rate:,.0f} | {fast_rate / slow_rate:.1f}x | {difference:.1e} |")
+
+
+if __name__ == "__main__":
+    main()
