@@ -48,13 +48,9 @@ def tiny_bert_config(**overrides) -> BertConfig:
 
 
 def tiny_config(variant: str = "paper", vision_config=None, **overrides) -> SepsConfig:
-    return SepsConfig(
-        vision_config=vision_config if vision_config is not None else tiny_vit_config(),
-        text_config=tiny_bert_config(),
-        embed_dim=EMBED_DIM,
-        variant=variant,
-        **overrides,
-    )
+    kwargs = {"embed_dim": EMBED_DIM, **overrides}
+    vision_config = vision_config if vision_config is not None else tiny_vit_config()
+    return SepsConfig(vision_config=vision_config, text_config=tiny_bert_config(), variant=variant, **kwargs)
 
 
 def tiny_model(variant: str = "paper", seed: int = 0, **overrides) -> SepsModel:

@@ -4,6 +4,8 @@ It follows the spec step by step with sort/gather on the kept patches (as the au
 serves as the ground truth that `SepsModel.similarity` must match.
 """
 
+from functools import partial
+
 import torch
 import torch.nn.functional as F
 
@@ -29,9 +31,14 @@ def _minmax(values: torch.Tensor) -> torch.Tensor:
     return (values - low) / (high - low + 1e-6)
 
 
-def official_branch(model, image_embeds: torch.Tensor, caption: torch.Tensor) -> torch.Tensor:
-    """f(I, T) of spec section 3 for all images and ONE caption (W, C), real tokens only -> (I,)."""
-    config = model.config
+def official_branch(
+    config, aggregator_mlp, aggregator_scale, image_embeds: torch.Tensor, caption: torch.Tensor
+) -> torch.Tensor:
+    """f(I, T) of spec section 3 for all images and ONE caption (W, C), real tokens only -> (I,).
+
+    `aggregator_mlp` (LayerNorm, Linear, GELU, Linear) and `aggregator_scale` may be a `SepsModel`'s or the
+    authors' own `cross_net.aggr_net.weight` / `.scale`.
+    """
     cls, patches = _split(image_embeds, config.vision_cls_token)
     self_scores = _cosine_to_patches(patches.mean(1), patches)
     text_scores = _cosine_to_patches(caption.mean(0, keepdim=True), patches)
@@ -41,16 +48,13 @@ def official_branch(model, image_embeds: torch.Tensor, caption: torch.Tensor) ->
     kept = _gather(patches, order[:, :k])
     dropped = _gather(patches, order[:, k:])
     extra = (F.softmax(sorted_scores[:, k:], dim=1).unsqueeze(-1) * dropped).sum(1, keepdim=True)
-    aggregator = model.aggregator
-    weights = F.softmax((aggregator.mlp(kept) * aggregator.scale).transpose(1, 2), dim=2)
+    weights = F.softmax((aggregator_mlp(kept) * aggregator_scale).transpose(1, 2), dim=2)
     pieces = [weights @ kept, extra]
     if cls is not None:
         pieces.insert(0, cls)
     tokens = F.normalize(torch.cat(pieces, dim=1), dim=-1)
     words = F.normalize(caption, dim=-1)
-    alignment = F.leaky_relu(
-        torch.einsum("wc,ilc->iwl", words, tokens), negative_slope=config.leaky_relu_slope
-    )
+    alignment = F.leaky_relu(torch.einsum("wc,ilc->iwl", words, tokens), negative_slope=config.leaky_relu_slope)
     return alignment.max(dim=2).values.mean(dim=1) + alignment.max(dim=1).values.mean(dim=1)
 
 
@@ -88,9 +92,7 @@ def paper_score(model, image_embeds: torch.Tensor, caption: torch.Tensor, dense:
     sorted_scores, order = torch.sort(scores, dim=1, descending=True)
     tokens = _aggregate_kept(model.sparse_aggregator, patches, order[:, :k])
     if dense is not None:
-        dense_view = ((1 - 2 * beta) * patch_scores + beta * (2 * dense_scores + 2 * self_scores)) / (
-            1 + 2 * beta
-        )
+        dense_view = ((1 - 2 * beta) * patch_scores + beta * (2 * dense_scores + 2 * self_scores)) / (1 + 2 * beta)
         dense_order = torch.sort(dense_view, dim=1, descending=True).indices
         tokens = tokens + _aggregate_kept(model.dense_aggregator, patches, dense_order[:, :k])
     pieces = [tokens]
@@ -114,11 +116,10 @@ def reference_similarity(model, image_embeds, text_embeds, text_mask, dense_embe
     for caption, mask in zip(text_embeds, text_mask, strict=True):
         caption = caption[mask.bool()]
         if model.config.variant == "official":
-            column = official_branch(model, image_embeds, caption)
+            branch = partial(official_branch, model.config, model.aggregator.mlp, model.aggregator.scale)
+            column = branch(image_embeds, caption)
             if dense is not None:
-                own = torch.stack(
-                    [official_branch(model, image_embeds[j : j + 1], d)[0] for j, d in enumerate(dense)]
-                )
+                own = torch.stack([branch(image_embeds[j : j + 1], d)[0] for j, d in enumerate(dense)])
                 column = column + own
         else:
             column = paper_score(model, image_embeds, caption, dense)

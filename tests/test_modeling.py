@@ -35,9 +35,7 @@ def test_similarity_matches_one_caption_reference(variant, with_dense, chunk_siz
 @pytest.mark.parametrize("keep_cls_and_extra_token", [False, True])
 def test_paper_variant_without_cls_backbone_matches_reference(keep_cls_and_extra_token):
     torch.manual_seed(0)
-    config = tiny_config(
-        "paper", vision_config=tiny_swin_config(), keep_cls_and_extra_token=keep_cls_and_extra_token
-    )
+    config = tiny_config("paper", vision_config=tiny_swin_config(), keep_cls_and_extra_token=keep_cls_and_extra_token)
     assert (config.num_patches, config.vision_cls_token) == (16, False)
     model = SepsModel(config).eval()
     images, texts, text_mask, dense, dense_mask = random_embeds(model, 3, 4, seed=2, with_dense=True)
@@ -97,10 +95,7 @@ def test_without_dense_captions_the_official_score_is_the_single_branch(variant)
         sparse_only = model.similarity(images, texts, text_mask)
         both = model.similarity(images, texts, text_mask, dense, dense_mask)
         own_dense = torch.stack(
-            [
-                model.similarity(images[j : j + 1], dense[j : j + 1], dense_mask[j : j + 1])[0, 0]
-                for j in range(3)
-            ]
+            [model.similarity(images[j : j + 1], dense[j : j + 1], dense_mask[j : j + 1])[0, 0] for j in range(3)]
         )
     torch.testing.assert_close(both, sparse_only + own_dense[:, None], atol=1e-5, rtol=0)
 

@@ -146,19 +146,11 @@ class SepsConfig(PreTrainedConfig):
             raise ValueError(
                 f"max_violation_warmup_epochs must be an integer >= 0, got {self.max_violation_warmup_epochs!r}"
             )
-        for name in (
-            "gumbel_tau",
-            "margin",
-            "ratio_weight",
-            "lambda_sparse",
-            "lambda_dense",
-            "leaky_relu_slope",
-        ):
-            value = getattr(self, name)
-            if name == "gumbel_tau" and not value > 0:
-                raise ValueError(f"gumbel_tau must be > 0, got {value}")
-            if value < 0:
-                raise ValueError(f"{name} must be >= 0, got {value}")
+        if not self.gumbel_tau > 0:
+            raise ValueError(f"gumbel_tau must be > 0, got {self.gumbel_tau}")
+        for name in ("margin", "ratio_weight", "lambda_sparse", "lambda_dense", "leaky_relu_slope"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.num_patches is not None:
             if not isinstance(self.num_patches, int) or self.num_patches < 1:
                 raise ValueError(f"num_patches must be an integer >= 1, got {self.num_patches!r}")
