@@ -664,14 +664,6 @@ class SepsModel(SepsPreTrainedModel):
                 f"one dense caption per image: {pixel_values.shape[0]} images but {dense_input_ids.shape[0]} "
                 "dense captions"
             )
-        if return_loss and pixel_values.shape[0] != input_ids.shape[0]:
-            raise ValueError(
-                "return_loss needs paired batches (caption k describes image k): got "
-                f"{pixel_values.shape[0]} images and {input_ids.shape[0]} captions"
-            )
-        if image_ids is not None and image_ids.shape[0] != pixel_values.shape[0]:
-            raise ValueError(f"image_ids has {image_ids.shape[0]} entries for {pixel_values.shape[0]} images")
-
         image_embeds = self.get_image_features(pixel_values)
         text_embeds = self.get_text_features(input_ids, attention_mask)
         dense_embeds = None
@@ -679,10 +671,44 @@ class SepsModel(SepsPreTrainedModel):
             if dense_attention_mask is None:
                 dense_attention_mask = torch.ones_like(dense_input_ids)
             dense_embeds = self.get_text_features(dense_input_ids, dense_attention_mask)
-        scores, sparse_keep_mask, dense_keep_mask = self._score(
-            image_embeds, text_embeds, attention_mask, dense_embeds, dense_attention_mask, None, True
+        return self.score_embeddings(
+            image_embeds,
+            text_embeds,
+            attention_mask,
+            dense_embeds,
+            dense_attention_mask,
+            image_ids=image_ids,
+            return_loss=return_loss,
+            max_violation=max_violation,
         )
 
+    def score_embeddings(
+        self,
+        image_embeds: torch.Tensor,
+        text_embeds: torch.Tensor,
+        text_attention_mask: torch.Tensor,
+        dense_embeds: torch.Tensor | None = None,
+        dense_attention_mask: torch.Tensor | None = None,
+        image_ids: torch.Tensor | None = None,
+        return_loss: bool = False,
+        max_violation: bool = True,
+    ) -> SepsOutput:
+        """The second half of `forward`: scores, selection masks and loss from embeddings.
+
+        Shapes as in [`~SepsModel.similarity`]; `image_ids` (N_img,). A distributed trainer calls it on the
+        gathered global batch (see `transformers_seps.training`).
+        """
+        num_images, num_texts = image_embeds.shape[0], text_embeds.shape[0]
+        if return_loss and num_images != num_texts:
+            raise ValueError(
+                f"return_loss needs paired batches (caption k describes image k): got {num_images} images and "
+                f"{num_texts} captions"
+            )
+        if image_ids is not None and image_ids.shape[0] != num_images:
+            raise ValueError(f"image_ids has {image_ids.shape[0]} entries for {num_images} images")
+        scores, sparse_keep_mask, dense_keep_mask = self._score(
+            image_embeds, text_embeds, text_attention_mask, dense_embeds, dense_attention_mask, None, True
+        )
         loss = alignment_loss = ratio_loss = None
         if return_loss:
             config = self.config
