@@ -1,0 +1,33 @@
+"""Retrieval data for SEPS: the SEPS authors' layout (Flickr30K, MS-COCO), `datasets` builders and a collator.
+
+The synthetic fine-grained benchmark, written in the same layout, lives in `transformers_seps.data.synthetic`
+(also a command line: `python -m transformers_seps.data.synthetic --output_dir DIR`).
+"""
+
+from .retrieval import (
+    DENSE_CAPTION_MODES,
+    RetrievalDataError,
+    RetrievalFileNotFoundError,
+    RetrievalFiles,
+    RetrievalSplit,
+    SepsRetrievalCollator,
+    UnreadableImageError,
+    build_caption_dataset,
+    build_image_dataset,
+    load_retrieval_split,
+    load_rgb_image,
+)
+
+__all__ = [
+    "DENSE_CAPTION_MODES",
+    "RetrievalDataError",
+    "RetrievalFileNotFoundError",
+    "RetrievalFiles",
+    "RetrievalSplit",
+    "SepsRetrievalCollator",
+    "UnreadableImageError",
+    "build_caption_dataset",
+    "build_image_dataset",
+    "load_retrieval_split",
+    "load_rgb_image",
+]
