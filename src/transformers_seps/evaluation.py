@@ -6,10 +6,30 @@ R@K in percent, medr/meanr 1-based, rSum the sum of the six recalls. Ties count 
 candidate scoring exactly as much as the right answer ranks ahead of it, so a constant model gets no credit.
 """
 
+import warnings
 from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+if TYPE_CHECKING:
+    from accelerate import Accelerator
+
+    from .data import RetrievalSplit
+    from .modeling_seps import SepsModel
+    from .processing_seps import SepsProcessor
+
+DENSE_PAIRINGS = ("image", "query_ground_truth", "none")
+LEAK_WARNING = (
+    "dense_pairing='query_ground_truth' reproduces the SEPS authors' evaluation: every caption carries the dense "
+    "caption of its ground-truth image, which hands the answer to the model (a label leak, SEPS_SPEC.md section 2). "
+    "Use its numbers only to measure the leak, never as retrieval results."
+)
 
 RECALL_KS = (1, 5, 10)
 METRIC_KEYS = ("i2t_r1", "i2t_r5", "i2t_r10", "t2i_r1", "t2i_r5", "t2i_r10", "rsum")
@@ -83,3 +103,232 @@ def retrieval_metrics(
 ) -> dict[str, float]:
     """All metrics of one similarity matrix (N_img, N_txt) with its caption -> image map (N_txt,)."""
     return recall_metrics(*retrieval_ranks(similarity, caption_to_image))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Protocols (spec section 5)
+# ---------------------------------------------------------------------------------------------------------------
+
+CAPTIONS_PER_IMAGE = 5
+FOLD_SIZE = 1000
+
+
+def check_five_captions_per_image(caption_to_image: Sequence[int] | np.ndarray, num_images: int) -> None:
+    """The 1K/5K protocols assume 5 captions per image, stored image-major (captions 5j..5j+4 of image j)."""
+    targets = np.asarray(caption_to_image)
+    counts = np.bincount(targets, minlength=num_images)
+    if len(targets) != CAPTIONS_PER_IMAGE * num_images or (counts != CAPTIONS_PER_IMAGE).any():
+        bad = np.nonzero(counts != CAPTIONS_PER_IMAGE)[0][:5].tolist()
+        raise ValueError(
+            f"the 5-caption protocols need exactly {CAPTIONS_PER_IMAGE} captions per image; got {len(targets)} "
+            f"captions for {num_images} images (images {bad} have {counts[bad].tolist()})"
+        )
+    if not np.array_equal(targets, np.repeat(np.arange(num_images), CAPTIONS_PER_IMAGE)):
+        raise ValueError("the 5-caption protocols need captions in image-major order (5 per image, in image order)")
+
+
+def fold_metrics(similarity: np.ndarray | torch.Tensor, caption_to_image: Sequence[int] | np.ndarray) -> list[dict]:
+    """MS-COCO 1K: metrics of each fold of 1000 consecutive images and their 5000 captions."""
+    sims = np.asarray(similarity)
+    num_images = sims.shape[0]
+    check_five_captions_per_image(caption_to_image, num_images)
+    if num_images % FOLD_SIZE:
+        raise ValueError(f"the 1K protocol splits the images into folds of {FOLD_SIZE}; got {num_images} images")
+    folds = []
+    for start in range(0, num_images, FOLD_SIZE):
+        rows = slice(start, start + FOLD_SIZE)
+        columns = slice(start * CAPTIONS_PER_IMAGE, (start + FOLD_SIZE) * CAPTIONS_PER_IMAGE)
+        targets = np.repeat(np.arange(FOLD_SIZE), CAPTIONS_PER_IMAGE)
+        folds.append(retrieval_metrics(sims[rows, columns], targets))
+    return folds
+
+
+def mean_metrics(metrics: Sequence[dict[str, float]]) -> dict[str, float]:
+    return {key: float(np.mean([m[key] for m in metrics])) for key in metrics[0]}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Encoding and scoring a split
+# ---------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class EncodedSplit:
+    """Everything `SepsModel.similarity` needs for a split, each image and caption encoded once.
+
+    image_embeds (N_img, L_v, C); text_embeds (N_txt, L_t, C) and text_mask (N_txt, L_t); dense_embeds
+    (N_img, L_d, C) and dense_mask (N_img, L_d), or None; caption_to_image (N_txt,).
+    """
+
+    image_embeds: torch.Tensor
+    text_embeds: torch.Tensor
+    text_mask: torch.Tensor
+    dense_embeds: torch.Tensor | None
+    dense_mask: torch.Tensor | None
+    caption_to_image: np.ndarray
+
+
+def _pad_and_stack(chunks: list[torch.Tensor], masks: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    length = max(chunk.shape[1] for chunk in chunks)
+    embeds = torch.cat([F.pad(chunk, (0, 0, 0, length - chunk.shape[1])) for chunk in chunks])
+    mask = torch.cat([F.pad(mask, (0, length - mask.shape[1])) for mask in masks])
+    return embeds, mask
+
+
+@torch.no_grad()
+def encode_split(
+    model: "SepsModel",
+    processor: "SepsProcessor",
+    split: "RetrievalSplit",
+    batch_size: int = 64,
+    use_dense: bool = True,
+    num_workers: int = 0,
+    accelerator: "Accelerator | None" = None,
+    progress: bool = True,
+) -> EncodedSplit:
+    """Encode every image (with its own dense caption) and every caption of `split` once, in batches.
+
+    Under Accelerate the batches are split over the processes and the embeddings gathered in order.
+    """
+    from .data import SepsRetrievalCollator, build_caption_dataset, build_image_dataset
+
+    if use_dense and not split.has_dense_captions:
+        raise ValueError(
+            f"{split.dataset}/{split.split} has no dense captions but dense captions were asked for; "
+            "generate them (examples/generate_dense_captions.py) or evaluate without them"
+        )
+    model.eval()
+    device = accelerator.device if accelerator is not None else model.device
+    collator = SepsRetrievalCollator(processor)
+    images = build_image_dataset(split)
+    if not use_dense:
+        images = images.remove_columns(["dense_caption"])
+    captions = build_caption_dataset(split).remove_columns(["image_path", "dense_caption"])
+
+    def batches(dataset, description):
+        loader = DataLoader(dataset, batch_size=batch_size, collate_fn=collator, num_workers=num_workers)
+        if accelerator is not None:
+            loader = accelerator.prepare_data_loader(loader, device_placement=False)
+        main = accelerator is None or accelerator.is_main_process
+        return tqdm(loader, desc=description, disable=not (progress and main))
+
+    def gather(tensor):
+        if accelerator is None:
+            return tensor.cpu()
+        return accelerator.gather_for_metrics(accelerator.pad_across_processes(tensor, dim=1)).cpu()
+
+    image_chunks, dense_chunks, dense_masks = [], [], []
+    for batch in batches(images, "encoding images"):
+        image_chunks.append(gather(model.get_image_features(batch["pixel_values"].to(device))))
+        if use_dense:
+            mask = batch["dense_attention_mask"].to(device)
+            dense_chunks.append(gather(model.get_text_features(batch["dense_input_ids"].to(device), mask)))
+            dense_masks.append(gather(mask))
+    text_chunks, text_masks = [], []
+    for batch in batches(captions, "encoding captions"):
+        mask = batch["attention_mask"].to(device)
+        text_chunks.append(gather(model.get_text_features(batch["input_ids"].to(device), mask)))
+        text_masks.append(gather(mask))
+    text_embeds, text_mask = _pad_and_stack(text_chunks, text_masks)
+    dense_embeds, dense_mask = _pad_and_stack(dense_chunks, dense_masks) if use_dense else (None, None)
+    return EncodedSplit(
+        torch.cat(image_chunks), text_embeds, text_mask, dense_embeds, dense_mask, np.asarray(split.caption_to_image)
+    )
+
+
+@torch.no_grad()
+def score_split(
+    model: "SepsModel",
+    encoded: EncodedSplit,
+    dense_pairing: str = "image",
+    images_per_block: int = 50,
+    chunk_size: int | None = None,
+    accelerator: "Accelerator | None" = None,
+    progress: bool = True,
+) -> np.ndarray:
+    """The (N_img, N_txt) similarity matrix, in blocks of images; under Accelerate the blocks are split over the
+    processes and the rows gathered, so any number of processes gives the same matrix.
+
+    dense_pairing:
+        "image": each candidate image uses its own dense caption (the honest protocol, default).
+        "none": no dense caption.
+        "query_ground_truth": the SEPS authors' protocol, every caption carries its ground-truth image's dense
+            caption (a label leak; warns). Only for measuring the leak.
+    """
+    if dense_pairing not in DENSE_PAIRINGS:
+        raise ValueError(f"dense_pairing must be one of {DENSE_PAIRINGS}, got {dense_pairing!r}")
+    if dense_pairing != "none" and encoded.dense_embeds is None:
+        raise ValueError(f"dense_pairing={dense_pairing!r} needs dense captions, and this split was encoded without")
+    if dense_pairing == "query_ground_truth":
+        warnings.warn(LEAK_WARNING, stacklevel=2)
+    model.eval()
+    device = accelerator.device if accelerator is not None else model.device
+    num_images = encoded.image_embeds.shape[0]
+    rank, world = (accelerator.process_index, accelerator.num_processes) if accelerator is not None else (0, 1)
+    rows = _process_rows(num_images, rank, world)
+    texts = encoded.text_embeds.to(device), encoded.text_mask.to(device)
+    scores = []
+    blocks = range(rows.start, rows.stop, images_per_block)
+    for start in tqdm(blocks, desc=f"scoring ({dense_pairing})", disable=not (progress and rank == 0)):
+        block = slice(start, min(start + images_per_block, rows.stop))
+        images = encoded.image_embeds[block].to(device)
+        if dense_pairing == "image":
+            dense = encoded.dense_embeds[block].to(device), encoded.dense_mask[block].to(device)
+            scores.append(model.similarity(images, *texts, *dense, chunk_size=chunk_size))
+        elif dense_pairing == "none":
+            scores.append(model.similarity(images, *texts, chunk_size=chunk_size))
+        else:
+            scores.append(_leaky_similarity(model, images, *texts, encoded, chunk_size))
+    local = torch.cat(scores).cpu() if scores else torch.zeros(0, encoded.text_embeds.shape[0])
+    if world == 1:
+        return local.numpy()
+    # Equal-sized pieces for the all-gather, then each process's real rows in rank order.
+    per_process = len(_process_rows(num_images, 0, world))
+    padded = F.pad(local, (0, 0, 0, per_process - local.shape[0])).to(device)
+    gathered = accelerator.gather(padded).cpu().view(world, per_process, -1)
+    return torch.cat([gathered[r, : len(_process_rows(num_images, r, world))] for r in range(world)]).numpy()
+
+
+def _process_rows(num_images: int, rank: int, world: int) -> range:
+    """The contiguous block of image rows that process `rank` of `world` scores."""
+    per_process = -(-num_images // world)
+    return range(min(num_images, rank * per_process), min(num_images, (rank + 1) * per_process))
+
+
+def _leaky_similarity(
+    model: "SepsModel",
+    images: torch.Tensor,
+    text_embeds: torch.Tensor,
+    text_mask: torch.Tensor,
+    encoded: EncodedSplit,
+    chunk_size: int | None,
+) -> torch.Tensor:
+    """S(I_j, T_i) computed with D_gt(i), the dense caption of the caption's ground-truth image (the SEPS
+    authors' pairing; a label leak kept for the audit only)."""
+    dense_embeds = encoded.dense_embeds.to(images.device)
+    dense_mask = encoded.dense_mask.to(images.device)
+    targets = torch.as_tensor(encoded.caption_to_image, device=images.device)
+    if model.config.variant == "official":
+        # f(I_j, T_i) + f(I_j, D_gt(i)): the dense branch is the caption branch run on dense captions.
+        sparse = model.similarity(images, text_embeds, text_mask, chunk_size=chunk_size)
+        dense_branch = model.similarity(images, dense_embeds, dense_mask, chunk_size=chunk_size)
+        return sparse + dense_branch[:, targets]
+    # Paper variant: D_gt(i) steers the selection, so each ground-truth group is scored with it given to every image.
+    scores = images.new_empty(images.shape[0], text_embeds.shape[0])
+    for image_index in targets.unique().tolist():
+        captions = (targets == image_index).nonzero().flatten()
+        dense = dense_embeds[image_index : image_index + 1].expand(images.shape[0], -1, -1)
+        mask = dense_mask[image_index : image_index + 1].expand(images.shape[0], -1)
+        scores[:, captions] = model.similarity(
+            images, text_embeds[captions], text_mask[captions], dense, mask, chunk_size
+        )
+    return scores
+
+
+def markdown_table(metrics: dict[str, float], title: str = "") -> str:
+    """A one-row markdown table of the standard metrics (and medr/meanr when present)."""
+    keys = [key for key in (*METRIC_KEYS[:3], "i2t_medr", *METRIC_KEYS[3:6], "t2i_medr", "rsum") if key in metrics]
+    header = "| " + " | ".join(([""] if title else []) + keys) + " |"
+    rule = "|" + " --- |" * (len(keys) + bool(title))
+    row = "| " + " | ".join(([title] if title else []) + [f"{metrics[key]:.1f}" for key in keys]) + " |"
+    return "\n".join([header, rule, row])

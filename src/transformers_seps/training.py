@@ -1,18 +1,36 @@
 """Training pieces shared by `examples/train_retrieval.py`: the global-batch objective, optimiser, schedule and
 atomic checkpoints. Works in one process and under `accelerate launch` (any number of processes)."""
 
+import json
 import os
 import re
 import shutil
 from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
+from accelerate import Accelerator
+from accelerate.utils import set_seed
 from torch import nn
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
 
+from .backbones import (
+    EFFICIENTNET_LITE0,
+    MINILM,
+    VIT_SCRATCH,
+    build_processor,
+    load_text_backbone,
+    load_vision_backbone,
+)
+from .data import RetrievalSplit, SepsRetrievalCollator, build_caption_dataset, load_retrieval_split
+from .data.synthetic import SyntheticBenchmarkConfig, generate_synthetic_benchmark
+from .evaluation import encode_split, fold_metrics, markdown_table, mean_metrics, retrieval_metrics, score_split
 from .modeling_seps import SepsModel, SepsOutput
+from .processing_seps import SepsProcessor
 
 CHECKPOINT_PREFIX = "checkpoint-"
 
@@ -169,3 +187,340 @@ def publish_checkpoint(temporary: Path, final: Path, keep: int = 2) -> None:
     checkpoints = sorted((step, path) for path in final.parent.iterdir() if (step := checkpoint_step(path)) is not None)
     for _, path in checkpoints[: max(0, len(checkpoints) - keep)]:
         shutil.rmtree(path)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The training run behind examples/train_retrieval.py
+# ---------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class ModelArguments:
+    vision_model: str = field(
+        default=VIT_SCRATCH,
+        metadata={"help": f"'{VIT_SCRATCH}', '{EFFICIENTNET_LITE0}' (needs timm), a hub id or a local folder."},
+    )
+    text_model: str = field(default=MINILM, metadata={"help": f"'{MINILM}', a hub id or a local BERT folder."})
+    variant: str = field(default="paper", metadata={"help": "paper | official"})
+    embed_dim: int = field(default=512, metadata={"help": "Joint embedding size C."})
+    sparse_ratio: float = field(default=0.5, metadata={"help": "rho: fraction of patches kept."})
+    aggr_ratio: float = field(default=0.4, metadata={"help": "Aggregated tokens N_c = int(N * aggr_ratio * rho)."})
+    use_dense_captions: bool = field(default=True, metadata={"help": "Train and evaluate with dense captions."})
+    freeze_text_model: bool | None = field(
+        default=None,
+        metadata={"help": "Keep the pretrained text encoder fixed (default: yes on the synthetic benchmark only)."},
+    )
+    image_size: int = field(default=64, metadata={"help": f"Input size of '{VIT_SCRATCH}'."})
+    patch_size: int = field(default=8, metadata={"help": f"Patch size of '{VIT_SCRATCH}'."})
+
+
+@dataclass
+class DataArguments:
+    dataset: str = field(default="synthetic", metadata={"help": "synthetic | f30k | coco"})
+    data_root: str = field(default="data/synthetic", metadata={"help": "Annotation folder (authors' layout)."})
+    image_root: str | None = field(default=None, metadata={"help": "Image folder (default: see the loader)."})
+    synthetic_num_train: int = field(default=2000, metadata={"help": "Synthetic benchmark: training images."})
+    synthetic_num_dev: int = field(default=200, metadata={"help": "Synthetic benchmark: dev images."})
+    synthetic_num_test: int = field(default=200, metadata={"help": "Synthetic benchmark: test images."})
+    synthetic_image_size: int = field(default=64, metadata={"help": "Synthetic benchmark: image side in pixels."})
+    synthetic_seed: int = field(default=0, metadata={"help": "Synthetic benchmark: generation seed."})
+    one_caption_per_image: bool | None = field(
+        default=None,
+        metadata={
+            "help": "An epoch shows each image once, with one of its captions drawn at random, instead of every "
+            "caption (default: yes on the synthetic benchmark only)."
+        },
+    )
+    num_workers: int = field(default=0, metadata={"help": "DataLoader workers."})
+
+
+@dataclass
+class RetrievalTrainingArguments:
+    output_dir: str = field(default="runs/seps", metadata={"help": "Checkpoints, best model, eval_results.json."})
+    num_train_epochs: int | None = field(
+        default=None, metadata={"help": "Epochs (default: the paper's 30; 4 on the synthetic benchmark)."}
+    )
+    max_steps: int | None = field(default=None, metadata={"help": "Stop after this many optimizer steps."})
+    per_device_train_batch_size: int = field(default=32, metadata={"help": "Pairs per process and step."})
+    per_device_eval_batch_size: int = field(default=64, metadata={"help": "Images or captions per batch."})
+    gradient_accumulation_steps: int = field(default=1)
+    learning_rate: float = field(default=1e-4, metadata={"help": "Head learning rate (the paper: 1e-4)."})
+    backbone_lr_ratio: float = field(default=0.1, metadata={"help": "Backbones train at this times the lr."})
+    weight_decay: float = field(default=1e-4)
+    lr_decay_epochs: list[int] = field(default_factory=lambda: [15, 25], metadata={"help": "Epochs that decay lr."})
+    lr_decay_rate: float = field(default=0.1)
+    max_grad_norm: float = field(default=2.0, metadata={"help": "Gradient clipping (the paper: 2.0)."})
+    mixed_precision: str = field(default="no", metadata={"help": "no | fp16 | bf16"})
+    checkpointing_steps: str | None = field(
+        default=None, metadata={"help": "Save the training state every N optimizer steps, or 'epoch'."}
+    )
+    resume_from_checkpoint: str | None = field(
+        default=None, metadata={"help": "A checkpoint folder, or 'latest' for the newest one in output_dir."}
+    )
+    seed: int = field(default=0)
+    logging_steps: int = field(default=10)
+    report_to: str | None = field(default=None, metadata={"help": "An Accelerate tracker, e.g. tensorboard."})
+    push_to_hub: bool = field(default=False, metadata={"help": "Push the best model and processor to the Hub."})
+    hub_model_id: str | None = field(default=None, metadata={"help": "Hub repository of --push_to_hub."})
+    eval_test: bool = field(default=True, metadata={"help": "Evaluate the best model on the test split."})
+
+
+class TrainingProgress:
+    """The loop's own state, saved with every checkpoint (`accelerator.register_for_checkpointing`)."""
+
+    def __init__(self) -> None:
+        self.step = 0
+        self.best_rsum = -1.0
+        self.best_epoch = -1
+        self.history: list[dict] = []
+
+    def state_dict(self) -> dict:
+        return {"step": self.step, "best_rsum": self.best_rsum, "best_epoch": self.best_epoch, "history": self.history}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.step, self.best_rsum, self.best_epoch = state["step"], state["best_rsum"], state["best_epoch"]
+        self.history = list(state["history"])
+
+
+def epoch_order(caption_to_image: list[int], epoch: int, seed: int, one_caption_per_image: bool) -> list[int]:
+    """Caption rows of one epoch, shuffled; a function of (seed, epoch) only, so a resumed run replays it.
+
+    With `one_caption_per_image`, each image appears once with one of its captions drawn at random.
+    """
+    generator = torch.Generator().manual_seed(seed * 1000 + epoch)
+    rows = torch.arange(len(caption_to_image))
+    if one_caption_per_image:
+        images = torch.as_tensor(caption_to_image)
+        keys = torch.rand(len(rows), generator=generator)
+        # The caption with the smallest random key of each image.
+        best = torch.full((int(images.max()) + 1,), 2.0).scatter_reduce(0, images, keys, reduce="amin")
+        rows = rows[keys == best[images]]
+    return rows[torch.randperm(len(rows), generator=generator)].tolist()
+
+
+def _load_data(data_args: DataArguments, use_dense: bool, accelerator: Accelerator) -> dict:
+    if data_args.dataset == "synthetic":
+        config = SyntheticBenchmarkConfig(
+            num_train=data_args.synthetic_num_train,
+            num_dev=data_args.synthetic_num_dev,
+            num_test=data_args.synthetic_num_test,
+            image_size=data_args.synthetic_image_size,
+            seed=data_args.synthetic_seed,
+        )
+        if accelerator.is_main_process:
+            generate_synthetic_benchmark(data_args.data_root, config)
+        accelerator.wait_for_everyone()
+    test_split = "testall" if data_args.dataset == "coco" else "test"
+    dense_mode = "required" if use_dense else "ignore"
+    splits = {}
+    for name in ("train", "dev", test_split):
+        splits[name] = load_retrieval_split(
+            data_args.data_root, data_args.dataset, name, data_args.image_root, dense_captions=dense_mode
+        )
+    return splits
+
+
+def _build_model(model_args: ModelArguments) -> tuple[SepsModel, SepsProcessor]:
+    vision = load_vision_backbone(model_args.vision_model, model_args.image_size, model_args.patch_size)
+    text = load_text_backbone(model_args.text_model)
+    model = SepsModel.from_backbones(
+        vision,
+        text,
+        variant=model_args.variant,
+        embed_dim=model_args.embed_dim,
+        sparse_ratio=model_args.sparse_ratio,
+        aggr_ratio=model_args.aggr_ratio,
+    )
+    processor = build_processor(model_args.vision_model, model_args.text_model, model_args.image_size, vision)
+    return model, processor
+
+
+def evaluate_model(
+    model: SepsModel,
+    processor: SepsProcessor,
+    split: RetrievalSplit,
+    use_dense: bool,
+    batch_size: int,
+    accelerator: Accelerator,
+) -> dict[str, float]:
+    """Metrics of `model` on a split (honest dense pairing); COCO's 5K test also gets the mean of its 1K folds."""
+    encoded = encode_split(model, processor, split, batch_size, use_dense=use_dense, accelerator=accelerator)
+    pairing = "image" if use_dense else "none"
+    similarity = score_split(model, encoded, dense_pairing=pairing, accelerator=accelerator)
+    metrics = retrieval_metrics(similarity, split.caption_to_image)
+    if split.dataset == "coco" and split.split == "testall":
+        folds = fold_metrics(similarity, split.caption_to_image)
+        metrics.update({f"1k_{key}": value for key, value in mean_metrics(folds).items()})
+    return metrics
+
+
+def _save_pretrained_atomically(model: SepsModel, processor: SepsProcessor, directory: Path) -> None:
+    temporary = directory.with_name(f".tmp-{directory.name}")
+    if temporary.exists():
+        shutil.rmtree(temporary)
+    model.save_pretrained(temporary)
+    processor.save_pretrained(temporary)
+    if directory.exists():
+        shutil.rmtree(directory)
+    os.replace(temporary, directory)
+
+
+def run_training(
+    model_args: ModelArguments, data_args: DataArguments, args: RetrievalTrainingArguments
+) -> dict[str, float]:
+    """Train, validate on the dev split every epoch, keep the best model by dev rSum in `output_dir/best`, and
+    write its test metrics to `output_dir/eval_results.json`. Returns the test metrics (or the best dev ones)."""
+    output_dir = Path(args.output_dir)
+    accelerator = Accelerator(
+        gradient_accumulation_steps=args.gradient_accumulation_steps,
+        mixed_precision=args.mixed_precision,
+        log_with=args.report_to,
+        project_dir=str(output_dir),
+    )
+    set_seed(args.seed)
+    synthetic = data_args.dataset == "synthetic"
+    num_train_epochs = args.num_train_epochs or (4 if synthetic else 30)
+    freeze_text = synthetic if model_args.freeze_text_model is None else model_args.freeze_text_model
+    one_caption = synthetic if data_args.one_caption_per_image is None else data_args.one_caption_per_image
+    use_dense = model_args.use_dense_captions
+    splits = _load_data(data_args, use_dense, accelerator)
+    model, processor = _build_model(model_args)
+    if freeze_text:
+        model.text_model.requires_grad_(False)
+    objective = SepsForRetrievalTraining(model)
+    optimizer = build_optimizer(model, args.learning_rate, args.backbone_lr_ratio, args.weight_decay)
+
+    train_rows = build_caption_dataset(splits["train"])
+    if not use_dense:
+        train_rows = train_rows.remove_columns(["dense_caption"])
+    batch_size = args.per_device_train_batch_size
+    global_batch = batch_size * accelerator.num_processes
+    caption_to_image = splits["train"].caption_to_image
+    rows_per_epoch = len(epoch_order(caption_to_image, 0, args.seed, one_caption))
+    micro_steps_per_epoch = rows_per_epoch // global_batch
+    if micro_steps_per_epoch == 0:
+        raise ValueError(f"{rows_per_epoch} training pairs cannot fill one global batch of {global_batch}")
+    steps_per_epoch = max(1, micro_steps_per_epoch // args.gradient_accumulation_steps)
+    max_steps = args.max_steps or steps_per_epoch * num_train_epochs
+    num_epochs = -(-max_steps // steps_per_epoch)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, step_decay(args.lr_decay_epochs, args.lr_decay_rate, steps_per_epoch)
+    )
+    objective, optimizer, scheduler = accelerator.prepare(objective, optimizer, scheduler)
+    progress = TrainingProgress()
+    accelerator.register_for_checkpointing(progress)
+    checkpoints = output_dir / "checkpoints"
+    resume = args.resume_from_checkpoint
+    if resume == "latest":
+        resume = latest_checkpoint(checkpoints)
+    if resume:
+        accelerator.load_state(str(resume))
+        accelerator.print(f"resumed from {resume} at step {progress.step}")
+    if args.report_to:
+        accelerator.init_trackers("seps", config={**asdict(model_args), **asdict(data_args), **asdict(args)})
+    checkpoint_every = None if args.checkpointing_steps in (None, "epoch") else int(args.checkpointing_steps)
+
+    def save_checkpoint() -> None:
+        temporary = checkpoints / f".tmp-{CHECKPOINT_PREFIX}{progress.step}"
+        accelerator.save_state(str(temporary))
+        accelerator.wait_for_everyone()
+        if accelerator.is_main_process:
+            publish_checkpoint(temporary, checkpoints / f"{CHECKPOINT_PREFIX}{progress.step}")
+        accelerator.wait_for_everyone()
+
+    collator = SepsRetrievalCollator(processor)
+    unwrapped = accelerator.unwrap_model(objective).model
+    accelerator.print(
+        f"{rows_per_epoch} pairs per epoch, {steps_per_epoch} steps per epoch, {max_steps} steps; text encoder "
+        f"{'frozen' if freeze_text else 'trained'}; dense captions {'on' if use_dense else 'off'}"
+    )
+    bar = tqdm(total=max_steps, initial=progress.step, desc="training", disable=not accelerator.is_local_main_process)
+    start_epoch = progress.step // steps_per_epoch
+    for epoch in range(start_epoch, num_epochs):
+        objective.train()
+        if freeze_text:
+            unwrapped.text_model.eval()  # no dropout in a frozen encoder
+        loader = DataLoader(
+            train_rows.select(epoch_order(caption_to_image, epoch, args.seed, one_caption)),
+            batch_size=batch_size,
+            drop_last=True,
+            collate_fn=collator,
+            num_workers=data_args.num_workers,
+            generator=torch.Generator().manual_seed(args.seed),
+        )
+        loader = accelerator.prepare_data_loader(loader)
+        done_in_epoch = progress.step - epoch * steps_per_epoch
+        if done_in_epoch:
+            loader = accelerator.skip_first_batches(loader, done_in_epoch * args.gradient_accumulation_steps)
+        max_violation = epoch >= unwrapped.config.max_violation_warmup_epochs
+        epoch_end_step = min(max_steps, (epoch + 1) * steps_per_epoch)
+        micro_step = done_in_epoch * args.gradient_accumulation_steps
+        for batch in loader:
+            with accelerator.accumulate(objective):
+                seed = (args.seed * 1_000_003 + epoch * 100_003 + micro_step) % 2**63
+                output = objective(**batch, max_violation=max_violation, selection_seed=seed)
+                accelerator.backward(output.loss)
+                if accelerator.sync_gradients and args.max_grad_norm > 0:
+                    accelerator.clip_grad_norm_(objective.parameters(), args.max_grad_norm)
+                optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad()
+            micro_step += 1
+            if not accelerator.sync_gradients:
+                continue
+            progress.step += 1
+            bar.update(1)
+            learning_rate = scheduler.get_last_lr()[0]
+            bar.set_postfix(loss=f"{output.loss.item():.3f}", lr=f"{learning_rate:.2e}", epoch=epoch)
+            if progress.step % args.logging_steps == 0:
+                accelerator.log(
+                    {
+                        "train/loss": output.loss.item(),
+                        "train/alignment_loss": output.alignment_loss.item(),
+                        "train/ratio_loss": output.ratio_loss.item(),
+                        "train/kept_fraction": output.sparse_keep_mask.mean().item(),
+                        "train/lr": learning_rate,
+                    },
+                    step=progress.step,
+                )
+            if progress.step >= epoch_end_step:
+                break
+            if checkpoint_every and progress.step % checkpoint_every == 0:
+                save_checkpoint()
+        metrics = evaluate_model(
+            unwrapped, processor, splits["dev"], use_dense, args.per_device_eval_batch_size, accelerator
+        )
+        progress.history.append({"epoch": epoch, "step": progress.step, **metrics})
+        accelerator.log({f"dev/{key}": value for key, value in metrics.items()}, step=progress.step)
+        accelerator.print(
+            f"epoch {epoch}: dev rsum {metrics['rsum']:.1f} (R@1 i2t {metrics['i2t_r1']:.1f}, "
+            f"t2i {metrics['t2i_r1']:.1f})"
+        )
+        if metrics["rsum"] > progress.best_rsum:
+            progress.best_rsum, progress.best_epoch = metrics["rsum"], epoch
+            if accelerator.is_main_process:
+                _save_pretrained_atomically(unwrapped, processor, output_dir / "best")
+        accelerator.wait_for_everyone()
+        if args.checkpointing_steps == "epoch" or (checkpoint_every and progress.step % checkpoint_every == 0):
+            save_checkpoint()
+        if progress.step >= max_steps:
+            break
+    bar.close()
+
+    results = {"best_epoch": progress.best_epoch, "best_dev_rsum": progress.best_rsum}
+    if args.eval_test:
+        best = SepsModel.from_pretrained(output_dir / "best").to(accelerator.device)
+        test_name = "testall" if data_args.dataset == "coco" else "test"
+        test = evaluate_model(
+            best, processor, splits[test_name], use_dense, args.per_device_eval_batch_size, accelerator
+        )
+        results.update(test)
+        if accelerator.is_main_process:
+            (output_dir / "eval_results.json").write_text(json.dumps(results, indent=2))
+            accelerator.print(markdown_table(test))
+    if args.push_to_hub and accelerator.is_main_process:
+        best = SepsModel.from_pretrained(output_dir / "best")
+        best.push_to_hub(args.hub_model_id)
+        processor.push_to_hub(args.hub_model_id)
+    accelerator.end_training()
+    return results
