@@ -500,6 +500,8 @@ def run_training(
             progress.best_rsum, progress.best_epoch = metrics["rsum"], epoch
             if accelerator.is_main_process:
                 _save_pretrained_atomically(unwrapped, processor, output_dir / "best")
+        if accelerator.is_main_process:
+            (output_dir / "dev_history.json").write_text(json.dumps(progress.history, indent=2))
         accelerator.wait_for_everyone()
         if args.checkpointing_steps == "epoch" or (checkpoint_every and progress.step % checkpoint_every == 0):
             save_checkpoint()
