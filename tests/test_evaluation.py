@@ -1,7 +1,27 @@
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
+import torch
+from conftest import tiny_model_with_processor
 
-from transformers_seps.evaluation import METRIC_KEYS, recall_metrics, retrieval_metrics, retrieval_ranks
+from transformers_seps.data import load_retrieval_split
+from transformers_seps.evaluation import (
+    METRIC_KEYS,
+    check_five_captions_per_image,
+    encode_split,
+    fold_metrics,
+    mean_metrics,
+    recall_metrics,
+    retrieval_metrics,
+    retrieval_ranks,
+    score_split,
+)
 
 
 def test_ranks_hand_computed():
@@ -64,3 +84,164 @@ def test_perfect_and_reversed_models():
 def test_bad_input(sims, targets, message):
     with pytest.raises(ValueError, match=message):
         retrieval_metrics(sims, targets)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Protocols, encoding, scoring, pairings, the evaluation script
+# --------------------------------------------------------------------------------------------------------------
+
+
+def test_coco_folds_are_consecutive_blocks_of_1000_images():
+    rng = np.random.default_rng(1)
+    targets = np.repeat(np.arange(2000), 5)
+    sims = rng.random((2000, 10000))
+    sims[np.arange(1000), np.arange(0, 5000, 5)] += 10  # fold 0: every image's first caption wins
+    folds = fold_metrics(sims, targets)
+    assert len(folds) == 2
+    assert folds[0]["i2t_r1"] == 100.0 and folds[1]["i2t_r1"] < 5.0
+    expected_second = retrieval_metrics(sims[1000:, 5000:], np.repeat(np.arange(1000), 5))
+    assert folds[1] == expected_second
+    assert mean_metrics(folds)["i2t_r1"] == pytest.approx((100.0 + folds[1]["i2t_r1"]) / 2)
+
+
+def test_five_caption_protocols_reject_other_counts():
+    with pytest.raises(ValueError, match="exactly 5 captions per image"):
+        check_five_captions_per_image([0, 0, 0, 0, 0, 1, 1, 1, 1], 2)
+    with pytest.raises(ValueError, match="image-major order"):
+        check_five_captions_per_image([0, 1] * 5, 2)
+    with pytest.raises(ValueError, match="folds of 1000"):
+        fold_metrics(np.zeros((3, 15)), np.repeat(np.arange(3), 5))
+
+
+@pytest.fixture(scope="module")
+def encoded_tiny(tiny_synthetic):
+    model, processor = tiny_model_with_processor("official")
+    split = load_retrieval_split(tiny_synthetic, "synthetic", "test")
+    return model, split, encode_split(model, processor, split, batch_size=3, progress=False)
+
+
+@torch.no_grad()
+def test_encode_split_encodes_each_image_and_caption_once(encoded_tiny):
+    model, split, encoded = encoded_tiny
+    assert encoded.image_embeds.shape[0] == split.num_images == 8
+    assert encoded.text_embeds.shape[0] == encoded.text_mask.shape[0] == split.num_captions == 40
+    assert encoded.dense_embeds.shape[0] == 8
+    # Batches of 3 are padded to one common length without changing any caption's scores.
+    direct = model.get_text_features(
+        *(lambda b: (b["input_ids"], b["attention_mask"]))(
+            tiny_model_with_processor("official")[1](text=split.captions[:3], return_tensors="pt")
+        )
+    )
+    length = direct.shape[1]
+    torch.testing.assert_close(encoded.text_embeds[:3, :length], direct, atol=1e-5, rtol=0)
+    assert (encoded.text_mask[:3, length:] == 0).all()
+
+
+@torch.no_grad()
+def test_honest_pairing_gives_each_image_its_own_dense_caption(encoded_tiny):
+    model, split, encoded = encoded_tiny
+    scores = score_split(model, encoded, "image", images_per_block=3, progress=False)
+    direct = model.similarity(
+        encoded.image_embeds, encoded.text_embeds, encoded.text_mask, encoded.dense_embeds, encoded.dense_mask
+    )
+    np.testing.assert_allclose(scores, direct.numpy(), atol=1e-5)
+    none = score_split(model, encoded, "none", images_per_block=3, progress=False)
+    np.testing.assert_allclose(
+        none, model.similarity(encoded.image_embeds, encoded.text_embeds, encoded.text_mask), atol=1e-5, rtol=0
+    )
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("variant", ["official", "paper"])
+def test_query_ground_truth_pairing_uses_the_caption_s_ground_truth_dense_caption(tiny_synthetic, variant):
+    model, processor = tiny_model_with_processor(variant)
+    split = load_retrieval_split(tiny_synthetic, "synthetic", "test")
+    encoded = encode_split(model, processor, split, batch_size=4, progress=False)
+    with pytest.warns(UserWarning, match="label leak"):
+        leaky = score_split(model, encoded, "query_ground_truth", images_per_block=3, progress=False)
+    # One caption at a time: every image gets the dense caption of the caption's ground-truth image.
+    for caption in (0, 7, 39):
+        truth = split.caption_to_image[caption]
+        dense = encoded.dense_embeds[truth : truth + 1].expand(8, -1, -1)
+        mask = encoded.dense_mask[truth : truth + 1].expand(8, -1)
+        expected = model.similarity(
+            encoded.image_embeds,
+            encoded.text_embeds[caption : caption + 1],
+            encoded.text_mask[caption : caption + 1],
+            dense,
+            mask,
+        )[:, 0]
+        np.testing.assert_allclose(leaky[:, caption], expected.numpy(), atol=1e-5)
+    honest = score_split(model, encoded, "image", progress=False)
+    assert np.abs(leaky - honest).max() > 1e-4
+
+
+def test_pairings_that_need_dense_captions_fail_without_them(tiny_synthetic):
+    model, processor = tiny_model_with_processor("paper")
+    split = load_retrieval_split(tiny_synthetic, "synthetic", "test", dense_captions="ignore")
+    with pytest.raises(ValueError, match="has no dense captions"):
+        encode_split(model, processor, split, progress=False)
+    encoded = encode_split(model, processor, split, use_dense=False, progress=False)
+    with pytest.raises(ValueError, match="needs dense captions"):
+        score_split(model, encoded, "image", progress=False)
+
+
+def run_script(*arguments: str, processes: int = 1) -> subprocess.CompletedProcess:
+    script = str(Path(__file__).resolve().parents[1] / "examples" / "evaluate_retrieval.py")
+    if processes == 1:
+        command = [sys.executable, script]
+    else:
+        command = [
+            sys.executable,
+            "-m",
+            "accelerate.commands.launch",
+            "--num_processes",
+            str(processes),
+            "--cpu",
+            script,
+        ]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1"}
+    return subprocess.run([*command, *arguments], capture_output=True, text=True, timeout=300, env=env)
+
+
+def test_script_two_processes_give_the_matrix_of_one(saved_models, tiny_synthetic, tmp_path):
+    outputs = {}
+    for processes in (1, 2):
+        sims, report = tmp_path / f"sims{processes}.npy", tmp_path / f"report{processes}.json"
+        result = run_script(
+            "--model", str(saved_models["paper"]), "--dataset", "synthetic", "--data_root", str(tiny_synthetic),
+            "--split", "test", "--images_per_block", "3", "--batch_size", "3",
+            "--output_json", str(report), "--save_sims", str(sims), processes=processes,
+        )  # fmt: skip
+        assert result.returncode == 0, result.stderr[-3000:]
+        outputs[processes] = np.load(sims), json.loads(report.read_text())
+    assert outputs[1][0].shape == (8, 40)
+    np.testing.assert_allclose(outputs[2][0], outputs[1][0], atol=1e-5)
+    assert outputs[1][1] == retrieval_metrics(outputs[1][0], np.repeat(np.arange(8), 5)) | {}
+    assert set(METRIC_KEYS) <= set(outputs[2][1])
+
+
+def test_script_leak_audit_reports_both_pairings(saved_models, tiny_synthetic, tmp_path):
+    report = tmp_path / "audit.json"
+    result = run_script(
+        "--model", str(saved_models["official"]), "--dataset", "synthetic", "--data_root", str(tiny_synthetic),
+        "--dense_pairing", "query_ground_truth", "--output_json", str(report),
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "label leak" in result.stderr
+    assert "Leak audit" in result.stdout and "difference" in result.stdout
+    audit = json.loads(report.read_text())
+    assert set(audit) == {"honest", "query_ground_truth", "difference"}
+    assert audit["difference"]["rsum"] == pytest.approx(audit["query_ground_truth"]["rsum"] - audit["honest"]["rsum"])
+
+
+def test_script_errors(saved_models, tiny_synthetic, tmp_path):
+    missing = run_script(
+        "--model", str(tmp_path / "nothing-here"), "--dataset", "synthetic", "--data_root", str(tiny_synthetic)
+    )
+    assert missing.returncode != 0 and "model not found" in missing.stderr
+    no_dense = tmp_path / "no_dense"
+    shutil.copytree(tiny_synthetic, no_dense)
+    (no_dense / "synthetic_test.jsonl").unlink()
+    result = run_script("--model", str(saved_models["paper"]), "--dataset", "synthetic", "--data_root", str(no_dense))
+    assert result.returncode != 0 and "synthetic_test.jsonl" in result.stderr

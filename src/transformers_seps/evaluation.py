@@ -6,9 +6,11 @@ R@K in percent, medr/meanr 1-based, rSum the sum of the six recalls. Ties count 
 candidate scoring exactly as much as the right answer ranks ahead of it, so a constant model gets no credit.
 """
 
+import json
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -168,7 +170,7 @@ class EncodedSplit:
     caption_to_image: np.ndarray
 
 
-def _pad_and_stack(chunks: list[torch.Tensor], masks: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+def pad_and_stack(chunks: list[torch.Tensor], masks: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
     length = max(chunk.shape[1] for chunk in chunks)
     embeds = torch.cat([F.pad(chunk, (0, 0, 0, length - chunk.shape[1])) for chunk in chunks])
     mask = torch.cat([F.pad(mask, (0, length - mask.shape[1])) for mask in masks])
@@ -229,8 +231,8 @@ def encode_split(
         mask = batch["attention_mask"].to(device)
         text_chunks.append(gather(model.get_text_features(batch["input_ids"].to(device), mask)))
         text_masks.append(gather(mask))
-    text_embeds, text_mask = _pad_and_stack(text_chunks, text_masks)
-    dense_embeds, dense_mask = _pad_and_stack(dense_chunks, dense_masks) if use_dense else (None, None)
+    text_embeds, text_mask = pad_and_stack(text_chunks, text_masks)
+    dense_embeds, dense_mask = pad_and_stack(dense_chunks, dense_masks) if use_dense else (None, None)
     return EncodedSplit(
         torch.cat(image_chunks), text_embeds, text_mask, dense_embeds, dense_mask, np.asarray(split.caption_to_image)
     )
@@ -332,3 +334,110 @@ def markdown_table(metrics: dict[str, float], title: str = "") -> str:
     rule = "|" + " --- |" * (len(keys) + bool(title))
     row = "| " + " | ".join(([title] if title else []) + [f"{metrics[key]:.1f}" for key in keys]) + " |"
     return "\n".join([header, rule, row])
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The evaluation run behind examples/evaluate_retrieval.py
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def protocol_metrics(similarity: np.ndarray, split: "RetrievalSplit") -> dict:
+    """Metrics under the standard protocol of the split (spec section 5).
+
+    Flickr30K test: the 1K protocol (1000 images x 5000 captions). MS-COCO testall: 5K on the whole matrix
+    (top-level keys) plus the mean of the five 1K folds (`coco_1k`) and each fold (`coco_1k_folds`). Other
+    splits: every image against every caption.
+    """
+    five_caption_protocol = (split.dataset, split.split) in (("f30k", "test"), ("coco", "testall"))
+    if five_caption_protocol:
+        check_five_captions_per_image(split.caption_to_image, split.num_images)
+    metrics: dict = retrieval_metrics(similarity, split.caption_to_image)
+    if (split.dataset, split.split) == ("coco", "testall"):
+        folds = fold_metrics(similarity, split.caption_to_image)
+        metrics["coco_1k"] = mean_metrics(folds)
+        metrics["coco_1k_folds"] = folds
+    return metrics
+
+
+def leak_audit(honest: dict, leaky: dict) -> dict:
+    """Side-by-side report of the honest and the authors' pairing, with the difference (leaky - honest)."""
+    return {
+        "honest": honest,
+        "query_ground_truth": leaky,
+        "difference": {key: leaky[key] - honest[key] for key in honest if isinstance(honest[key], float)},
+    }
+
+
+def audit_table(audit: dict) -> str:
+    keys = [key for key in (*METRIC_KEYS[:6], "rsum")]
+    lines = ["| dense pairing | " + " | ".join(keys) + " |", "|" + " --- |" * (len(keys) + 1)]
+    for label, name in (("image (honest)", "honest"), ("query_ground_truth (leak)", "query_ground_truth")):
+        lines.append(f"| {label} | " + " | ".join(f"{audit[name][key]:.1f}" for key in keys) + " |")
+    lines.append("| difference | " + " | ".join(f"{audit['difference'][key]:+.1f}" for key in keys) + " |")
+    return "\n".join(lines)
+
+
+@dataclass
+class EvaluationArguments:
+    model: str = field(metadata={"help": "A saved SepsModel folder (with its processor) or a hub id."})
+    data_root: str = field(metadata={"help": "Annotation folder in the SEPS authors' layout."})
+    dataset: str = field(default="f30k", metadata={"help": "f30k | coco | synthetic"})
+    split: str = field(default="test", metadata={"help": "test | testall | dev"})
+    image_root: str | None = field(default=None, metadata={"help": "Image folder (default: see the loader)."})
+    dense_pairing: str = field(
+        default="image",
+        metadata={
+            "help": "image: each image uses its own dense caption (honest). none: no dense caption. "
+            "query_ground_truth: the SEPS authors' pairing, a label leak; reports both side by side."
+        },
+    )
+    batch_size: int = field(default=64, metadata={"help": "Images or captions per encoding batch."})
+    images_per_block: int = field(default=50, metadata={"help": "Images per scoring block."})
+    output_json: str | None = field(default=None, metadata={"help": "Write the metrics here."})
+    save_sims: str | None = field(default=None, metadata={"help": "Write the similarity matrix here (.npy)."})
+
+
+def _check_model_location(model: str) -> None:
+    looks_like_hub_id = model.count("/") == 1 and not model.startswith((".", "/", "~"))
+    if not Path(model).exists() and not looks_like_hub_id:
+        raise FileNotFoundError(f"model not found: {model!r} is neither a folder nor a hub id (org/name)")
+
+
+def run_evaluation(args: EvaluationArguments) -> dict:
+    """Encode a split once, score it in blocks (split over processes under Accelerate), report the protocol's
+    metrics (markdown on stdout, JSON to `output_json`) and optionally save the similarity matrix."""
+    from accelerate import Accelerator
+
+    from .data import load_retrieval_split
+    from .modeling_seps import SepsModel
+    from .processing_seps import SepsProcessor
+
+    if args.dense_pairing not in DENSE_PAIRINGS:
+        raise ValueError(f"dense_pairing must be one of {DENSE_PAIRINGS}, got {args.dense_pairing!r}")
+    _check_model_location(args.model)
+    accelerator = Accelerator()
+    model = SepsModel.from_pretrained(args.model).to(accelerator.device).eval()
+    processor = SepsProcessor.from_pretrained(args.model)
+    use_dense = args.dense_pairing != "none"
+    split = load_retrieval_split(
+        args.data_root, args.dataset, args.split, args.image_root, dense_captions="required" if use_dense else "ignore"
+    )
+    encoded = encode_split(model, processor, split, args.batch_size, use_dense=use_dense, accelerator=accelerator)
+    honest_pairing = "image" if use_dense else "none"
+    similarity = score_split(model, encoded, honest_pairing, args.images_per_block, accelerator=accelerator)
+    report = protocol_metrics(similarity, split)
+    table = markdown_table(report, f"{args.dataset}/{args.split}, dense pairing: {honest_pairing}")
+    if "coco_1k" in report:
+        table += "\n" + markdown_table(report["coco_1k"], "COCO 1K (mean of 5 folds)").split("\n", 2)[2]
+    if args.dense_pairing == "query_ground_truth":
+        leaky = score_split(model, encoded, "query_ground_truth", args.images_per_block, accelerator=accelerator)
+        report = leak_audit(report, protocol_metrics(leaky, split))
+        table += "\n\nLeak audit (the SEPS authors' pairing attaches the query's ground-truth dense caption):\n"
+        table += audit_table(report)
+    if accelerator.is_main_process:
+        print(table)
+        if args.output_json:
+            Path(args.output_json).write_text(json.dumps(report, indent=2))
+        if args.save_sims:
+            np.save(args.save_sims, similarity)
+    return report

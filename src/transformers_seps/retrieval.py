@@ -1,0 +1,148 @@
+"""Retrieval for notebooks: score a handful of pairs, or rank a gallery, with an optional two-stage search."""
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from .evaluation import pad_and_stack
+from .modeling_seps import SepsModel
+from .processing_seps import SepsProcessor
+
+
+@dataclass
+class RetrievalResult:
+    """Best matches of each query, best first: scores and gallery indices, both (num_queries, top_k)."""
+
+    scores: torch.Tensor
+    indices: torch.Tensor
+
+
+@torch.no_grad()
+def score_pairs(
+    model: SepsModel,
+    processor: SepsProcessor,
+    images: Sequence[Image.Image] | Image.Image,
+    texts: Sequence[str] | str,
+    dense_captions: Sequence[str] | None = None,
+) -> torch.Tensor:
+    """S(image, text) for every image and text: (num_images, num_texts). `dense_captions`: one per image."""
+    model.eval()
+    inputs = processor(images=images, text=texts, dense_text=dense_captions, return_tensors="pt").to(model.device)
+    return model(**inputs).logits_per_image.cpu()
+
+
+def _global(tokens: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Normalised mean of token embeddings (N, L, C) -> (N, C): the cheap first-stage representation."""
+    if mask is None:
+        return F.normalize(tokens.mean(dim=1), dim=-1)
+    mask = mask.unsqueeze(-1).to(tokens.dtype)
+    return F.normalize((tokens * mask).sum(dim=1) / mask.sum(dim=1).clamp_min(1), dim=-1)
+
+
+class SepsRetriever:
+    """Ranks a gallery of images for a text (and texts for an image) with a [`SepsModel`].
+
+    Images (and their own dense captions) are encoded once by [`add_images`]. A search scores the query against
+    the whole gallery, or, with `shortlist_size`, first keeps the `shortlist_size` images whose mean-pooled
+    embedding is closest to the query's (cosine), then re-ranks that shortlist with SEPS (like BLIP's `k_test`).
+    A shortlist as large as the gallery gives the exhaustive ranking.
+
+    Args:
+        model, processor: a SEPS model and its processor.
+        shortlist_size: images kept by the first stage; None scores the whole gallery.
+        batch_size: images per encoding batch.
+    """
+
+    def __init__(
+        self, model: SepsModel, processor: SepsProcessor, shortlist_size: int | None = None, batch_size: int = 32
+    ):
+        if shortlist_size is not None and shortlist_size < 1:
+            raise ValueError(f"shortlist_size must be >= 1 or None, got {shortlist_size}")
+        self.model = model.eval()
+        self.processor = processor
+        self.shortlist_size = shortlist_size
+        self.batch_size = batch_size
+        self._images: list[torch.Tensor] = []
+        self._dense: list[torch.Tensor] = []
+        self._dense_masks: list[torch.Tensor] = []
+
+    def __len__(self) -> int:
+        return sum(chunk.shape[0] for chunk in self._images)
+
+    @torch.no_grad()
+    def add_images(self, images: Sequence[Image.Image], dense_captions: Sequence[str] | None = None) -> None:
+        """Encode and append images to the gallery; `dense_captions` holds one per image (each its own).
+
+        A gallery either has dense captions for every image or for none.
+        """
+        if dense_captions is not None and len(dense_captions) != len(images):
+            raise ValueError(f"one dense caption per image: got {len(images)} images and {len(dense_captions)}")
+        if len(self) and bool(self._dense) != (dense_captions is not None):
+            raise ValueError("a gallery has dense captions for all images or for none")
+        for start in range(0, len(images), self.batch_size):
+            part = slice(start, start + self.batch_size)
+            dense = list(dense_captions[part]) if dense_captions is not None else None
+            inputs = self.processor(images=list(images[part]), dense_text=dense, return_tensors="pt")
+            inputs = inputs.to(self.model.device)
+            self._images.append(self.model.get_image_features(inputs["pixel_values"]).cpu())
+            if dense is not None:
+                mask = inputs["dense_attention_mask"]
+                self._dense.append(self.model.get_text_features(inputs["dense_input_ids"], mask).cpu())
+                self._dense_masks.append(mask.cpu())
+
+    def _gallery(self) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        if not self._images:
+            raise ValueError("the gallery is empty: call add_images first")
+        images = torch.cat(self._images)
+        self._images = [images]
+        if not self._dense:
+            return images, None, None
+        dense, mask = pad_and_stack(self._dense, self._dense_masks)
+        self._dense, self._dense_masks = [dense], [mask]
+        return images, dense, mask
+
+    @torch.no_grad()
+    def search(self, text: str | Sequence[str], top_k: int = 10) -> RetrievalResult:
+        """The `top_k` gallery images for each text: scores and indices, (num_texts, top_k)."""
+        images, dense, dense_mask = self._gallery()
+        texts = [text] if isinstance(text, str) else list(text)
+        inputs = self.processor(text=texts, return_tensors="pt").to(self.model.device)
+        words = self.model.get_text_features(inputs["input_ids"], inputs["attention_mask"]).cpu()
+        word_mask = inputs["attention_mask"].cpu()
+        top_k = min(top_k, images.shape[0])
+        device = self.model.device
+        if self.shortlist_size is None or self.shortlist_size >= images.shape[0]:
+            dense_args = (dense.to(device), dense_mask.to(device)) if dense is not None else ()
+            scores = self.model.similarity(images.to(device), words.to(device), word_mask.to(device), *dense_args)
+            best = scores.t().cpu().topk(top_k, dim=1)
+            return RetrievalResult(best.values, best.indices)
+        # Stage 1: cosine of mean-pooled embeddings; stage 2: SEPS on each query's shortlist.
+        image_global = _global(images[:, int(self.model.config.vision_cls_token) :])
+        shortlists = (_global(words, word_mask) @ image_global.t()).topk(self.shortlist_size, dim=1).indices
+        results_scores, results_indices = [], []
+        for query, shortlist in enumerate(shortlists):
+            dense_args = (dense[shortlist].to(device), dense_mask[shortlist].to(device)) if dense is not None else ()
+            scores = self.model.similarity(
+                images[shortlist].to(device),
+                words[query : query + 1].to(device),
+                word_mask[query : query + 1].to(device),
+                *dense_args,
+            )[:, 0].cpu()
+            best = scores.topk(top_k)
+            results_scores.append(best.values)
+            results_indices.append(shortlist[best.indices])
+        return RetrievalResult(torch.stack(results_scores), torch.stack(results_indices))
+
+    @torch.no_grad()
+    def search_image(
+        self, image: Image.Image, texts: Sequence[str], top_k: int = 10, dense_caption: str | None = None
+    ) -> RetrievalResult:
+        """The `top_k` of `texts` for one image (with its own dense caption, if given): (1, top_k)."""
+        scores = score_pairs(
+            self.model, self.processor, [image], list(texts), [dense_caption] if dense_caption else None
+        )
+        best = scores.topk(min(top_k, len(texts)), dim=1)
+        return RetrievalResult(best.values, best.indices)
