@@ -135,17 +135,18 @@ class SepsForRetrievalTraining(nn.Module):
 
 
 def build_optimizer(
-    model: SepsModel, learning_rate: float, backbone_lr_ratio: float = 0.1, weight_decay: float = 1e-4
+    model: SepsModel,
+    learning_rate: float,
+    backbone_lr_ratio: float = 0.1,
+    weight_decay: float = 1e-4,
+    pretrained_backbones: tuple[str, ...] = ("vision_model", "text_model"),
 ) -> torch.optim.AdamW:
-    """AdamW with the paper's groups: backbones at `backbone_lr_ratio` * lr, everything else (projections,
-    selection, aggregation, alignment heads) at lr."""
-    backbone = [p for name in ("vision_model", "text_model") for p in getattr(model, name).parameters()]
-    backbone_ids = {id(p) for p in backbone}
-    head = [p for p in model.parameters() if id(p) not in backbone_ids]
-    groups = [
-        {"params": [p for p in head if p.requires_grad], "lr": learning_rate},
-        {"params": [p for p in backbone if p.requires_grad], "lr": learning_rate * backbone_lr_ratio},
-    ]
+    """AdamW with the paper's groups: pretrained backbones at `backbone_lr_ratio` * lr, everything else
+    (projections, selection, aggregation, alignment heads, and a backbone trained from scratch) at lr."""
+    slow = [p for name in pretrained_backbones for p in getattr(model, name).parameters() if p.requires_grad]
+    slow_ids = {id(p) for p in slow}
+    fast = [p for p in model.parameters() if p.requires_grad and id(p) not in slow_ids]
+    groups = [{"params": fast, "lr": learning_rate}, {"params": slow, "lr": learning_rate * backbone_lr_ratio}]
     return torch.optim.AdamW([g for g in groups if g["params"]], lr=learning_rate, weight_decay=weight_decay)
 
 
@@ -388,7 +389,8 @@ def run_training(
     if freeze_text:
         model.text_model.requires_grad_(False)
     objective = SepsForRetrievalTraining(model)
-    optimizer = build_optimizer(model, args.learning_rate, args.backbone_lr_ratio, args.weight_decay)
+    pretrained = ("text_model",) if model_args.vision_model == VIT_SCRATCH else ("vision_model", "text_model")
+    optimizer = build_optimizer(model, args.learning_rate, args.backbone_lr_ratio, args.weight_decay, pretrained)
 
     train_rows = build_caption_dataset(splits["train"])
     if not use_dense:

@@ -1,0 +1,149 @@
+"""Time and memory of the full Flickr30K-shaped evaluation scoring, and how cost grows with the gallery.
+
+Part 1 (each variant in a fresh subprocess, so peak memory is its own): the exhaustive 1000 x 5000 similarity
+matrix at ViT-224 shapes (C = 512, 196 patches + [CLS], 16-token captions, 128-token dense captions, one per
+image, honest pairing), random weights, through `transformers_seps.evaluation.score_split`; and the
+one-caption-at-a-time reference loop (tests/reference_seps.py) on a subset of captions in the same run.
+
+Part 2: per-query time of exhaustive scoring against the two-stage search (mean-pooled cosine shortlist, then
+SEPS re-ranking of `--shortlist` images) as the gallery grows.
+
+    .venv/bin/python benchmarks/bench_eval.py [--images 1000 --captions 5000] [--skip_scaling]
+"""
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from bench_similarity import build_model
+
+from transformers_seps.evaluation import EncodedSplit, score_split
+from transformers_seps.retrieval import _global
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from reference_seps import reference_similarity  # noqa: E402
+
+EMBED_DIM = 512
+
+
+def random_split(num_images: int, num_captions: int, caption_tokens: int, dense_tokens: int) -> EncodedSplit:
+    generator = torch.Generator().manual_seed(0)
+    return EncodedSplit(
+        image_embeds=torch.randn(num_images, 197, EMBED_DIM, generator=generator),
+        text_embeds=torch.randn(num_captions, caption_tokens, EMBED_DIM, generator=generator),
+        text_mask=torch.ones(num_captions, caption_tokens, dtype=torch.long),
+        dense_embeds=torch.randn(num_images, dense_tokens, EMBED_DIM, generator=generator),
+        dense_mask=torch.ones(num_images, dense_tokens, dtype=torch.long),
+        caption_to_image=np.arange(num_captions) % num_images,
+    )
+
+
+def measure_variant(variant: str, args: argparse.Namespace) -> dict:
+    """Runs in its own process: exhaustive scoring time and peak memory, and the reference loop's rate."""
+    model = build_model(variant, EMBED_DIM)
+    split = random_split(args.images, args.captions, args.caption_tokens, args.dense_tokens)
+    start = time.perf_counter()
+    similarity = score_split(model, split, "image", args.images_per_block, progress=False)
+    seconds = time.perf_counter() - start
+    peak_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
+    subset = slice(0, args.reference_captions)
+    start = time.perf_counter()
+    with torch.no_grad():
+        reference = reference_similarity(
+            model, split.image_embeds, split.text_embeds[subset], split.text_mask[subset], split.dense_embeds,
+            split.dense_mask,
+        )  # fmt: skip
+    reference_seconds = time.perf_counter() - start
+    pairs = args.images * args.captions
+    reference_rate = args.images * args.reference_captions / reference_seconds
+    return {
+        "variant": variant,
+        "seconds": seconds,
+        "pairs_per_second": pairs / seconds,
+        "peak_memory_gb": peak_gb,
+        "reference_pairs_per_second": reference_rate,
+        "speedup": pairs / seconds / reference_rate,
+        "max_abs_difference": float(np.abs(similarity[:, subset] - reference.numpy()).max()),
+    }
+
+
+def scaling(args: argparse.Namespace) -> list[dict]:
+    """Per-query seconds of exhaustive and two-stage scoring for growing galleries."""
+    model = build_model("paper", EMBED_DIM)
+    rows = []
+    for gallery in args.gallery_sizes:
+        split = random_split(gallery, args.queries, args.caption_tokens, args.dense_tokens)
+        with torch.no_grad():
+            start = time.perf_counter()
+            model.similarity(
+                split.image_embeds, split.text_embeds, split.text_mask, split.dense_embeds, split.dense_mask
+            )
+            exhaustive = (time.perf_counter() - start) / args.queries
+            start = time.perf_counter()
+            shortlists = (
+                (_global(split.text_embeds, split.text_mask) @ _global(split.image_embeds[:, 1:]).t())
+                .topk(min(args.shortlist, gallery), dim=1)
+                .indices
+            )
+            for query, shortlist in enumerate(shortlists):
+                model.similarity(
+                    split.image_embeds[shortlist], split.text_embeds[query : query + 1],
+                    split.text_mask[query : query + 1], split.dense_embeds[shortlist], split.dense_mask[shortlist],
+                )  # fmt: skip
+            two_stage = (time.perf_counter() - start) / args.queries
+        rows.append(
+            {"gallery": gallery, "exhaustive_ms_per_query": 1e3 * exhaustive, "two_stage_ms_per_query": 1e3 * two_stage}
+        )
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--images", type=int, default=1000)
+    parser.add_argument("--captions", type=int, default=5000)
+    parser.add_argument("--caption_tokens", type=int, default=16)
+    parser.add_argument("--dense_tokens", type=int, default=128)
+    parser.add_argument("--images_per_block", type=int, default=25)
+    parser.add_argument("--reference_captions", type=int, default=10)
+    parser.add_argument("--gallery_sizes", type=int, nargs="+", default=[250, 1000, 4000])
+    parser.add_argument("--queries", type=int, default=20)
+    parser.add_argument("--shortlist", type=int, default=100)
+    parser.add_argument("--skip_scaling", action="store_true")
+    parser.add_argument("--variant", help=argparse.SUPPRESS)  # internal: measure one variant and print JSON
+    args = parser.parse_args()
+    if args.variant:
+        print(json.dumps(measure_variant(args.variant, args)))
+        return
+
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads; {args.images} images x {args.captions} "
+        f"captions, dense captions on (honest pairing); reference loop on {args.reference_captions} captions"
+    )
+    print("| variant | time | pairs/s | peak memory | reference pairs/s | speed-up | max abs diff |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
+    for variant in ("official", "paper"):
+        command = [sys.executable, __file__, *sys.argv[1:], "--variant", variant]
+        result = json.loads(subprocess.run(command, capture_output=True, text=True, check=True).stdout)
+        print(
+            f"| {variant} | {result['seconds'] / 60:.1f} min | {result['pairs_per_second']:,.0f} | "
+            f"{result['peak_memory_gb']:.2f} GB | {result['reference_pairs_per_second']:,.0f} | "
+            f"{result['speedup']:.0f}x | {result['max_abs_difference']:.1e} |",
+            flush=True,
+        )
+    if args.skip_scaling:
+        return
+    print(f"\nper-query cost, paper variant, {args.queries} queries, shortlist {args.shortlist}")
+    print("| gallery images | exhaustive ms/query | two-stage ms/query |")
+    print("| ---: | ---: | ---: |")
+    for row in scaling(args):
+        print(f"| {row['gallery']} | {row['exhaustive_ms_per_query']:.0f} | {row['two_stage_ms_per_query']:.0f} |")
+
+
+if __name__ == "__main__":
+    main()
