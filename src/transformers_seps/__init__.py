@@ -5,6 +5,16 @@ Importing the package registers `SepsConfig`, `SepsModel` and `SepsProcessor` wi
 
 from transformers import AutoConfig, AutoModel, AutoProcessor
 
+from .captioning import (
+    DENSE_CAPTION_GENERATION_KWARGS,
+    DENSE_CAPTION_PROMPT,
+    DenseCaptionSummary,
+    SepsDenseCaptioner,
+    is_error_record,
+    list_images,
+    read_dense_captions,
+    write_dense_captions,
+)
 from .configuration_seps import SepsConfig
 from .convert_official import convert_official_state_dict
 from .modeling_seps import SepsModel, SepsOutput, SepsPreTrainedModel
@@ -20,6 +30,14 @@ SepsModel.register_for_auto_class("AutoModel")
 SepsProcessor.register_for_auto_class()
 
 __all__ = [
+    "DENSE_CAPTION_GENERATION_KWARGS",
+    "DENSE_CAPTION_PROMPT",
+    "DenseCaptionSummary",
+    "SepsDenseCaptioner",
+    "is_error_record",
+    "list_images",
+    "read_dense_captions",
+    "write_dense_captions",
     "SepsConfig",
     "SepsModel",
     "SepsOutput",

@@ -1,17 +1,22 @@
 """Processor for SEPS (Semantic-Enhanced Patch Slimming, arXiv 2511.01390).
 
 [`SepsProcessor`] wraps one image processor and one BERT tokenizer, like transformers' `CLIPProcessor`, and
-adds a third input: *dense captions*, i.e. long image descriptions written by a multimodal LLM for each image.
+adds a third input: *dense captions*, i.e. long image descriptions written by a multimodal LLM for each image. It
+also carries the settings of that LLM (model id, prompt, generation arguments), so that
+`processor(images=..., generate_dense=True)` can write the dense captions itself.
 
 This module imports nothing from its own package (only transformers and PIL), so that
 `save_pretrained` on a processor registered with `register_for_auto_class()` copies a self-contained file that
-`AutoProcessor.from_pretrained(..., trust_remote_code=True)` can load.
+`AutoProcessor.from_pretrained(..., trust_remote_code=True)` can load. The one exception is generating dense
+captions, which imports `transformers_seps.captioning` when first asked to (and says so if the package is missing).
 """
 
 from __future__ import annotations
 
+import copy
+import json
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from PIL import Image
@@ -19,12 +24,27 @@ from transformers import AutoImageProcessor, BatchFeature, BertTokenizer, ViTIma
 from transformers.image_utils import PILImageResampling, make_flat_list_of_images
 from transformers.processing_utils import ProcessorMixin
 
-__all__ = ["SEPS_IMAGE_MEAN", "SEPS_IMAGE_STD", "SepsProcessor"]
+__all__ = [
+    "DENSE_CAPTION_GENERATION_KWARGS",
+    "DENSE_CAPTION_PROMPT",
+    "SEPS_IMAGE_MEAN",
+    "SEPS_IMAGE_STD",
+    "SepsProcessor",
+]
 
 #: ImageNet per-channel mean used by the SEPS authors' `T.Normalize` (RGB order).
 SEPS_IMAGE_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
 #: ImageNet per-channel standard deviation used by the SEPS authors' `T.Normalize` (RGB order).
 SEPS_IMAGE_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
+#: The instruction the SEPS paper gives its multimodal LLM (LLaVA-13B) to write a dense caption.
+DENSE_CAPTION_PROMPT = "Provide a comprehensive description of this image"
+#: The paper's sampling settings for dense captions (copy before changing).
+DENSE_CAPTION_GENERATION_KWARGS: dict[str, Any] = {
+    "do_sample": True,
+    "temperature": 0.2,
+    "top_p": 0.9,
+    "max_new_tokens": 500,
+}
 
 # Special tokens added around every caption: [CLS] ... [SEP].
 _NUM_SPECIAL_TOKENS = 2
@@ -34,6 +54,9 @@ _NUM_SPECIAL_TOKENS = 2
 _UNSET = object()
 
 _HUB_KWARGS = ("cache_dir", "force_download", "local_files_only", "token", "revision", "subfolder", "proxies")
+
+# Settings of the dense-caption model, saved in `processor_config.json`.
+_DENSE_CAPTION_SETTINGS = ("dense_caption_model", "dense_caption_prompt", "dense_caption_generation_kwargs")
 
 
 class SepsProcessor(ProcessorMixin):
@@ -59,6 +82,17 @@ class SepsProcessor(ProcessorMixin):
             means the tokenizer's `model_max_length` (512 for BERT). It must be at least 2 and at most the
             tokenizer's `model_max_length`. It is saved in `processor_config.json` by `save_pretrained` and
             restored by `from_pretrained`.
+        dense_caption_model (`str`, *optional*):
+            Hub id or folder of the image-text-to-text model that writes dense captions (the paper uses LLaVA-13B,
+            e.g. `"llava-hf/llava-1.5-13b-hf"`). Only needed for `generate_dense=True`.
+        dense_caption_prompt (`str`, *optional*, defaults to `DENSE_CAPTION_PROMPT`):
+            The instruction given to that model with each image.
+        dense_caption_generation_kwargs (`dict`, *optional*):
+            Its `generate` arguments; `None` means the paper's `DENSE_CAPTION_GENERATION_KWARGS`
+            (`do_sample=True`, `temperature=0.2`, `top_p=0.9`, `max_new_tokens=500`). Must be JSON-serializable.
+
+    The three `dense_caption_*` settings are saved in `processor_config.json` with `dense_max_length`, so a Hub repo
+    holding a SEPS model also says how its dense captions are made.
     """
 
     def __init__(
@@ -66,10 +100,20 @@ class SepsProcessor(ProcessorMixin):
         image_processor: Any = None,
         tokenizer: Any = None,
         dense_max_length: int | None = None,
+        dense_caption_model: str | None = None,
+        dense_caption_prompt: str = DENSE_CAPTION_PROMPT,
+        dense_caption_generation_kwargs: Mapping[str, Any] | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(image_processor, tokenizer, **kwargs)
         self.dense_max_length = _check_dense_max_length(dense_max_length, self.tokenizer)
+        self._set_dense_caption_settings(
+            dense_caption_model=dense_caption_model,
+            dense_caption_prompt=dense_caption_prompt,
+            dense_caption_generation_kwargs=dense_caption_generation_kwargs,
+        )
+        # The loaded captioner, as (model it was loaded from, captioner); runtime state, never saved.
+        self._dense_captioner: tuple[str, Any] | None = None
 
     @property
     def effective_dense_max_length(self) -> int:
@@ -108,13 +152,15 @@ class SepsProcessor(ProcessorMixin):
                 Backend of the image processor: `"pil"`, `"torchvision"`, or None for transformers' choice.
             args, kwargs:
                 Passed to `ProcessorMixin.from_pretrained` (e.g. `local_files_only=True`, `revision`);
-                `dense_max_length=...` overrides the saved value.
+                `dense_max_length=...` and the `dense_caption_*` settings override the saved values.
         """
-        # Set `dense_max_length` after loading: passed down, it would also land in the tokenizer's init kwargs.
+        # Set processor settings after loading: passed down, they would also land in the tokenizer's init kwargs.
         dense_max_length = kwargs.pop("dense_max_length", _UNSET)
+        caption_settings = {key: kwargs.pop(key) for key in _DENSE_CAPTION_SETTINGS if key in kwargs}
         processor = super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
         if dense_max_length is not _UNSET:
             processor.dense_max_length = _check_dense_max_length(dense_max_length, processor.tokenizer)
+        processor._set_dense_caption_settings(**caption_settings)
         current_backend = getattr(processor.image_processor, "backend", None)
         if image_processor_backend is not None and current_backend not in (None, image_processor_backend):
             hub_kwargs = {key: kwargs[key] for key in _HUB_KWARGS if key in kwargs}
@@ -130,6 +176,9 @@ class SepsProcessor(ProcessorMixin):
         image_size: int = 224,
         *,
         dense_max_length: int | None = None,
+        dense_caption_model: str | None = None,
+        dense_caption_prompt: str = DENSE_CAPTION_PROMPT,
+        dense_caption_generation_kwargs: Mapping[str, Any] | None = None,
         **tokenizer_kwargs: Any,
     ) -> SepsProcessor:
         r"""
@@ -151,6 +200,8 @@ class SepsProcessor(ProcessorMixin):
                 Side of the square images fed to the vision encoder (the authors use 224 or 384).
             dense_max_length (`int`, *optional*):
                 See [`SepsProcessor`]; `None` means the tokenizer's `model_max_length` (512).
+            dense_caption_model, dense_caption_prompt, dense_caption_generation_kwargs:
+                The dense-caption model and its settings, see [`SepsProcessor`].
             tokenizer_kwargs:
                 Passed to `BertTokenizer.from_pretrained` (e.g. `local_files_only=True`).
 
@@ -173,7 +224,14 @@ class SepsProcessor(ProcessorMixin):
             image_std=list(SEPS_IMAGE_STD),
         )
         tokenizer = BertTokenizer.from_pretrained(tokenizer_name_or_path, **tokenizer_kwargs)
-        return cls(image_processor=image_processor, tokenizer=tokenizer, dense_max_length=dense_max_length)
+        return cls(
+            image_processor=image_processor,
+            tokenizer=tokenizer,
+            dense_max_length=dense_max_length,
+            dense_caption_model=dense_caption_model,
+            dense_caption_prompt=dense_caption_prompt,
+            dense_caption_generation_kwargs=dense_caption_generation_kwargs,
+        )
 
     def __call__(
         self,
@@ -181,6 +239,7 @@ class SepsProcessor(ProcessorMixin):
         text: str | Sequence[str] | None = None,
         dense_text: str | Sequence[str] | None = None,
         return_tensors: str | None = "pt",
+        generate_dense: bool = False,
         **kwargs: Any,
     ) -> BatchFeature:
         r"""
@@ -201,6 +260,9 @@ class SepsProcessor(ProcessorMixin):
                 `model_max_length` when it is None); a truncated caption still ends with `[SEP]`.
             return_tensors (`str`, *optional*, defaults to `"pt"`):
                 `"pt"` for PyTorch tensors, `"np"` for NumPy arrays, `None` for Python lists.
+            generate_dense (`bool`, *optional*, defaults to `False`):
+                Write the dense captions of `images` with [`SepsProcessor.generate_dense_captions`] and encode
+                them as if given as `dense_text` (which must then be left out).
             kwargs:
                 Extra options for the image processor or the tokenizer, flat (e.g. `padding="max_length"`,
                 `max_length=32`) or grouped as `images_kwargs={...}` / `text_kwargs={...}`. Text options apply
@@ -218,15 +280,22 @@ class SepsProcessor(ProcessorMixin):
 
         Raises:
             ValueError: if no input is given; if a caption is not a string, is empty or whitespace-only, or
-                has no token left after BERT normalization; if `images` and `dense_text` differ in count.
+                has no token left after BERT normalization; if `images` and `dense_text` differ in count; if
+                `generate_dense=True` comes without `images`, with `dense_text`, or without `dense_caption_model`.
         """
         if images is None and text is None and dense_text is None:
             raise ValueError(
                 f"{type(self).__name__} needs at least one of `images`, `text` or `dense_text`; none was given."
             )
+        if generate_dense and (images is None or dense_text is not None):
+            raise ValueError(
+                "`generate_dense=True` needs `images` and writes their dense captions: leave out `dense_text`."
+            )
         text_batch = _as_caption_batch(text, "text") if text is not None else None
-        dense_batch = _as_caption_batch(dense_text, "dense_text") if dense_text is not None else None
         image_batch = _as_image_batch(images) if images is not None else None
+        if generate_dense:
+            dense_text = self.generate_dense_captions(image_batch)
+        dense_batch = _as_caption_batch(dense_text, "dense_text") if dense_text is not None else None
         if image_batch is not None and dense_batch is not None and len(image_batch) != len(dense_batch):
             raise ValueError(
                 "`dense_text` must hold one dense caption per image: got "
@@ -249,6 +318,98 @@ class SepsProcessor(ProcessorMixin):
             dense_kwargs = dict(text_kwargs, truncation=True, max_length=self.effective_dense_max_length)
             data.update(self._tokenize(dense_batch, "dense_text", "dense_", dense_kwargs, return_tensors))
         return BatchFeature(data=data, tensor_type=return_tensors)
+
+    def load_dense_captioner(self, **kwargs: Any) -> Any:
+        r"""
+        Loads the model named by `dense_caption_model` as a `transformers_seps.SepsDenseCaptioner` with this
+        processor's prompt and generation arguments, and keeps it for [`SepsProcessor.generate_dense_captions`].
+
+        Called automatically (with no argument, so on the CPU) the first time dense captions are generated; call it
+        first to choose where and how the model is loaded.
+
+        Args:
+            kwargs:
+                Passed to `SepsDenseCaptioner.from_pretrained`, e.g. `device="cuda"`, `dtype=torch.float16`,
+                `device_map="auto"`, `batch_size=16`, `seed=0`.
+
+        Raises:
+            ValueError: if `dense_caption_model` is not set.
+            ImportError: if the `transformers-seps` package is not installed (a processor loaded as remote code).
+        """
+        if self.dense_caption_model is None:
+            raise ValueError(
+                "This processor has no dense-caption model: set `processor.dense_caption_model` (e.g. "
+                '"llava-hf/llava-1.5-13b-hf") to generate dense captions, or pass `dense_text`.'
+            )
+        # Imported here, and inside `try`, so that this file still loads alone as remote code.
+        try:
+            from transformers_seps.captioning import SepsDenseCaptioner
+        except ImportError as error:
+            raise ImportError(
+                "Generating dense captions needs the `transformers-seps` package: `pip install transformers-seps`."
+            ) from error
+        captioner = SepsDenseCaptioner.from_pretrained(
+            self.dense_caption_model,
+            prompt=self.dense_caption_prompt,
+            generation_kwargs=self.dense_caption_generation_kwargs,
+            **kwargs,
+        )
+        self._dense_captioner = (self.dense_caption_model, captioner)
+        return captioner
+
+    def generate_dense_captions(self, images: Any) -> list[str]:
+        r"""
+        Writes one dense caption per image with the model, prompt and generation arguments of this processor
+        (`dense_caption_*`), loading the model on first use (see [`SepsProcessor.load_dense_captioner`]).
+
+        Args:
+            images (`PIL.Image.Image`, `np.ndarray` or a list of them):
+                One image or a batch of images; non-RGB PIL images are converted to RGB.
+
+        Returns:
+            `list[str]`: the dense captions, in image order.
+        """
+        image_batch = _as_image_batch(images)
+        self._set_dense_caption_settings()  # the attributes may have been changed since: check them again
+        if self._dense_captioner is None or self._dense_captioner[0] != self.dense_caption_model:
+            self.load_dense_captioner()
+        captioner = self._dense_captioner[1]
+        captioner.prompt = self.dense_caption_prompt
+        captioner.generation_kwargs = dict(self.dense_caption_generation_kwargs)
+        return captioner(image_batch)
+
+    def _set_dense_caption_settings(self, **settings: Any) -> None:
+        """Validates and sets the `dense_caption_*` settings; those not given keep their current value, and
+        `dense_caption_generation_kwargs=None` means the paper's settings."""
+        model, prompt, generation_kwargs = (
+            settings.get(key, getattr(self, key, None)) for key in _DENSE_CAPTION_SETTINGS
+        )
+        if isinstance(model, os.PathLike):
+            model = os.fspath(model)
+        if model is not None and (not isinstance(model, str) or not model.strip()):
+            raise ValueError(f"`dense_caption_model` must be a Hub id or a folder, got {model!r}.")
+        if not isinstance(prompt, str) or not prompt.strip():
+            raise ValueError(f"`dense_caption_prompt` must be a non-empty string, got {prompt!r}.")
+        if generation_kwargs is None:
+            generation_kwargs = DENSE_CAPTION_GENERATION_KWARGS
+        if not isinstance(generation_kwargs, Mapping):
+            raise ValueError(
+                f"`dense_caption_generation_kwargs` must be a dict, got {type(generation_kwargs).__name__}."
+            )
+        try:
+            json.dumps(dict(generation_kwargs))
+        except TypeError as error:
+            raise ValueError(f"`dense_caption_generation_kwargs` must be JSON-serializable: {error}.") from error
+        self.dense_caption_model = model
+        self.dense_caption_prompt = prompt
+        self.dense_caption_generation_kwargs = dict(generation_kwargs)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Serializes the processor as `ProcessorMixin.to_dict`, leaving out a loaded dense captioner (a whole
+        model, which `to_dict` would otherwise deep-copy)."""
+        without_captioner = copy.copy(self)
+        without_captioner._dense_captioner = None
+        return super(SepsProcessor, without_captioner).to_dict()
 
     def _tokenize(
         self,
