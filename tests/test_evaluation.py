@@ -194,10 +194,9 @@ def run_script(*arguments: str, processes: int = 1) -> subprocess.CompletedProce
         command = [
             sys.executable,
             "-m",
-            "accelerate.commands.launch",
-            "--num_processes",
-            str(processes),
-            "--cpu",
+            "torch.distributed.run",  # on a machine without GPU, `accelerate launch` starts a single process
+            "--standalone",
+            f"--nproc_per_node={processes}",
             script,
         ]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1"}
@@ -214,6 +213,7 @@ def test_script_two_processes_give_the_matrix_of_one(saved_models, tiny_syntheti
             "--output_json", str(report), "--save_sims", str(sims), processes=processes,
         )  # fmt: skip
         assert result.returncode == 0, result.stderr[-3000:]
+        assert f"evaluating on {processes} process(es)" in result.stdout
         outputs[processes] = np.load(sims), json.loads(report.read_text())
     assert outputs[1][0].shape == (8, 40)
     np.testing.assert_allclose(outputs[2][0], outputs[1][0], atol=1e-5)

@@ -415,7 +415,9 @@ def run_evaluation(args: EvaluationArguments) -> dict:
     if args.dense_pairing not in DENSE_PAIRINGS:
         raise ValueError(f"dense_pairing must be one of {DENSE_PAIRINGS}, got {args.dense_pairing!r}")
     _check_model_location(args.model)
-    accelerator = Accelerator()
+    # cpu=True on a machine without GPU lets `torchrun --nproc_per_node N` run N gloo processes.
+    accelerator = Accelerator(cpu=not torch.cuda.is_available())
+    accelerator.print(f"evaluating on {accelerator.num_processes} process(es)")
     model = SepsModel.from_pretrained(args.model).to(accelerator.device).eval()
     processor = SepsProcessor.from_pretrained(args.model)
     use_dense = args.dense_pairing != "none"

@@ -373,6 +373,7 @@ def run_training(
     write its test metrics to `output_dir/eval_results.json`. Returns the test metrics (or the best dev ones)."""
     output_dir = Path(args.output_dir)
     accelerator = Accelerator(
+        cpu=not torch.cuda.is_available(),  # lets `torchrun --nproc_per_node N` run N gloo processes on CPU
         gradient_accumulation_steps=args.gradient_accumulation_steps,
         mixed_precision=args.mixed_precision,
         log_with=args.report_to,
