@@ -16,9 +16,16 @@ from .captioning import (
     write_dense_captions,
 )
 from .configuration_seps import SepsConfig
-from .convert_official import convert_official_state_dict
+from .convert_official import (
+    OfficialCheckpoint,
+    convert_official_checkpoint,
+    convert_official_state_dict,
+    load_official_checkpoint,
+    load_official_model,
+)
 from .modeling_seps import SepsModel, SepsOutput, SepsPreTrainedModel
 from .processing_seps import SepsProcessor
+from .visualization import plot_patch_selection, plot_patch_word_alignment
 
 AutoConfig.register(SepsConfig.model_type, SepsConfig, exist_ok=True)
 AutoModel.register(SepsConfig, SepsModel, exist_ok=True)
@@ -43,5 +50,11 @@ __all__ = [
     "SepsOutput",
     "SepsPreTrainedModel",
     "SepsProcessor",
+    "OfficialCheckpoint",
+    "convert_official_checkpoint",
     "convert_official_state_dict",
+    "load_official_checkpoint",
+    "load_official_model",
+    "plot_patch_selection",
+    "plot_patch_word_alignment",
 ]

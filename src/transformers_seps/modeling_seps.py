@@ -753,8 +753,9 @@ def _check_no_empty_rows(mask: torch.Tensor, name: str) -> None:
 def _probe_vision_backbone(vision: PreTrainedModel) -> tuple[int, bool, int]:
     """Run a dummy image through a vision backbone: spatial patches, [CLS] token or not, output width."""
     size = getattr(vision.config, "image_size", None)
-    if size is None:
-        size = vision.config.pretrained_cfg.get("input_size", (3, 224, 224))[-1]
+    if size is None:  # timm models say it in their pretrained config
+        timm_config = getattr(getattr(vision, "timm_model", None), "pretrained_cfg", None) or {}
+        size = timm_config.get("input_size", (3, 224, 224))[-1]
     channels = getattr(vision.config, "num_channels", 3)
     hidden = vision(pixel_values=torch.zeros(1, channels, size, size)).last_hidden_state
     if hidden.dim() == 4:
