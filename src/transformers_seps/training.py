@@ -90,9 +90,30 @@ class SepsForRetrievalTraining(nn.Module):
     use `drop_last=True`).
     """
 
-    def __init__(self, model: SepsModel):
+    def __init__(self, model: SepsModel, cache_dense_hidden_states: bool = False):
         super().__init__()
         self.model = model
+        # With a frozen text encoder in eval mode, an image's dense caption always gets the same hidden states:
+        # they are computed once per image id and only the (trained) projection runs at every step.
+        self.dense_cache: dict[int, torch.Tensor] | None = {} if cache_dense_hidden_states else None
+
+    def _dense_embeds(self, input_ids: torch.Tensor, mask: torch.Tensor, image_ids: torch.Tensor) -> torch.Tensor:
+        model = self.model
+        if self.dense_cache is None:
+            return model.get_text_features(input_ids, mask)
+        if model.text_model.training or any(p.requires_grad for p in model.text_model.parameters()):
+            raise ValueError("cached dense captions need a frozen text encoder in eval mode")
+        missing = [row for row, image_id in enumerate(image_ids.tolist()) if image_id not in self.dense_cache]
+        if missing:
+            with torch.no_grad():
+                hidden = model.text_model(input_ids=input_ids[missing], attention_mask=mask[missing]).last_hidden_state
+            for row, states, row_mask in zip(missing, hidden, mask[missing], strict=True):
+                self.dense_cache[int(image_ids[row])] = states[row_mask.bool()].cpu()
+        states = [self.dense_cache[int(image_id)] for image_id in image_ids]
+        hidden = torch.zeros(len(states), mask.shape[1], states[0].shape[-1], device=mask.device)
+        for row, row_states in enumerate(states):
+            hidden[row, : len(row_states)] = row_states.to(mask.device)
+        return model.text_projection(hidden)
 
     def forward(
         self,
@@ -116,7 +137,7 @@ class SepsForRetrievalTraining(nn.Module):
         dense_embeds = dense_mask = None
         if dense_input_ids is not None:
             dense_embeds, dense_mask = pad_to_global_length(
-                model.get_text_features(dense_input_ids, dense_attention_mask), dense_attention_mask
+                self._dense_embeds(dense_input_ids, dense_attention_mask, image_ids), dense_attention_mask
             )
             dense_embeds, dense_mask = gather_with_grad(dense_embeds), gather_with_grad(dense_mask)
         image_ids = gather_with_grad(image_ids)
@@ -389,7 +410,7 @@ def run_training(
     model, processor = _build_model(model_args)
     if freeze_text:
         model.text_model.requires_grad_(False)
-    objective = SepsForRetrievalTraining(model)
+    objective = SepsForRetrievalTraining(model, cache_dense_hidden_states=freeze_text and use_dense)
     pretrained = ("text_model",) if model_args.vision_model == VIT_SCRATCH else ("vision_model", "text_model")
     optimizer = build_optimizer(model, args.learning_rate, args.backbone_lr_ratio, args.weight_decay, pretrained)
 
