@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install test lint bench clean
+.PHONY: install test lint demo bench clean
 
 $(STAMP): setup.cfg pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -20,6 +20,10 @@ lint: $(STAMP)
 
 test: lint
 	$(PY) -m pytest -q
+
+# Trains on the synthetic benchmark with backbones that need no download, then prints the test table.
+demo: $(STAMP)
+	$(PY) examples/train_retrieval.py --output_dir runs/demo --data_root data/synthetic
 
 bench: $(STAMP)
 	$(PY) benchmarks/bench_similarity.py

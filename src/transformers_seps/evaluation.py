@@ -442,4 +442,6 @@ def run_evaluation(args: EvaluationArguments) -> dict:
             Path(args.output_json).write_text(json.dumps(report, indent=2))
         if args.save_sims:
             np.save(args.save_sims, similarity)
+    accelerator.wait_for_everyone()
+    accelerator.end_training()  # tears the process group down before the interpreter exits
     return report
