@@ -227,6 +227,9 @@ class ModelArguments:
     embed_dim: int = field(default=512, metadata={"help": "Joint embedding size C."})
     sparse_ratio: float = field(default=0.5, metadata={"help": "rho: fraction of patches kept."})
     aggr_ratio: float = field(default=0.4, metadata={"help": "Aggregated tokens N_c = int(N * aggr_ratio * rho)."})
+    max_violation_warmup_epochs: int = field(
+        default=1, metadata={"help": "Epochs summing the loss over all negatives before the hardest one only."}
+    )
     use_dense_captions: bool = field(default=True, metadata={"help": "Train and evaluate with dense captions."})
     freeze_text_model: bool | None = field(
         default=None,
@@ -352,6 +355,7 @@ def _build_model(model_args: ModelArguments) -> tuple[SepsModel, SepsProcessor]:
         embed_dim=model_args.embed_dim,
         sparse_ratio=model_args.sparse_ratio,
         aggr_ratio=model_args.aggr_ratio,
+        max_violation_warmup_epochs=model_args.max_violation_warmup_epochs,
     )
     processor = build_processor(model_args.vision_model, model_args.text_model, model_args.image_size, vision)
     return model, processor
