@@ -103,12 +103,13 @@ class SepsForRetrievalTraining(nn.Module):
             return model.get_text_features(input_ids, mask)
         if model.text_model.training or any(p.requires_grad for p in model.text_model.parameters()):
             raise ValueError("cached dense captions need a frozen text encoder in eval mode")
-        missing = [row for row, image_id in enumerate(image_ids.tolist()) if image_id not in self.dense_cache]
-        if missing:
-            with torch.no_grad():
-                hidden = model.text_model(input_ids=input_ids[missing], attention_mask=mask[missing]).last_hidden_state
-            for row, states, row_mask in zip(missing, hidden, mask[missing], strict=True):
-                self.dense_cache[int(image_ids[row])] = states[row_mask.bool()].cpu()
+        for row, image_id in enumerate(image_ids.tolist()):
+            if image_id not in self.dense_cache:
+                # One caption at a time, without padding: the cached values do not depend on the batch, so a
+                # resumed run (whose cache starts empty) computes exactly the same ones.
+                tokens = input_ids[row : row + 1, mask[row].bool()]
+                with torch.no_grad():
+                    self.dense_cache[image_id] = model.text_model(input_ids=tokens).last_hidden_state[0].cpu()
         states = [self.dense_cache[int(image_id)] for image_id in image_ids]
         hidden = torch.zeros(len(states), mask.shape[1], states[0].shape[-1], device=mask.device)
         for row, row_states in enumerate(states):
