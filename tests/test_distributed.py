@@ -2,6 +2,7 @@
 
 import os
 import socket
+from datetime import timedelta
 
 import pytest
 import torch
@@ -65,12 +66,14 @@ def loss_and_gradients(objective, batch) -> tuple[float, dict[str, torch.Tensor]
 
 def worker(rank: int, port: int, variant: str, result_path: str) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=WORLD_SIZE)
+    # A bounded timeout turns a lost peer into an error instead of a hang.
+    dist.init_process_group("gloo", rank=rank, world_size=WORLD_SIZE, timeout=timedelta(seconds=120))
     torch.set_num_threads(1)
     objective = DistributedDataParallel(SepsForRetrievalTraining(build_model(variant)))
     loss, gradients = loss_and_gradients(objective, local_slice(global_batch(), rank))
     if rank == 0:
         torch.save({"loss": loss, "gradients": gradients}, result_path)
+    dist.barrier()  # both ranks are done with every collective before either tears the group down
     dist.destroy_process_group()
 
 
