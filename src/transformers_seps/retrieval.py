@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from .evaluation import pad_and_stack
-from .modeling_seps import SepsModel
+from .modeling_seps import SepsModel, masked_mean
 from .processing_seps import SepsProcessor
 
 
@@ -36,10 +36,7 @@ def score_pairs(
 
 def _global(tokens: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
     """Normalised mean of token embeddings (N, L, C) -> (N, C): the cheap first-stage representation."""
-    if mask is None:
-        return F.normalize(tokens.mean(dim=1), dim=-1)
-    mask = mask.unsqueeze(-1).to(tokens.dtype)
-    return F.normalize((tokens * mask).sum(dim=1) / mask.sum(dim=1).clamp_min(1), dim=-1)
+    return F.normalize(masked_mean(tokens.transpose(1, 2), None if mask is None else mask.unsqueeze(1)), dim=-1)
 
 
 class SepsRetriever:
