@@ -200,3 +200,21 @@ def test_triplet_loss_hand_computed():
     # Pairs 1 and 2 show the same image: 0.25, 0.1, 0.3 and 0.05 were violations by positives; 0.1 stays.
     same = vse_triplet_loss(scores, torch.tensor([0, 7, 7]), margin=0.2, max_violation=True)
     assert same.item() == pytest.approx(0.1)
+
+
+def test_keep_masks_and_scores_follow_the_caption_order(variant):
+    # Captions are scored in order of length; results must come back in the caller's order.
+    model = tiny_model(variant)
+    model.config.similarity_chunk_size = 4  # blocks of 4 captions: sorting moves captions across blocks
+    images, texts, _, dense, dense_mask = random_embeds(model, 3, 5, seed=8, with_dense=True)
+    text_mask = torch.zeros(5, 9, dtype=torch.long)
+    for row, length in enumerate([9, 2, 7, 4, 5]):
+        text_mask[row, :length] = 1
+    with torch.no_grad():
+        together = model.score_embeddings(images, texts, text_mask, dense, dense_mask)
+        for caption in range(5):
+            alone = model.score_embeddings(
+                images, texts[caption : caption + 1], text_mask[caption : caption + 1], dense, dense_mask
+            )
+            torch.testing.assert_close(together.logits_per_image[:, caption], alone.logits_per_image[:, 0])
+            assert torch.equal(together.sparse_keep_mask[:, caption], alone.sparse_keep_mask[:, 0])

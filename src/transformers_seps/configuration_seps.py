@@ -85,8 +85,9 @@ class SepsConfig(PreTrainedConfig):
             lambda_1 of Eq. 7: weight of (rho - mean D_s)^2.
         lambda_dense (`float`, defaults to 1.0):
             lambda_2 of Eq. 7: weight of (rho - mean D_d)^2.
-        similarity_chunk_size (`int`, defaults to 4096):
-            Image-caption pairs scored at once by `SepsModel.similarity`; bounds its memory.
+        similarity_chunk_size (`int`, defaults to 256):
+            Image-caption pairs scored at once by `SepsModel.similarity`; bounds its memory. Small blocks keep
+            the per-pair tensors in the CPU cache (`benchmarks/bench_similarity.py --chunk_size N` measures it).
         initializer_range (`float`, defaults to 0.02):
             Kept for Transformers' initialisation helpers; the SEPS head uses Xavier-uniform linear layers.
     """
@@ -118,7 +119,7 @@ class SepsConfig(PreTrainedConfig):
     ratio_weight: float = 2.0
     lambda_sparse: float = 1.0
     lambda_dense: float = 1.0
-    similarity_chunk_size: int = 4096
+    similarity_chunk_size: int = 256
     initializer_range: float = 0.02
 
     def __post_init__(self, **kwargs):

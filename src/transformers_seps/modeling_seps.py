@@ -180,6 +180,25 @@ def _einsum_with_text(equation: str, image_side: torch.Tensor, text_side: torch.
     return torch.einsum(f"{image_subscripts},i{text_subscripts}->{output}", image_side, text_side)
 
 
+def _cosine_with_words(weights: torch.Tensor, patch_words: torch.Tensor, gram: torch.Tensor) -> torch.Tensor:
+    """Cosine similarities between weighted sums of patches, `weights @ P`, and the words, without forming the
+    (I, T, K, C) tokens: (w P) . x = w (P x), and ||w P||^2 = w G w^T with the Gram matrix G = P P^T.
+
+    Args:
+        weights: (I, T, K, N) patch weights of K tokens per pair.
+        patch_words: (I, T, N, W) dot products of the patches with the (normalised) words.
+        gram: (I, N, N) patch Gram matrices.
+
+    Returns:
+        (I, T, K, W).
+    """
+    num_images, num_texts, num_tokens, num_patches = weights.shape
+    dots = torch.matmul(weights, patch_words)
+    weighted_gram = torch.bmm(weights.reshape(num_images, -1, num_patches), gram).view_as(weights)
+    squared_norms = (weighted_gram * weights).sum(dim=-1, keepdim=True)
+    return dots / squared_norms.clamp_min(1e-24).sqrt()
+
+
 # --------------------------------------------------------------------------------------------------------------
 # Outputs
 # --------------------------------------------------------------------------------------------------------------
@@ -221,12 +240,13 @@ class _ImageSide:
 
     patches: torch.Tensor  # (I, N, C) spatial tokens, unnormalised
     patches_norm: torch.Tensor  # (I, N, C)
+    gram: torch.Tensor  # (I, N, N) P P^T
     cls: torch.Tensor | None  # (I, C)
     self_scores: torch.Tensor  # (I, N) official: cos(mean P, P_n); paper: its min-max rescaling s_im
     aggregation_exp: torch.Tensor  # (I, N_c, N) exp of the aggregation logits, shifted by their max per image
     patch_scores: torch.Tensor | None = None  # (I, N) s_p (paper)
     dense_scores: torch.Tensor | None = None  # (I, N) s_dt (paper, with a dense caption)
-    dense_tokens: torch.Tensor | None = None  # (I, N_c, C) W_d-aggregated dense view (paper)
+    dense_weights: torch.Tensor | None = None  # (I, N_c, N) W_d softmax weights of the dense view (paper)
     dense_keep_mask: torch.Tensor | None = None  # (I, N) D_d (paper)
 
     def __getitem__(self, index: slice) -> "_ImageSide":
@@ -241,10 +261,15 @@ class _TextSide:
     word_mask: torch.Tensor  # (T_i, T, W) bool
     global_norm: torch.Tensor  # (T_i, T, C) normalised mean of the caption's tokens
 
-    def __getitem__(self, index: slice) -> "_TextSide":
+    def __getitem__(self, index: slice | torch.Tensor) -> "_TextSide":
         if self.words_norm.shape[0] == 1:
             return _TextSide(self.words_norm[:, index], self.word_mask[:, index], self.global_norm[:, index])
         return _TextSide(self.words_norm[index], self.word_mask[index], self.global_norm[index])
+
+    def trimmed(self) -> "_TextSide":
+        """Without the padding positions that no caption here uses (blocks of similar lengths pad little)."""
+        length = int(self.word_mask.flatten(0, 1).any(dim=0).nonzero().max()) + 1
+        return _TextSide(self.words_norm[:, :, :length], self.word_mask[:, :, :length], self.global_norm)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -400,18 +425,20 @@ class SepsModel(SepsPreTrainedModel):
         else:
             cls, patches = None, image_embeds
         patches_norm = F.normalize(patches, dim=-1)
+        gram = patches @ patches.transpose(1, 2)
         image_global = F.normalize(patches.mean(dim=1), dim=-1)
         self_similarity = torch.einsum("ind,id->in", patches_norm, image_global)
 
         if config.variant == "official":
             # Spec 3.1: the selection scores carry no gradient in the authors' code.
             return _ImageSide(
-                patches, patches_norm, cls, self_similarity.detach(), _shifted_exp(self.aggregator(patches))
+                patches, patches_norm, gram, cls, self_similarity.detach(), _shifted_exp(self.aggregator(patches))
             )
 
         side = _ImageSide(
             patches,
             patches_norm,
+            gram,
             cls,
             min_max_normalize(self_similarity),
             _shifted_exp(self.sparse_aggregator(patches)),
@@ -427,8 +454,7 @@ class SepsModel(SepsPreTrainedModel):
                 1 + 2 * beta
             )
             side.dense_keep_mask = self._decide(dense_view, sample_decisions)
-            weights = masked_softmax(self.dense_aggregator(patches), side.dense_keep_mask.unsqueeze(1))
-            side.dense_tokens = weights @ patches
+            side.dense_weights = masked_softmax(self.dense_aggregator(patches), side.dense_keep_mask.unsqueeze(1))
         return side
 
     @staticmethod
@@ -469,24 +495,18 @@ class SepsModel(SepsPreTrainedModel):
             selection_scores = ((1 - 2 * beta) * image.patch_scores.unsqueeze(1) + beta * semantic) / total
             keep_mask = self._decide(selection_scores, sample_decisions)
 
-        # Eq. 4 / spec 3.4: the weights are a softmax over the kept patches of per-image logits. The masked
-        # exponentials go through one GEMM per image, (T * N_c, N) @ (N, C).
-        weights = image.aggregation_exp.unsqueeze(1) * keep_mask.unsqueeze(2)
-        num_images, num_texts, num_aggregated, num_patches = weights.shape
-        tokens = torch.bmm(weights.view(num_images, -1, num_patches), image.patches)
-        tokens = tokens.view(num_images, num_texts, num_aggregated, -1)
-        if image.dense_tokens is not None:
-            tokens = tokens / weights.sum(dim=-1, keepdim=True).clamp_min(1e-12) + image.dense_tokens.unsqueeze(1)
-        # Otherwise the softmax denominator is irrelevant: every token is L2-normalised, here after the
-        # product with the (normalised) words, which is cheaper than normalising (I, T, N_c, C).
-        token_norms = tokens.norm(dim=-1, keepdim=True).clamp_min(1e-12)
-        words_t = text.words_norm.transpose(-1, -2)
-        pieces = [torch.matmul(tokens, words_t) / token_norms]  # (I, T, N_c, W)
+        # Eq. 4 / spec 3.4: each token is a softmax over the kept patches of per-image logits; with a dense
+        # caption, plus the dense view's token (spec 4.4), i.e. one weight matrix per pair on the same patches.
+        weights = image.aggregation_exp.unsqueeze(1) * keep_mask.unsqueeze(2)  # (I, T, N_c, N)
+        weights = weights / weights.sum(dim=-1, keepdim=True).clamp_min(1e-12)
+        if image.dense_weights is not None:
+            weights = weights + image.dense_weights.unsqueeze(1)
+        patch_words = _einsum_with_text("inc,twc->itnw", image.patches, text.words_norm)
+        pieces = [_cosine_with_words(weights, patch_words, image.gram)]  # (I, T, N_c, W)
         if config.variant == "official" or config.keep_cls_and_extra_token:
             # Spec 3.3: one extra token fuses the dropped patches, weighted by a softmax of their scores.
-            fuse_weights = masked_softmax(selection_scores, 1 - keep_mask)
-            extra = F.normalize(torch.einsum("itn,ind->itd", fuse_weights, image.patches), dim=-1)
-            pieces.append(_einsum_with_text("itd,twd->itw", extra, text.words_norm).unsqueeze(2))
+            fuse_weights = masked_softmax(selection_scores, 1 - keep_mask).unsqueeze(2)
+            pieces.append(_cosine_with_words(fuse_weights, patch_words, image.gram))
             if image.cls is not None:
                 cls = F.normalize(image.cls, dim=-1)
                 pieces.insert(0, _einsum_with_text("id,twd->itw", cls, text.words_norm).unsqueeze(2))
@@ -531,7 +551,9 @@ class SepsModel(SepsPreTrainedModel):
         if dense_embeds is not None:
             dense = self._prepare_texts(dense_embeds, dense_attention_mask, paired=True)
         image_side = self._prepare_images(image_embeds, dense, sample)
-        text_side = self._prepare_texts(text_embeds, text_attention_mask)
+        # Captions go through in order of length, each block trimmed to its own longest caption.
+        length_order = torch.argsort(text_attention_mask.sum(dim=1), stable=True)
+        text_side = self._prepare_texts(text_embeds, text_attention_mask)[length_order]
         num_images, num_texts = image_embeds.shape[0], text_embeds.shape[0]
         images_per_block, texts_per_block = self._pair_block_size(num_texts, chunk_size)
 
@@ -540,7 +562,7 @@ class SepsModel(SepsPreTrainedModel):
             image_block = image_side[image_start : image_start + images_per_block]
             columns, mask_columns = [], []
             for text_start in range(0, num_texts, texts_per_block):
-                text_block = text_side[text_start : text_start + texts_per_block]
+                text_block = text_side[text_start : text_start + texts_per_block].trimmed()
                 scores, keep_mask = self._score_block(image_block, text_block, sample)
                 columns.append(scores)
                 if return_masks:
@@ -548,8 +570,9 @@ class SepsModel(SepsPreTrainedModel):
             rows.append(torch.cat(columns, dim=1))
             if return_masks:
                 mask_rows.append(torch.cat(mask_columns, dim=1))
-        scores = torch.cat(rows, dim=0)
-        sparse_masks = torch.cat(mask_rows, dim=0) if return_masks else None
+        original_order = torch.argsort(length_order)
+        scores = torch.cat(rows, dim=0)[:, original_order]
+        sparse_masks = torch.cat(mask_rows, dim=0)[:, original_order] if return_masks else None
 
         if dense is not None and self.config.variant == "official":
             # Spec 3.7, honest form: + f(I_j, D_j), each image with its own dense caption (an (N_img, 1) column).
