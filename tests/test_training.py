@@ -153,7 +153,12 @@ def test_cached_dense_hidden_states_give_the_same_loss_and_gradients():
         model = tiny_model("paper").train()
         model.text_model.requires_grad_(False).eval()
         objective = SepsForRetrievalTraining(model, cache_dense_hidden_states=cache)
-        for _ in range(2):  # the second step reads the cache
+        if cache:
+            with pytest.raises(KeyError, match="fill_dense_cache"):
+                objective(pixels, ids, mask, image_ids, dense_ids, dense_mask)
+            # Batches of 3: padded batches, trimmed to their longest caption.
+            objective.fill_dense_cache(image_ids.tolist(), dense_ids, dense_mask, batch_size=3, progress=False)
+        for _ in range(2):
             model.zero_grad()
             output = objective(pixels, ids, mask, image_ids, dense_ids, dense_mask, selection_seed=7)
             output.loss.backward()
