@@ -39,6 +39,40 @@ def _global(tokens: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Ten
     return F.normalize(masked_mean(tokens.transpose(1, 2), None if mask is None else mask.unsqueeze(1)), dim=-1)
 
 
+@torch.no_grad()
+def shortlist_and_rerank(
+    model: SepsModel,
+    image_embeds: torch.Tensor,
+    text_embeds: torch.Tensor,
+    text_attention_mask: torch.Tensor,
+    shortlist_size: int,
+    dense_embeds: torch.Tensor | None = None,
+    dense_attention_mask: torch.Tensor | None = None,
+) -> RetrievalResult:
+    """Two-stage text-to-image search over encoded embeddings (shapes as in [`SepsModel.similarity`]).
+
+    Stage 1 keeps, for each caption, the `shortlist_size` images whose mean-pooled embedding is closest to the
+    caption's (cosine); stage 2 scores that shortlist with SEPS. Returns the SEPS scores and gallery indices of
+    each shortlist, (N_txt, shortlist_size), in shortlist order (not sorted).
+    """
+    device = model.device
+    image_global = _global(image_embeds[:, int(model.config.vision_cls_token) :])
+    shortlists = (_global(text_embeds, text_attention_mask) @ image_global.t()).topk(shortlist_size, dim=1).indices
+    scores = []
+    for query, shortlist in enumerate(shortlists):
+        dense_args = ()
+        if dense_embeds is not None:
+            dense_args = (dense_embeds[shortlist].to(device), dense_attention_mask[shortlist].to(device))
+        query_scores = model.similarity(
+            image_embeds[shortlist].to(device),
+            text_embeds[query : query + 1].to(device),
+            text_attention_mask[query : query + 1].to(device),
+            *dense_args,
+        )
+        scores.append(query_scores[:, 0].cpu())
+    return RetrievalResult(torch.stack(scores), shortlists)
+
+
 class SepsRetriever:
     """Ranks a gallery of images for a text (and texts for an image) with a [`SepsModel`].
 
@@ -116,22 +150,9 @@ class SepsRetriever:
             scores = self.model.similarity(images.to(device), words.to(device), word_mask.to(device), *dense_args)
             best = scores.t().cpu().topk(top_k, dim=1)
             return RetrievalResult(best.values, best.indices)
-        # Stage 1: cosine of mean-pooled embeddings; stage 2: SEPS on each query's shortlist.
-        image_global = _global(images[:, int(self.model.config.vision_cls_token) :])
-        shortlists = (_global(words, word_mask) @ image_global.t()).topk(self.shortlist_size, dim=1).indices
-        results_scores, results_indices = [], []
-        for query, shortlist in enumerate(shortlists):
-            dense_args = (dense[shortlist].to(device), dense_mask[shortlist].to(device)) if dense is not None else ()
-            scores = self.model.similarity(
-                images[shortlist].to(device),
-                words[query : query + 1].to(device),
-                word_mask[query : query + 1].to(device),
-                *dense_args,
-            )[:, 0].cpu()
-            best = scores.topk(top_k)
-            results_scores.append(best.values)
-            results_indices.append(shortlist[best.indices])
-        return RetrievalResult(torch.stack(results_scores), torch.stack(results_indices))
+        shortlisted = shortlist_and_rerank(self.model, images, words, word_mask, self.shortlist_size, dense, dense_mask)
+        best = shortlisted.scores.topk(top_k, dim=1)
+        return RetrievalResult(best.values, shortlisted.indices.gather(1, best.indices))
 
     @torch.no_grad()
     def search_image(
