@@ -308,13 +308,7 @@ class RetrievalTrainingArguments:
     per_device_train_batch_size: int = field(default=32, metadata={"help": "Pairs per process and step."})
     per_device_eval_batch_size: int = field(default=64, metadata={"help": "Images or captions per batch."})
     gradient_accumulation_steps: int = field(default=1)
-    learning_rate: float | None = field(
-        default=None,
-        metadata={
-            "help": "Head learning rate (default: the paper's 1e-4; 3e-4 on the synthetic benchmark, whose ViT "
-            "trains from scratch: measured in the README)."
-        },
-    )
+    learning_rate: float = field(default=1e-4, metadata={"help": "Head learning rate (the paper: 1e-4)."})
     backbone_lr_ratio: float = field(default=0.1, metadata={"help": "Backbones train at this times the lr."})
     weight_decay: float = field(default=1e-4)
     lr_decay_epochs: list[int] = field(default_factory=lambda: [15, 25], metadata={"help": "Epochs that decay lr."})
@@ -473,8 +467,7 @@ def run_training(
             progress=accelerator.is_local_main_process,
         )
     pretrained = ("text_model",) if model_args.vision_model == VIT_SCRATCH else ("vision_model", "text_model")
-    head_learning_rate = args.learning_rate or (3e-4 if synthetic else 1e-4)
-    optimizer = build_optimizer(model, head_learning_rate, args.backbone_lr_ratio, args.weight_decay, pretrained)
+    optimizer = build_optimizer(model, args.learning_rate, args.backbone_lr_ratio, args.weight_decay, pretrained)
 
     train_rows = build_caption_dataset(splits["train"])
     if not use_dense:
