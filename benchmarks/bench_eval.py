@@ -24,7 +24,7 @@ import torch
 from bench_similarity import build_model
 
 from transformers_seps.evaluation import EncodedSplit, score_split
-from transformers_seps.retrieval import _global
+from transformers_seps.retrieval import shortlist_and_rerank
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from reference_seps import reference_similarity  # noqa: E402
@@ -86,16 +86,10 @@ def scaling(args: argparse.Namespace) -> list[dict]:
             )
             exhaustive = (time.perf_counter() - start) / args.queries
             start = time.perf_counter()
-            shortlists = (
-                (_global(split.text_embeds, split.text_mask) @ _global(split.image_embeds[:, 1:]).t())
-                .topk(min(args.shortlist, gallery), dim=1)
-                .indices
-            )
-            for query, shortlist in enumerate(shortlists):
-                model.similarity(
-                    split.image_embeds[shortlist], split.text_embeds[query : query + 1],
-                    split.text_mask[query : query + 1], split.dense_embeds[shortlist], split.dense_mask[shortlist],
-                )  # fmt: skip
+            shortlist_and_rerank(
+                model, split.image_embeds, split.text_embeds, split.text_mask, min(args.shortlist, gallery),
+                split.dense_embeds, split.dense_mask,
+            )  # fmt: skip
             two_stage = (time.perf_counter() - start) / args.queries
         rows.append(
             {"gallery": gallery, "exhaustive_ms_per_query": 1e3 * exhaustive, "two_stage_ms_per_query": 1e3 * two_stage}
