@@ -1,0 +1,43 @@
+"""The benchmark scripts run, at toy sizes (their numbers are printed, not asserted: see the README)."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def run_benchmark(script: str, *arguments: str) -> str:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1"}
+    result = subprocess.run(
+        [sys.executable, script, *arguments], cwd=BENCHMARKS, capture_output=True, text=True, timeout=300, env=env
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result.stdout
+
+
+def table_rows(output: str) -> dict[str, list[str]]:
+    rows = [line.strip("|").split("|") for line in output.splitlines() if line.startswith("| ")]
+    return {cells[0].strip(): [cell.strip() for cell in cells[1:]] for cells in rows}
+
+
+def test_bench_eval_agrees_with_the_reference_loop():
+    output = run_benchmark(
+        "bench_eval.py", "--images", "6", "--captions", "12", "--reference_captions", "3", "--gallery_sizes", "8",
+        "--queries", "2", "--shortlist", "3",
+    )  # fmt: skip
+    rows = table_rows(output)
+    for variant in ("official", "paper"):
+        assert float(rows[variant][-1]) < 1e-5, f"{variant}: the fast scoring differs from the reference loop"
+    assert "8" in rows  # the gallery-size row of the scaling table
+
+
+def test_bench_two_stage_on_a_saved_model(saved_models, tiny_synthetic):
+    output = run_benchmark(
+        "bench_two_stage.py", "--model", str(saved_models["paper"]), "--data_root", str(tiny_synthetic),
+        "--shortlist_sizes", "3", "100",
+    )  # fmt: skip
+    rows = table_rows(output)
+    assert rows["exhaustive"][3] == "100.0"  # the exhaustive search always holds the caption's image
+    assert "shortlist 3 + SEPS" in rows and "shortlist 100 + SEPS" not in rows  # 100 >= the 8-image gallery
