@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from bench_similarity import build_model
 
+from transformers_seps.allocator import reuse_freed_cpu_memory
 from transformers_seps.evaluation import EncodedSplit, score_split
 from transformers_seps.retrieval import shortlist_and_rerank
 
@@ -46,6 +47,7 @@ def random_split(num_images: int, num_captions: int, caption_tokens: int, dense_
 
 def measure_variant(variant: str, args: argparse.Namespace) -> dict:
     """Runs in its own process: exhaustive scoring time and peak memory, and the reference loop's rate."""
+    reuse_freed_cpu_memory()
     model = build_model(variant, EMBED_DIM)
     split = random_split(args.images, args.captions, args.caption_tokens, args.dense_tokens)
     start = time.perf_counter()

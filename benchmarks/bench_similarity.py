@@ -15,6 +15,7 @@ import torch
 from transformers import BertConfig, ViTConfig
 
 from transformers_seps import SepsConfig, SepsModel
+from transformers_seps.allocator import reuse_freed_cpu_memory
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from reference_seps import reference_similarity  # noqa: E402
@@ -52,6 +53,7 @@ def main() -> None:
     parser.add_argument("--chunk_size", type=int, default=None)
     args = parser.parse_args()
 
+    reuse_freed_cpu_memory()
     generator = torch.Generator().manual_seed(0)
     images = torch.randn(args.images, 197, args.embed_dim, generator=generator)
     texts = torch.randn(args.captions, args.caption_tokens, args.embed_dim, generator=generator)

@@ -15,6 +15,7 @@ import time
 import torch
 
 from transformers_seps import SepsModel, SepsProcessor
+from transformers_seps.allocator import reuse_freed_cpu_memory
 from transformers_seps.data import load_retrieval_split
 from transformers_seps.evaluation import encode_split, retrieval_metrics, score_split
 from transformers_seps.retrieval import shortlist_and_rerank
@@ -37,6 +38,7 @@ def main() -> None:
     parser.add_argument("--shortlist_sizes", type=int, nargs="+", default=[5, 10, 20, 50])
     args = parser.parse_args()
 
+    reuse_freed_cpu_memory()
     model = SepsModel.from_pretrained(args.model).eval()
     processor = SepsProcessor.from_pretrained(args.model)
     split = load_retrieval_split(args.data_root, args.dataset, args.split, args.image_root)

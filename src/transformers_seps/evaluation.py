@@ -19,6 +19,8 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from .allocator import reuse_freed_cpu_memory
+
 if TYPE_CHECKING:
     from accelerate import Accelerator
 
@@ -415,6 +417,7 @@ def run_evaluation(args: EvaluationArguments) -> dict:
     if args.dense_pairing not in DENSE_PAIRINGS:
         raise ValueError(f"dense_pairing must be one of {DENSE_PAIRINGS}, got {args.dense_pairing!r}")
     _check_model_location(args.model)
+    reuse_freed_cpu_memory()
     # cpu=True on a machine without GPU lets `torchrun --nproc_per_node N` run N gloo processes.
     accelerator = Accelerator(cpu=not torch.cuda.is_available())
     accelerator.print(f"evaluating on {accelerator.num_processes} process(es)")
