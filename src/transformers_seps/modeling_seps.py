@@ -192,9 +192,8 @@ def _cosine_with_words(weights: torch.Tensor, patch_words: torch.Tensor, gram: t
     Returns:
         (I, T, K, W).
     """
-    num_images, num_texts, num_tokens, num_patches = weights.shape
     dots = torch.matmul(weights, patch_words)
-    weighted_gram = torch.bmm(weights.reshape(num_images, -1, num_patches), gram).view_as(weights)
+    weighted_gram = torch.bmm(weights.flatten(1, 2), gram).view_as(weights)
     squared_norms = (weighted_gram * weights).sum(dim=-1, keepdim=True)
     return dots / squared_norms.clamp_min(1e-24).sqrt()
 

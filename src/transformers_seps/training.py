@@ -127,7 +127,7 @@ class SepsForRetrievalTraining(nn.Module):
             )
         lengths = dense_attention_mask.sum(dim=1)
         order = torch.argsort(lengths, stable=True).tolist()
-        device = next(text_model.parameters()).device
+        device = self.model.device
         for start in tqdm(range(0, len(order), batch_size), desc="encoding dense captions", disable=not progress):
             rows = order[start : start + batch_size]
             length = int(lengths[rows].max())
