@@ -5,6 +5,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from transformers_seps.data.synthetic import caption_holds, read_scenes
+
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
 
@@ -41,3 +43,14 @@ def test_bench_two_stage_on_a_saved_model(saved_models, tiny_synthetic):
     rows = table_rows(output)
     assert rows["exhaustive"][3] == "100.0"  # the exhaustive search always holds the caption's image
     assert "shortlist 3 + SEPS" in rows and "shortlist 100 + SEPS" not in rows  # 100 >= the 8-image gallery
+
+
+def test_synthetic_ceiling_matches_a_count_of_fitting_images(tiny_synthetic):
+    rows = table_rows(run_benchmark("synthetic_ceiling.py", "--data_root", str(tiny_synthetic), "--split", "test"))
+    scenes = read_scenes(tiny_synthetic, "test")
+    captions = (tiny_synthetic / "test_caps.txt").read_text().splitlines()
+    fitting = [sum(caption_holds(caption, scene) for scene in scenes) for caption in captions]
+    # t2i R@1 of the perfect reader: its image is first among the images the caption fits with probability 1/m.
+    assert float(rows["perfect reader"][3]) == round(100 * sum(1 / m for m in fitting) / len(fitting), 1)
+    assert float(rows["chance"][3]) == round(100 / len(scenes), 1)  # 8 test images
+    assert float(rows["chance"][-1]) < float(rows["perfect reader"][-1])

@@ -22,7 +22,9 @@ from PIL import Image
 
 from transformers_seps.data import build_caption_dataset, load_retrieval_split, synthetic
 from transformers_seps.data.synthetic import (
+    Scene,
     SyntheticBenchmarkConfig,
+    caption_holds,
     generate_synthetic_benchmark,
     render_scene,
     sample_scene,
@@ -199,6 +201,33 @@ def test_retrieval_is_learnable_but_not_trivial(benchmark: Path):
         for a, b in pairwise(scenes)
     ]
     assert 0.1 < np.mean(np.array(kept) >= 0.5) < 0.5
+
+
+def test_caption_holds_agrees_with_an_independent_parser(benchmark: Path):
+    """The library's `caption_holds` (behind benchmarks/synthetic_ceiling.py) against this file's parser, on every
+    test caption paired with the first 30 test scenes (mostly other images' scenes: many captions are false)."""
+    scenes = synthetic.read_scenes(benchmark, "test")[:30]
+    rows = read_scenes(benchmark, "test")[:30]
+    captions = (benchmark / "test_caps.txt").read_text().splitlines()
+    verdicts = [
+        (caption_holds(caption, scene), caption_is_true(caption, row["objects"]))
+        for caption in captions
+        for scene, row in zip(scenes, rows, strict=True)
+    ]
+    assert all(ours == theirs for ours, theirs in verdicts)
+    assert 0 < sum(ours for ours, _ in verdicts) < len(verdicts) / 10
+
+
+def test_read_scenes_round_trips_and_unknown_captions_fail(benchmark: Path, tmp_path: Path):
+    scenes = synthetic.read_scenes(benchmark, "dev")
+    assert len(scenes) == CONFIG.num_dev
+    assert [Scene.from_dict(scene.to_dict()) for scene in scenes] == scenes
+    written = [row["objects"] for row in read_scenes(benchmark, "dev")]
+    assert [json.loads(json.dumps(scene.to_dict()["objects"])) for scene in scenes] == written
+    with pytest.raises(ValueError, match="grammar: 'a red banana'"):
+        caption_holds("a red banana", scenes[0])
+    with pytest.raises(FileNotFoundError, match="no scene file"):
+        synthetic.read_scenes(tmp_path, "dev")
 
 
 def test_vocabulary_is_whole_bert_words(benchmark: Path):

@@ -43,6 +43,7 @@ import json
 import logging
 import math
 import os
+import re
 import shutil
 import socket
 import time
@@ -64,9 +65,11 @@ __all__ = [
     "Scene",
     "SceneObject",
     "SyntheticBenchmarkConfig",
+    "caption_holds",
     "dense_caption",
     "edit_scene",
     "generate_synthetic_benchmark",
+    "read_scenes",
     "render_scene",
     "sample_scene",
     "scene_captions",
@@ -190,6 +193,14 @@ class Scene:
     def to_dict(self) -> dict:
         return asdict(self)
 
+    @classmethod
+    def from_dict(cls, data: dict) -> Scene:
+        """The inverse of `to_dict` (extra keys, such as a scene file's `image_id`, are ignored)."""
+        objects = tuple(
+            SceneObject(**{**obj, "center": tuple(obj["center"]), "rgb": tuple(obj["rgb"])}) for obj in data["objects"]
+        )
+        return cls(objects, data["texture"], tuple(data["tone"]))
+
 
 def _uniform(rng: np.random.Generator, low: float, high: float) -> float:
     # Rounded so that scene files hold short, exact numbers.
@@ -306,6 +317,60 @@ def scene_captions(scene: Scene, rng: np.random.Generator, num_captions: int = C
         if caption not in captions:
             captions.append(caption)
     return captions
+
+
+def _mention_pattern(name: str) -> str:
+    size, color, shape = "|".join(SIZES), "|".join(COLORS), "|".join(SHAPES)
+    return rf"an? (?:(?P<{name}_size>{size}) )?(?P<{name}_color>{color}) (?P<{name}_shape>{shape})"
+
+
+_CELL_OF_POSITION = {phrase: (row, col) for row, phrases in enumerate(POSITIONS) for col, phrase in enumerate(phrases)}
+_RELATION_WORDS = ("above", "below", "to the left of", "to the right of")
+# The three caption kinds of `scene_captions`, as full-match patterns.
+_CAPTION_PATTERNS = {
+    "position": re.compile(rf"{_mention_pattern('a')} (?P<position>{'|'.join(_CELL_OF_POSITION)})"),
+    "pair": re.compile(rf"{_mention_pattern('a')} and {_mention_pattern('b')}"),
+    "relation": re.compile(
+        rf"{_mention_pattern('a')} (?P<relation>{'|'.join(_RELATION_WORDS)}) {_mention_pattern('b')}"
+    ),
+}
+
+
+def _fits(obj: SceneObject, match: re.Match, name: str) -> bool:
+    size = match[f"{name}_size"]
+    return obj.color == match[f"{name}_color"] and obj.shape == match[f"{name}_shape"] and size in (None, obj.size)
+
+
+def caption_holds(caption: str, scene: Scene) -> bool:
+    """Whether a caption in the grammar of `scene_captions` is true of `scene`, whichever image it was written for.
+
+    A caption usually holds for several images ("a red circle and a blue star"): this is the ground truth of
+    what a perfect reader could retrieve (`benchmarks/synthetic_ceiling.py`). Raises ValueError for a caption
+    outside the grammar.
+    """
+    matches = [(kind, match) for kind, pattern in _CAPTION_PATTERNS.items() if (match := pattern.fullmatch(caption))]
+    if not matches:
+        raise ValueError(f"not a caption of the synthetic benchmark's grammar: {caption!r}")
+    kind, match = matches[0]
+    if kind == "position":
+        cell = _CELL_OF_POSITION[match["position"]]
+        return any(_fits(obj, match, "a") and (obj.row, obj.col) == cell for obj in scene.objects)
+    if kind == "pair":
+        return any(
+            a is not b and _fits(a, match, "a") and _fits(b, match, "b") for a in scene.objects for b in scene.objects
+        )
+    return any(
+        relation == match["relation"] and _fits(a, match, "a") and _fits(b, match, "b")
+        for a, relation, b in _relations(scene)
+    )
+
+
+def read_scenes(folder: str | os.PathLike, split: str) -> list[Scene]:
+    """The scenes of a generated split (`{split}_scenes.jsonl`), in image order."""
+    path = Path(folder) / f"{split}_scenes.jsonl"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no scene file (is {folder} a synthetic benchmark folder?)")
+    return [Scene.from_dict(json.loads(line)) for line in path.read_text(encoding="utf-8").splitlines()]
 
 
 def dense_caption(scene: Scene) -> str:

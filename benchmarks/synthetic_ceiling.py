@@ -1,0 +1,66 @@
+"""What recall is possible on a synthetic benchmark split: chance, and a perfect reader.
+
+A synthetic caption ("a red circle and a blue star") is usually true of several images of the split. The perfect
+reader knows every scene and ranks the images a caption is true of (or the captions true of an image) first, in
+random order among themselves; it cannot tell its ground-truth image from another image the caption also fits.
+Its expected R@K is printed next to chance (a random ranking), for both directions, from the split's scene file
+(`transformers_seps.data.synthetic.caption_holds`). A trained model's test table reads between the two rows.
+
+    .venv/bin/python benchmarks/synthetic_ceiling.py --data_root data/synthetic --split test
+"""
+
+import argparse
+from math import comb
+
+from transformers_seps.data import load_retrieval_split
+from transformers_seps.data.synthetic import caption_holds, read_scenes
+
+RECALL_AT = (1, 5, 10)
+
+
+def expected_recall(num_candidates: int, num_correct: int, k: int) -> float:
+    """P(a random order of `num_candidates` items puts at least one of the `num_correct` in its first k)."""
+    return 1.0 - comb(num_candidates - num_correct, k) / comb(num_candidates, k) if k < num_candidates else 1.0
+
+
+def recall_row(name: str, t2i_candidates: list[int], i2t_candidates: list[int], captions_per_image: int) -> str:
+    """A table row: mean expected R@K over queries, where each query draws its rank among its candidates."""
+    i2t = [
+        100 * sum(expected_recall(n, captions_per_image, k) for n in i2t_candidates) / len(i2t_candidates)
+        for k in RECALL_AT
+    ]
+    t2i = [100 * sum(expected_recall(n, 1, k) for n in t2i_candidates) / len(t2i_candidates) for k in RECALL_AT]
+    cells = " | ".join(f"{value:.1f}" for value in i2t + t2i)
+    return f"| {name} | {cells} | {sum(i2t) + sum(t2i):.1f} |"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data_root", default="data/synthetic")
+    parser.add_argument("--split", default="test")
+    args = parser.parse_args()
+
+    split = load_retrieval_split(args.data_root, "synthetic", args.split, require_images=False, dense_captions="ignore")
+    scenes = read_scenes(args.data_root, args.split)
+    if len(scenes) != len(split.image_ids):
+        raise ValueError(f"{len(scenes)} scenes for {len(split.image_ids)} images in {args.data_root}/{args.split}")
+    num_images, num_captions = len(scenes), len(split.captions)
+    captions_per_image = num_captions // num_images
+    holds = [[caption_holds(caption, scene) for scene in scenes] for caption in split.captions]
+    images_fitting = [sum(row) for row in holds]
+    captions_fitting = [sum(row[image] for row in holds) for image in range(num_images)]
+
+    print(
+        f"synthetic/{args.split}: {num_images} images, {num_captions} captions; a caption is true of "
+        f"{sum(images_fitting) / num_captions:.1f} images on average (median "
+        f"{sorted(images_fitting)[num_captions // 2]}), an image has {sum(captions_fitting) / num_images:.1f} "
+        f"true captions"
+    )
+    print("| ranking | i2t R@1 | i2t R@5 | i2t R@10 | t2i R@1 | t2i R@5 | t2i R@10 | rSum |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    print(recall_row("chance", [num_images] * num_captions, [num_captions] * num_images, captions_per_image))
+    print(recall_row("perfect reader", images_fitting, captions_fitting, captions_per_image))
+
+
+if __name__ == "__main__":
+    main()
