@@ -32,6 +32,7 @@ def train_command(output_dir: Path, data_root: Path, *extra: str) -> list[str]:
         "--synthetic_num_dev", "12",
         "--synthetic_num_test", "12",
         "--synthetic_image_size", "32",
+        "--vision_model", "vit-scratch",
         "--image_size", "32",
         "--embed_dim", "32",
         "--per_device_train_batch_size", "8",
@@ -168,3 +169,31 @@ def test_cached_dense_hidden_states_give_the_same_loss_and_gradients():
     assert results[0][0] == pytest.approx(results[1][0], rel=1e-6)
     for name, gradient in results[0][1].items():
         torch.testing.assert_close(results[1][1][name], gradient, atol=1e-6, rtol=1e-5, msg=name)
+
+
+def test_default_run_keeps_the_pretrained_cnn_frozen(tmp_path):
+    """The default vision backbone (EfficientNet-Lite0's first five stages, ImageNet weights) on the synthetic
+    benchmark: trained around, never changed, BatchNorm statistics included."""
+    from transformers_seps.backbones import EFFICIENTNET_LITE0_STRIDE16, load_vision_backbone
+
+    command = [
+        sys.executable, str(SCRIPT),
+        "--output_dir", str(tmp_path / "run"),
+        "--data_root", str(tmp_path / "data"),
+        "--synthetic_num_train", "24",
+        "--synthetic_num_dev", "8",
+        "--synthetic_num_test", "8",
+        "--image_size", "64",
+        "--embed_dim", "32",
+        "--per_device_train_batch_size", "8",
+        "--num_train_epochs", "1",
+        "--eval_test", "false",
+    ]  # fmt: skip
+    run(command)
+    trained = SepsModel.from_pretrained(tmp_path / "run" / "best")
+    pretrained = load_vision_backbone(EFFICIENTNET_LITE0_STRIDE16, image_size=64).state_dict()
+    assert trained.config.num_patches == 16  # 64 px at stride 16
+    for name, tensor in trained.vision_model.state_dict().items():
+        assert (tensor == pretrained[name]).all(), name
+    info = json.loads((tmp_path / "data" / "synthetic_info.json").read_text())
+    assert info["config"]["image_size"] == 64  # the benchmark is rendered at the model's input side

@@ -1,6 +1,7 @@
 """SEPS (Semantic-Enhanced Patch Slimming) for Hugging Face Transformers.
 
-Importing the package registers `SepsConfig`, `SepsModel` and `SepsProcessor` with the Auto classes.
+Importing the package registers `SepsConfig`, `SepsModel` and `SepsProcessor` with the Auto classes (and
+`EfficientNetLiteConfig`/`EfficientNetLiteModel`, the pretrained CNN backbone of the synthetic demo).
 """
 
 from transformers import AutoConfig, AutoModel, AutoProcessor
@@ -23,6 +24,7 @@ from .convert_official import (
     load_official_checkpoint,
     load_official_model,
 )
+from .efficientnet_lite import EfficientNetLiteConfig, EfficientNetLiteModel
 from .modeling_seps import SepsModel, SepsOutput, SepsPreTrainedModel
 from .processing_seps import SepsProcessor
 from .visualization import plot_patch_selection, plot_patch_word_alignment
@@ -37,6 +39,8 @@ SepsModel.register_for_auto_class("AutoModel")
 SepsProcessor.register_for_auto_class()
 
 __all__ = [
+    "EfficientNetLiteConfig",
+    "EfficientNetLiteModel",
     "DENSE_CAPTION_GENERATION_KWARGS",
     "DENSE_CAPTION_PROMPT",
     "DenseCaptionSummary",

