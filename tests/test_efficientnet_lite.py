@@ -2,6 +2,10 @@
 pretrained vision backbone of SEPS. (Checked once against timm's `efficientnet_lite0` with the same weights:
 identical outputs at 224 px, and at its stride-16 features; timm is not a dependency, so not here.)"""
 
+import subprocess
+import sys
+import textwrap
+
 import pytest
 import torch
 from conftest import random_captions, tiny_bert_config
@@ -81,5 +85,26 @@ def test_seps_on_the_pretrained_cnn_saves_and_loads(tmp_path):
             m.similarity(m.get_image_features(pixels), m.get_text_features(ids, mask), mask) for m in (model, loaded)
         ]
     torch.testing.assert_close(scores[0], scores[1])
+    # Remote code, without this package: save_pretrained copies efficientnet_lite.py next to the SEPS code.
+    torch.save({"pixels": pixels, "ids": ids, "mask": mask}, tmp_path / "inputs.pt")
+    script = textwrap.dedent(
+        f"""
+        import sys
+        import torch
+        sys.modules["transformers_seps"] = None
+        from transformers import AutoModel
+
+        model = AutoModel.from_pretrained({str(tmp_path / "seps")!r}, trust_remote_code=True).eval()
+        assert type(model.vision_model).__module__.startswith("transformers_modules")
+        inputs = torch.load({str(tmp_path / "inputs.pt")!r})
+        with torch.no_grad():
+            image_embeds = model.get_image_features(inputs["pixels"])
+            text_embeds = model.get_text_features(inputs["ids"], inputs["mask"])
+            torch.save(model.similarity(image_embeds, text_embeds, inputs["mask"]), {str(tmp_path / "remote.pt")!r})
+        """
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    torch.testing.assert_close(torch.load(tmp_path / "remote.pt"), scores[0])
     processor = build_processor(EFFICIENTNET_LITE0_STRIDE16, "all-minilm-l6-v2", vision)
     assert processor.image_processor.size["height"] == 64 and processor.image_processor.image_mean == [0.5] * 3

@@ -5,6 +5,10 @@ import math
 from transformers import AutoConfig, PreTrainedConfig
 from transformers.configuration_utils import SubConfigSpec
 
+# Registers the EfficientNet-Lite backbone with the Auto classes, so that a SEPS config naming it loads, also as
+# remote code (`trust_remote_code=True` copies this module's relative imports).
+from .efficientnet_lite import EfficientNetLiteConfig  # noqa: F401
+
 VARIANTS = ("paper", "official")
 
 # Backbones whose `last_hidden_state` starts with a [CLS] token before the patch grid.
