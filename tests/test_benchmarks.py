@@ -54,3 +54,16 @@ def test_synthetic_ceiling_matches_a_count_of_fitting_images(tiny_synthetic):
     assert float(rows["perfect reader"][3]) == round(100 * sum(1 / m for m in fitting) / len(fitting), 1)
     assert float(rows["chance"][3]) == round(100 / len(scenes), 1)  # 8 test images
     assert float(rows["chance"][-1]) < float(rows["perfect reader"][-1])
+
+
+def test_synthetic_ceiling_places_a_model_and_breaks_its_recall_down(saved_models, tiny_synthetic):
+    output = run_benchmark(
+        "synthetic_ceiling.py", "--data_root", str(tiny_synthetic), "--model", str(saved_models["paper"]),
+    )  # fmt: skip
+    rows = table_rows(output)
+    model_row = next(cells for name, cells in rows.items() if name.endswith("(dense captions: image)"))
+    assert 0 <= float(model_row[-1]) <= 600
+    counts = [int(rows[kind][0]) for kind in ("position", "pair", "relation")]
+    assert sum(counts) == 40  # every test caption (8 images x 5) has exactly one template
+    for group in ("the caption is true of", "every colour the caption names", "every shape the caption names"):
+        assert 0.0 <= float(rows[group][0]) <= 1.0

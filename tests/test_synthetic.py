@@ -25,6 +25,7 @@ from transformers_seps.data.synthetic import (
     Scene,
     SyntheticBenchmarkConfig,
     caption_holds,
+    caption_kind,
     generate_synthetic_benchmark,
     render_scene,
     sample_scene,
@@ -216,6 +217,13 @@ def test_caption_holds_agrees_with_an_independent_parser(benchmark: Path):
     ]
     assert all(ours == theirs for ours, theirs in verdicts)
     assert 0 < sum(ours for ours, _ in verdicts) < len(verdicts) / 10
+    for caption in captions:
+        if re.fullmatch(rf"{MENTION} ({POSITION})", caption):
+            assert caption_kind(caption) == "position"
+        else:
+            assert caption_kind(caption) == (
+                "pair" if re.fullmatch(rf"{MENTION} and {MENTION}", caption) else "relation"
+            )
 
 
 def test_read_scenes_round_trips_and_unknown_captions_fail(benchmark: Path, tmp_path: Path):

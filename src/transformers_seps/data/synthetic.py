@@ -66,6 +66,7 @@ __all__ = [
     "SceneObject",
     "SyntheticBenchmarkConfig",
     "caption_holds",
+    "caption_kind",
     "dense_caption",
     "edit_scene",
     "generate_synthetic_benchmark",
@@ -341,6 +342,18 @@ def _fits(obj: SceneObject, match: re.Match, name: str) -> bool:
     return obj.color == match[f"{name}_color"] and obj.shape == match[f"{name}_shape"] and size in (None, obj.size)
 
 
+def _parse_caption(caption: str) -> tuple[str, re.Match]:
+    matches = [(kind, match) for kind, pattern in _CAPTION_PATTERNS.items() if (match := pattern.fullmatch(caption))]
+    if not matches:
+        raise ValueError(f"not a caption of the synthetic benchmark's grammar: {caption!r}")
+    return matches[0]
+
+
+def caption_kind(caption: str) -> str:
+    """`"position"`, `"pair"` or `"relation"`: which of the three templates of `scene_captions` wrote it."""
+    return _parse_caption(caption)[0]
+
+
 def caption_holds(caption: str, scene: Scene) -> bool:
     """Whether a caption in the grammar of `scene_captions` is true of `scene`, whichever image it was written for.
 
@@ -348,10 +361,7 @@ def caption_holds(caption: str, scene: Scene) -> bool:
     what a perfect reader could retrieve (`benchmarks/synthetic_ceiling.py`). Raises ValueError for a caption
     outside the grammar.
     """
-    matches = [(kind, match) for kind, pattern in _CAPTION_PATTERNS.items() if (match := pattern.fullmatch(caption))]
-    if not matches:
-        raise ValueError(f"not a caption of the synthetic benchmark's grammar: {caption!r}")
-    kind, match = matches[0]
+    kind, match = _parse_caption(caption)
     if kind == "position":
         cell = _CELL_OF_POSITION[match["position"]]
         return any(_fits(obj, match, "a") and (obj.row, obj.col) == cell for obj in scene.objects)
