@@ -73,8 +73,10 @@ def worker(rank: int, port: int, variant: str, result_path: str) -> None:
     loss, gradients = loss_and_gradients(objective, local_slice(global_batch(), rank))
     if rank == 0:
         torch.save({"loss": loss, "gradients": gradients}, result_path)
-    dist.barrier()  # both ranks are done with every collective before either tears the group down
-    dist.destroy_process_group()
+    dist.barrier()  # both ranks are done with every collective before either leaves
+    # Leave without tearing down: freeing DDP's reducer destroys the gloo group, whose destructor joins gloo's
+    # worker thread while holding the GIL that thread may wait for (a hang seen once with torch 2.13 on CPU).
+    os._exit(0)
 
 
 def free_port() -> int:
