@@ -1,6 +1,7 @@
 """EfficientNet-Lite0 as a Transformers model (src/transformers_seps/efficientnet_lite.py) and its use as the
-pretrained vision backbone of SEPS. (Checked once against timm's `efficientnet_lite0` with the same weights:
-identical outputs at 224 px, and at its stride-16 features; timm is not a dependency, so not here.)"""
+pretrained vision backbone of SEPS. (Checked once against timm's `tf_efficientnet_lite0`, TensorFlow's padding
+and BatchNorm epsilon, with the same weights: identical outputs at 224, 128 and 97 px; timm is not a dependency,
+so not here.)"""
 
 import subprocess
 import sys
@@ -17,6 +18,7 @@ from transformers_seps.backbones import EFFICIENTNET_LITE0_STRIDE16, build_proce
 from transformers_seps.efficientnet_lite import (
     EfficientNetLiteConfig,
     EfficientNetLiteModel,
+    SamePaddingConv2d,
     load_efficientnet_lite0_weights,
 )
 
@@ -33,6 +35,18 @@ def test_feature_map_width_and_stride(num_stages: int, channels: int, stride: in
     with torch.no_grad():
         hidden = EfficientNetLiteModel(config).eval()(pixel_values=torch.randn(2, 3, 64, 64)).last_hidden_state
     assert hidden.shape == (2, channels, 64 // stride, 64 // stride)
+
+
+def test_strided_convolutions_pad_like_tensorflow():
+    """SAME padding: a 3x3 stride-2 kernel on a 4x4 input pads one row and column, at the bottom and right only,
+    so the first window starts at pixel (0, 0) (PyTorch's symmetric padding would start it at (-1, -1))."""
+    conv = SamePaddingConv2d(1, 1, kernel_size=3, stride=2, groups=1)
+    with torch.no_grad():
+        conv.weight.zero_()
+        conv.weight[0, 0, 0, 0] = 1.0  # picks the top-left pixel of each window
+        pixels = torch.arange(1.0, 17.0).view(1, 1, 4, 4)
+        assert conv(pixels).tolist() == [[[[1.0, 3.0], [9.0, 11.0]]]]
+        assert conv(torch.ones(1, 1, 5, 5)).shape[-2:] == (3, 3)  # ceil(5 / 2)
 
 
 @pytest.mark.parametrize("num_stages", [0, 8])

@@ -9,7 +9,10 @@ channels (8x8 patches at 128 px), the full network at stride 32 with 1280 channe
 the feature map `(batch, hidden_size, h, w)`, which `SepsModel` reads as h*w patches.
 """
 
+import math
+
 import torch
+import torch.nn.functional as F
 from torch import nn
 from transformers import AutoConfig, AutoModel, PreTrainedConfig, PreTrainedModel
 from transformers.modeling_outputs import BaseModelOutputWithNoAttention
@@ -37,13 +40,14 @@ class EfficientNetLiteConfig(PreTrainedConfig):
             1x1 head to 1280 channels follows.
         image_size (`int`, *optional*, defaults to 224): the input side the processor resizes to.
         num_channels (`int`, *optional*, defaults to 3): input channels.
-        batch_norm_eps (`float`, *optional*, defaults to 1e-5): BatchNorm epsilon of the pretrained weights.
+        batch_norm_eps (`float`, *optional*, defaults to 1e-3): BatchNorm epsilon of the pretrained weights
+            (TensorFlow's, where they were trained).
     """
 
     model_type = "seps_efficientnet_lite"
 
     def __init__(
-        self, num_stages: int = 7, image_size: int = 224, num_channels: int = 3, batch_norm_eps: float = 1e-5, **kwargs
+        self, num_stages: int = 7, image_size: int = 224, num_channels: int = 3, batch_norm_eps: float = 1e-3, **kwargs
     ):
         if not 1 <= num_stages <= len(LITE0_STAGES):
             raise ValueError(f"num_stages must be between 1 and {len(LITE0_STAGES)}, got {num_stages}")
@@ -67,14 +71,32 @@ class EfficientNetLiteConfig(PreTrainedConfig):
         return stride
 
 
+class SamePaddingConv2d(nn.Conv2d):
+    """A bias-free Conv2d with TensorFlow's "SAME" padding, which the pretrained weights were trained with: output
+    side ceil(side / stride); when the padding is uneven (strided convolutions), the extra row and column go at
+    the bottom and right."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, stride: int, groups: int):
+        super().__init__(in_channels, out_channels, kernel_size, stride, padding=0, groups=groups, bias=False)
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        padding = []
+        for side, kernel, stride in zip(
+            hidden_states.shape[:-3:-1], self.kernel_size[::-1], self.stride[::-1], strict=True
+        ):
+            total = max((math.ceil(side / stride) - 1) * stride + kernel - side, 0)
+            padding += [total // 2, total - total // 2]  # (left, right), then (top, bottom)
+        return super().forward(F.pad(hidden_states, padding))
+
+
 class ConvNormAct(nn.Sequential):
-    """Conv (no bias) -> BatchNorm -> ReLU6 (or no activation)."""
+    """SAME-padded conv (no bias) -> BatchNorm -> ReLU6 (or no activation)."""
 
     def __init__(
         self, in_channels: int, out_channels: int, kernel_size: int, stride: int, groups: int, eps: float, act: bool
     ):
         super().__init__(
-            nn.Conv2d(in_channels, out_channels, kernel_size, stride, kernel_size // 2, groups=groups, bias=False),
+            SamePaddingConv2d(in_channels, out_channels, kernel_size, stride, groups),
             nn.BatchNorm2d(out_channels, eps=eps),
             nn.ReLU6() if act else nn.Identity(),
         )
