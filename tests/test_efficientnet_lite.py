@@ -77,6 +77,10 @@ def test_the_stride16_backbone_is_the_first_five_stages_of_the_full_one(full_lit
 def test_weights_that_do_not_fit_are_refused():
     with pytest.raises(ValueError, match="does not map in order"):
         load_efficientnet_lite0_weights(EfficientNetLiteModel(EfficientNetLiteConfig(num_channels=4)))
+    full = EfficientNetLiteModel(EfficientNetLiteConfig())
+    full.layers = full.layers[:-1]  # a full-depth model that lost its head would leave tensors unused
+    with pytest.raises(ValueError, match="does not map in order"):
+        load_efficientnet_lite0_weights(full)
 
 
 def test_seps_on_the_pretrained_cnn_saves_and_loads(tmp_path):

@@ -186,7 +186,7 @@ def test_default_run_keeps_the_pretrained_cnn_frozen(tmp_path):
         "--image_size", "64",
         "--embed_dim", "32",
         "--per_device_train_batch_size", "8",
-        "--num_train_epochs", "1",
+        "--num_train_epochs", "2",  # the second epoch follows a dev evaluation (model.eval(), then train())
         "--eval_test", "false",
     ]  # fmt: skip
     run(command)
@@ -197,3 +197,15 @@ def test_default_run_keeps_the_pretrained_cnn_frozen(tmp_path):
         assert (tensor == pretrained[name]).all(), name
     info = json.loads((tmp_path / "data" / "synthetic_info.json").read_text())
     assert info["config"]["image_size"] == 64  # the benchmark is rendered at the model's input side
+
+
+def test_freezing_a_backbone_trained_from_scratch_is_refused(tmp_path):
+    from transformers_seps.training import DataArguments, ModelArguments, RetrievalTrainingArguments, run_training
+
+    with pytest.raises(ValueError, match="random initialisation"):
+        run_training(
+            ModelArguments(vision_model="vit-scratch", freeze_vision_model=True),
+            DataArguments(data_root=str(tmp_path / "data")),
+            RetrievalTrainingArguments(output_dir=str(tmp_path / "run")),
+        )
+    assert not (tmp_path / "data").exists()  # refused before generating anything

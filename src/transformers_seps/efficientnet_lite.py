@@ -171,7 +171,8 @@ def load_efficientnet_lite0_weights(model: EfficientNetLiteModel) -> EfficientNe
     tensors = [value for key, value in source.items() if not key.startswith("_fc.")]
     target = model.state_dict()
     shapes = [tuple(value.shape) for value in tensors[: len(target)]]
-    if shapes != [tuple(value.shape) for value in target.values()]:
+    complete = model.config.num_stages < len(LITE0_STAGES) or len(tensors) == len(target)
+    if not complete or shapes != [tuple(value.shape) for value in target.values()]:
         raise ValueError("the efficientnet-lite0 state dict does not map in order onto EfficientNetLiteModel")
     model.load_state_dict(dict(zip(target, tensors, strict=False)), strict=True)
     return model

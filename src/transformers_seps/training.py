@@ -24,7 +24,6 @@ from .backbones import (
     MINILM,
     VIT_SCRATCH,
     build_processor,
-    default_image_size,
     load_text_backbone,
     load_vision_backbone,
 )
@@ -389,7 +388,13 @@ def _load_data(data_args: DataArguments, use_dense: bool, image_size: int, accel
             seed=data_args.synthetic_seed,
         )
         if accelerator.is_main_process:
-            generate_synthetic_benchmark(data_args.data_root, config)
+            try:
+                generate_synthetic_benchmark(data_args.data_root, config)
+            except FileExistsError as error:
+                raise FileExistsError(
+                    f"{error} With this script: pass another --data_root (a benchmark folder keeps one "
+                    f"configuration, image size {config.image_size} px included), or delete the folder."
+                ) from error
         accelerator.wait_for_everyone()
     test_split = "testall" if data_args.dataset == "coco" else "test"
     dense_mode = "required" if use_dense else "ignore"
@@ -468,13 +473,15 @@ def run_training(
     freeze_vision = model_args.freeze_vision_model
     if freeze_vision is None:
         freeze_vision = synthetic and model_args.vision_model != VIT_SCRATCH
+    elif freeze_vision and model_args.vision_model == VIT_SCRATCH:
+        raise ValueError(f"--freeze_vision_model true would keep '{VIT_SCRATCH}' at its random initialisation")
     use_dense = model_args.use_dense_captions
-    image_size = model_args.image_size or default_image_size(model_args.vision_model)
-    splits = _load_data(data_args, use_dense, image_size, accelerator)
     warmup_epochs = model_args.max_violation_warmup_epochs
     if warmup_epochs is None:
         warmup_epochs = num_train_epochs if synthetic else 1
     model, processor = _build_model(model_args, warmup_epochs)
+    # The synthetic benchmark is rendered at the input side the processor resizes to.
+    splits = _load_data(data_args, use_dense, processor.image_processor.size["height"], accelerator)
     if freeze_text:
         model.text_model.requires_grad_(False)
     if freeze_vision:
