@@ -46,22 +46,16 @@ def scratch_vit_config(image_size: int = VIT_SCRATCH_IMAGE_SIZE, patch_size: int
     )
 
 
-def default_image_size(name: str) -> int:
-    """Input side a vision backbone is used at by default (hub models: 224, the usual pretraining size)."""
-    if name in EFFICIENTNET_LITE0_VARIANTS:
-        return EFFICIENTNET_LITE0_VARIANTS[name][1]
-    return VIT_SCRATCH_IMAGE_SIZE if name == VIT_SCRATCH else HUB_IMAGE_SIZE
-
-
 def load_vision_backbone(name: str, image_size: int | None = None, patch_size: int = 8) -> PreTrainedModel:
-    """A vision backbone by name: one of `LOCAL_BACKBONES`, a hub id or a local folder. `image_size` (default:
-    `default_image_size(name)`) and `patch_size` apply to the local backbones only."""
-    image_size = image_size or default_image_size(name)
+    """A vision backbone by name: one of `LOCAL_BACKBONES`, a hub id or a local folder. `image_size` (default: the
+    backbone's own, see `EFFICIENTNET_LITE0_VARIANTS` and `VIT_SCRATCH_IMAGE_SIZE`) and `patch_size` apply to the
+    local backbones only."""
     if name in EFFICIENTNET_LITE0_VARIANTS:
-        config = EfficientNetLiteConfig(num_stages=EFFICIENTNET_LITE0_VARIANTS[name][0], image_size=image_size)
+        num_stages, default_size = EFFICIENTNET_LITE0_VARIANTS[name]
+        config = EfficientNetLiteConfig(num_stages=num_stages, image_size=image_size or default_size)
         return load_efficientnet_lite0_weights(EfficientNetLiteModel(config))
     if name == VIT_SCRATCH:
-        return ViTModel(scratch_vit_config(image_size, patch_size), add_pooling_layer=False)
+        return ViTModel(scratch_vit_config(image_size or VIT_SCRATCH_IMAGE_SIZE, patch_size), add_pooling_layer=False)
     return AutoModel.from_pretrained(name)
 
 
