@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install test lint demo bench clean
+.PHONY: install test test-fast lint demo bench clean
 
 $(STAMP): setup.cfg pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -20,6 +20,10 @@ lint: $(STAMP)
 
 test: lint
 	$(PY) -m pytest -q
+
+# The inner loop: everything but the tests marked slow (subprocesses, several processes, the notebook).
+test-fast: lint
+	$(PY) -m pytest -q -m "not slow"
 
 # Trains on the synthetic benchmark with backbones that need no download, then prints the test table.
 demo: $(STAMP)

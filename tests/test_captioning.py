@@ -476,6 +476,7 @@ def script_env() -> dict[str, str]:
     return dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
 
 
+@pytest.mark.slow
 def test_script_killed_mid_run_then_rerun_loses_and_repeats_nothing(reference, gallery, llava_path, tmp_path):
     output = tmp_path / "dense.jsonl"
     command = [sys.executable, str(SCRIPT), *script_command(llava_path, gallery, output), "--batch_size", "1"]
@@ -497,6 +498,7 @@ def test_script_killed_mid_run_then_rerun_loses_and_repeats_nothing(reference, g
     assert output.read_bytes() == reference.read_bytes()
 
 
+@pytest.mark.slow
 def test_two_processes_write_the_same_file_as_one(reference, gallery, llava_path, tmp_path):
     """torchrun with 2 CPU processes (gloo): shards, then one merged file in image order, equal to the 1-process
     file. A stale shard of an earlier 2-process run is resumed, not redone."""

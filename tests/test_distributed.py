@@ -14,6 +14,8 @@ from torch.nn.parallel import DistributedDataParallel
 from transformers_seps import SepsConfig, SepsModel
 from transformers_seps.training import SepsForRetrievalTraining
 
+pytestmark = pytest.mark.slow
+
 WORLD_SIZE = 2
 LOCAL_BATCH = 3
 

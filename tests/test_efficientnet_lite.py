@@ -83,6 +83,7 @@ def test_weights_that_do_not_fit_are_refused():
         load_efficientnet_lite0_weights(full)
 
 
+@pytest.mark.slow
 def test_seps_on_the_pretrained_cnn_saves_and_loads(tmp_path):
     vision = load_vision_backbone(EFFICIENTNET_LITE0_STRIDE16, image_size=64)
     model = SepsModel.from_backbones(vision, BertModel(tiny_bert_config()), embed_dim=32).eval()

@@ -203,6 +203,7 @@ def run_script(*arguments: str, processes: int = 1) -> subprocess.CompletedProce
     return subprocess.run([*command, *arguments], capture_output=True, text=True, timeout=300, env=env)
 
 
+@pytest.mark.slow
 def test_script_two_processes_give_the_matrix_of_one(saved_models, tiny_synthetic, tmp_path):
     outputs = {}
     for processes in (1, 2):
@@ -221,6 +222,7 @@ def test_script_two_processes_give_the_matrix_of_one(saved_models, tiny_syntheti
     assert set(METRIC_KEYS) <= set(outputs[2][1])
 
 
+@pytest.mark.slow
 def test_script_leak_audit_reports_both_pairings(saved_models, tiny_synthetic, tmp_path):
     report = tmp_path / "audit.json"
     result = run_script(
@@ -235,6 +237,7 @@ def test_script_leak_audit_reports_both_pairings(saved_models, tiny_synthetic, t
     assert audit["difference"]["rsum"] == pytest.approx(audit["query_ground_truth"]["rsum"] - audit["honest"]["rsum"])
 
 
+@pytest.mark.slow
 def test_script_errors(saved_models, tiny_synthetic, tmp_path):
     missing = run_script(
         "--model", str(tmp_path / "nothing-here"), "--dataset", "synthetic", "--data_root", str(tiny_synthetic)

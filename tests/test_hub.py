@@ -61,6 +61,7 @@ def test_converted_folder_is_a_complete_hub_repo(converted):
     assert "Weights not released yet" not in card
 
 
+@pytest.mark.slow
 def test_hub_id_resolves_from_the_cache_offline(converted, tmp_path):
     """`SepsModel.from_pretrained(hub id)` and `AutoModel.from_pretrained(hub id, trust_remote_code=True)` load the
     repo from a Hugging Face cache with the network switched off; the remote code needs no transformers_seps."""

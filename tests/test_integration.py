@@ -48,6 +48,7 @@ def test_save_pretrained_writes_safetensors_only_and_round_trips(tmp_path, varia
         torch.testing.assert_close(scores_of(loaded.eval()), scores_of(model), atol=1e-6, rtol=0)
 
 
+@pytest.mark.slow
 def test_remote_code_loads_without_the_package(tmp_path):
     """`trust_remote_code=True` must work in a process where `transformers_seps` cannot be imported."""
     model = tiny_model("paper")

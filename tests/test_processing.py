@@ -321,6 +321,7 @@ def test_from_pretrained_swaps_a_non_pil_image_processor(processor, tmp_path, mo
     assert len(calls) == 1
 
 
+@pytest.mark.slow
 def test_remote_code_save_and_load_without_the_package(processor, tmp_path, monkeypatch):
     """register_for_auto_class + save_pretrained copies processing_seps.py; a fresh interpreter that never
     imports transformers_seps loads it with AutoProcessor(trust_remote_code=True)."""

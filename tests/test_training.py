@@ -61,6 +61,7 @@ def uninterrupted(tmp_path_factory) -> tuple[Path, Path]:
     return output, data_root
 
 
+@pytest.mark.slow
 def test_run_writes_best_model_history_and_test_results(uninterrupted):
     output, _ = uninterrupted
     history = json.loads((output / "dev_history.json").read_text())
@@ -80,6 +81,7 @@ def test_run_writes_best_model_history_and_test_results(uninterrupted):
     ]
 
 
+@pytest.mark.slow
 def test_killed_and_resumed_run_ends_with_the_same_weights(uninterrupted, tmp_path):
     reference, data_root = uninterrupted
     output = tmp_path / "killed"
@@ -171,6 +173,7 @@ def test_cached_dense_hidden_states_give_the_same_loss_and_gradients():
         torch.testing.assert_close(results[1][1][name], gradient, atol=1e-6, rtol=1e-5, msg=name)
 
 
+@pytest.mark.slow
 def test_default_run_keeps_the_pretrained_cnn_frozen(tmp_path):
     """The default vision backbone (EfficientNet-Lite0's first five stages, ImageNet weights) on the synthetic
     benchmark: trained around, never changed, BatchNorm statistics included."""
