@@ -29,7 +29,15 @@ from .backbones import (
 )
 from .data import RetrievalSplit, SepsRetrievalCollator, build_caption_dataset, load_retrieval_split
 from .data.synthetic import SyntheticBenchmarkConfig, generate_synthetic_benchmark
-from .evaluation import encode_split, fold_metrics, markdown_table, mean_metrics, retrieval_metrics, score_split
+from .evaluation import (
+    FOLD_SIZE,
+    encode_split,
+    fold_metrics,
+    markdown_table,
+    mean_metrics,
+    retrieval_metrics,
+    score_split,
+)
 from .modeling_seps import SepsModel, SepsOutput
 from .processing_seps import SepsProcessor
 
@@ -397,7 +405,8 @@ def _load_data(data_args: DataArguments, use_dense: bool, image_size: int, accel
                 ) from error
         accelerator.wait_for_everyone()
     test_split = "testall" if data_args.dataset == "coco" else "test"
-    dense_mode = "required" if use_dense else "ignore"
+    # "auto": train and test need their dense captions; dev may have none (the authors ship none for dev).
+    dense_mode = "auto" if use_dense else "ignore"
     splits = {}
     for name in ("train", "dev", test_split):
         splits[name] = load_retrieval_split(
@@ -430,12 +439,16 @@ def evaluate_model(
     batch_size: int,
     accelerator: Accelerator,
 ) -> dict[str, float]:
-    """Metrics of `model` on a split (honest dense pairing); COCO's 5K test also gets the mean of its 1K folds."""
+    """Metrics of `model` on a split (honest dense pairing); COCO's 5K test also gets the mean of its 1K folds
+    (a smaller testall, not a whole number of folds, gets the whole-matrix metrics only).
+
+    A split without dense captions (the authors' dev split) is scored without them: the dense terms drop out."""
+    use_dense = use_dense and split.has_dense_captions
     encoded = encode_split(model, processor, split, batch_size, use_dense=use_dense, accelerator=accelerator)
     pairing = "image" if use_dense else "none"
     similarity = score_split(model, encoded, dense_pairing=pairing, accelerator=accelerator)
     metrics = retrieval_metrics(similarity, split.caption_to_image)
-    if split.dataset == "coco" and split.split == "testall":
+    if split.dataset == "coco" and split.split == "testall" and split.num_images % FOLD_SIZE == 0:
         folds = fold_metrics(similarity, split.caption_to_image)
         metrics.update({f"1k_{key}": value for key, value in mean_metrics(folds).items()})
     return metrics

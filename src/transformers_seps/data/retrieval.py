@@ -5,7 +5,10 @@ One dataset folder `data_root` (the authors' `data/f30k`, `data/coco`) holds, fo
 
     id_mapping.json          {"<image id>": "<image file, relative to the image root>", ...} (all splits)
     {split}_caps.txt         one caption per line, image-major (5 per image)
-    {split}_ids.txt          the image id of each caption line
+    {split}_ids.txt          the image id of each caption line (dev, test, testall), or of each image when every
+                             image has 5 consecutive captions (the authors' train splits: Flickr30K 29,000 ids for
+                             145,000 captions, MS-COCO 113,287 ids); the authors' loader tells the two apart the
+                             same way, by comparing the line counts
     {dataset}_{split}.jsonl  one dense caption per image, in image order (the order in which ids first appear
                              in `{split}_ids.txt`): {"text": ..., "model_id": ..., "metadata": {"length": ...}}
 
@@ -29,6 +32,8 @@ from typing import TYPE_CHECKING, Any
 import datasets
 import torch
 from PIL import Image
+
+from ..evaluation import CAPTIONS_PER_IMAGE
 
 if TYPE_CHECKING:
     from ..processing_seps import SepsProcessor
@@ -166,7 +171,9 @@ def load_retrieval_split(
         dataset (`str`):
             Dataset name used in the dense-caption file name: `"f30k"`, `"coco"` or `"synthetic"`.
         split (`str`):
-            `"train"`, `"dev"`, `"test"` (Flickr30K, synthetic) or `"testall"` (COCO 5K).
+            `"train"`, `"dev"`, `"test"` (Flickr30K, synthetic) or `"testall"` (COCO 5K). `{split}_ids.txt`
+            holds one image id per caption line, or one per image when the captions are exactly 5 per image
+            (image-major), as in the authors' training splits.
         image_root (`str` or `os.PathLike`, *optional*):
             Folder the `id_mapping.json` file names are relative to. Default: `data_root/images` (the synthetic
             layout) if it exists, else the authors' location `data_root/../flickr30k-images` (f30k) or
@@ -182,10 +189,9 @@ def load_retrieval_split(
             - `"optional"`: a missing file gives `dense_captions=None` (logged);
             - `"ignore"`: the file is not read; `dense_captions=None` (models without dense captions).
 
-            The file must hold one JSON object per image, in image order. A file with one row per caption
-            line instead (the shape the authors' training loader indexes: row `i` for caption `i`) is
-            accepted too and reduced to the row of each image's first caption; a warning says how many images
-            had differing rows.
+            The file must hold one JSON object per image, in image order (the authors' files, train
+            included). A file with one row per caption line instead is accepted too and reduced to the row of
+            each image's first caption; a warning says how many images had differing rows.
 
     Returns:
         [`RetrievalSplit`]
@@ -193,7 +199,8 @@ def load_retrieval_split(
     Raises:
         RetrievalFileNotFoundError: `data_root`, an annotation file, the image root or an image file is missing.
         RetrievalDataError: a malformed line (blank caption, non-integer id, invalid JSON, a JSON row without a
-            non-empty string `text`), caption and id counts that differ, an id missing from `id_mapping.json`,
+            non-empty string `text`), an id count that is neither the caption count nor a fifth of it, an id
+            listed twice in a one-id-per-image file, an id missing from `id_mapping.json`,
             a dense-caption file whose row count matches neither the images nor the captions. The message
             names the file and, when one line is to blame, the line (1-based).
         ValueError: an unknown `dense_captions` mode.
@@ -206,20 +213,15 @@ def load_retrieval_split(
     files = RetrievalFiles.in_folder(data_root, dataset, split)
 
     captions = _read_captions(files.captions)
-    caption_image_ids = _read_image_ids(files.image_ids)
-    if len(captions) != len(caption_image_ids):
-        raise RetrievalDataError(
-            f"{len(caption_image_ids)} image ids, but {files.captions.name} has {len(captions)} captions; the two "
-            "files must match line by line.",
-            files.image_ids,
-        )
     if not captions:
         raise RetrievalDataError("the split has no captions.", files.captions)
+    id_lines = _read_image_ids(files.image_ids)
+    caption_image_ids = _image_id_of_each_caption(id_lines, len(captions), files)
 
     image_ids = list(dict.fromkeys(caption_image_ids))
     position = {image_id: index for index, image_id in enumerate(image_ids)}
     caption_to_image = [position[image_id] for image_id in caption_image_ids]
-    image_files = _image_files(_read_id_mapping(files.id_mapping), caption_image_ids, files)
+    image_files = _image_files(_read_id_mapping(files.id_mapping), id_lines, files)
 
     dense = None
     if dense_captions != "ignore":
@@ -278,6 +280,36 @@ def _read_image_ids(path: Path) -> list[int]:
     return image_ids
 
 
+def _image_id_of_each_caption(id_lines: list[int], num_captions: int, files: RetrievalFiles) -> list[int]:
+    """The image id of each caption line, from `{split}_ids.txt` in either of its two shapes (module docstring)."""
+    if len(id_lines) == num_captions:
+        return id_lines
+    if len(id_lines) * CAPTIONS_PER_IMAGE == num_captions:
+        first_line = {}
+        for number, image_id in enumerate(id_lines, start=1):
+            if image_id in first_line:
+                raise RetrievalDataError(
+                    f"image id {image_id} is listed again (first on line {first_line[image_id]}); with one id per "
+                    f"image ({len(id_lines)} ids for the {num_captions} captions of {files.captions.name}), each "
+                    "image is listed once.",
+                    files.image_ids,
+                    number,
+                )
+            first_line[image_id] = number
+        return [image_id for image_id in id_lines for _ in range(CAPTIONS_PER_IMAGE)]
+    per_image = (
+        str(num_captions // CAPTIONS_PER_IMAGE)
+        if num_captions % CAPTIONS_PER_IMAGE == 0
+        else f"impossible, {num_captions} is not a multiple of {CAPTIONS_PER_IMAGE}"
+    )
+    raise RetrievalDataError(
+        f"{len(id_lines)} image ids, but {files.captions.name} has {num_captions} captions: expected one id per "
+        f"caption line ({num_captions}) or one id per image with {CAPTIONS_PER_IMAGE} consecutive captions each "
+        f"({per_image}).",
+        files.image_ids,
+    )
+
+
 def _read_id_mapping(path: Path) -> dict[str, str]:
     if not path.is_file():
         raise RetrievalFileNotFoundError("file not found.", path)
@@ -292,10 +324,10 @@ def _read_id_mapping(path: Path) -> dict[str, str]:
     return mapping
 
 
-def _image_files(mapping: dict[str, str], caption_image_ids: list[int], files: RetrievalFiles) -> list[str]:
+def _image_files(mapping: dict[str, str], id_lines: list[int], files: RetrievalFiles) -> list[str]:
     """File name of each image (in order of first appearance); an id missing from the mapping is an error."""
     image_files = {}
-    for number, image_id in enumerate(caption_image_ids, start=1):
+    for number, image_id in enumerate(id_lines, start=1):
         if image_id in image_files:
             continue
         if str(image_id) not in mapping:
