@@ -52,6 +52,12 @@ def _has_kind(value: Any, kind: type) -> bool:
     return isinstance(value, numbers.Real) and math.isfinite(value)
 
 
+def check_positive_int(name: str, value: Any) -> None:
+    """Raise `ValueError` naming `name` unless `value` is an integer >= 1 (a bool is not)."""
+    if not _has_kind(value, int) or value < 1:
+        raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+
+
 # (fields, type, requirement, range check, None allowed): what `SepsConfig.validate_seps` enforces.
 _FIELD_RULES: tuple[tuple[tuple[str, ...], type, str, Callable[[Any], bool], bool], ...] = (
     (
@@ -205,4 +211,4 @@ class SepsConfig(PreTrainedConfig):
         return int(self.num_patches * self.aggr_ratio * self.sparse_ratio)
 
 
-__all__ = ["SepsConfig", "infer_patch_layout"]
+__all__ = ["SepsConfig", "check_positive_int", "infer_patch_layout"]
