@@ -342,13 +342,16 @@ class SepsModel(SepsPreTrainedModel):
         self.post_init()
 
     @classmethod
-    def from_pretrained(cls, pretrained_model_name_or_path: str | PathLike, *model_args, **kwargs) -> "SepsModel":
+    def from_pretrained(
+        cls, pretrained_model_name_or_path: str | PathLike | None, *model_args, **kwargs
+    ) -> "SepsModel":
         """As `PreTrainedModel.from_pretrained`, with clear errors first: a path that is neither a folder nor a
         Hub id gives `FileNotFoundError` ("no such folder"), and a damaged (e.g. truncated) `.safetensors` file of
         a local folder gives an `OSError` naming the file."""
-        folder = check_pretrained_location(pretrained_model_name_or_path, kwargs.get("subfolder", ""))
-        if folder is not None:
-            _check_safetensors_headers(folder)
+        if pretrained_model_name_or_path is not None:  # None: weights given as `state_dict`
+            folder = check_pretrained_location(pretrained_model_name_or_path, kwargs.get("subfolder") or "")
+            if folder is not None:
+                _check_safetensors_headers(folder)
         return super().from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
 
     # ---------------------------------------------------------------- construction from pretrained backbones

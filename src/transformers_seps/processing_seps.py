@@ -169,7 +169,7 @@ class SepsProcessor(ProcessorMixin):
             FileNotFoundError: if `pretrained_model_name_or_path` is neither a folder nor a Hub id, or the folder
                 has no tokenizer file (`tokenizer.json` or `vocab.txt`).
         """
-        folder = check_pretrained_location(pretrained_model_name_or_path, kwargs.get("subfolder", ""))
+        folder = check_pretrained_location(pretrained_model_name_or_path, kwargs.get("subfolder") or "")
         if folder is not None and not any(os.path.isfile(os.path.join(folder, name)) for name in _TOKENIZER_FILES):
             raise FileNotFoundError(
                 f"{folder!r} holds no tokenizer file (needs {' or '.join(_TOKENIZER_FILES)}; it has "
@@ -507,6 +507,19 @@ def _as_image_batch(images: Any) -> list[Any]:
     return [
         image.convert("RGB") if isinstance(image, Image.Image) and image.mode != "RGB" else image for image in batch
     ]
+
+
+def _check_one_image(image: Any, name: str) -> None:
+    """Raises a `ValueError` unless `image` is exactly one image (not a list or batch of them)."""
+    num_images = len(_as_image_batch(image))
+    if num_images != 1:
+        raise ValueError(f"`{name}` must be one image, got a batch of {num_images}.")
+
+
+def _check_one_caption(caption: Any, name: str) -> None:
+    """Raises a `ValueError` unless `caption` is one string (a list of captions is a batch)."""
+    if not isinstance(caption, str):
+        raise ValueError(f"`{name}` must be one caption (a str), got {type(caption).__name__}.")
 
 
 def _is_image_or_list(value: Any) -> bool:

@@ -10,7 +10,7 @@ from PIL import Image
 from .configuration_seps import check_positive_int
 from .evaluation import pad_and_stack
 from .modeling_seps import SepsModel, masked_mean
-from .processing_seps import SepsProcessor, _as_caption_batch, _as_image_batch
+from .processing_seps import SepsProcessor, _as_caption_batch, _as_image_batch, _check_one_caption, _check_one_image
 
 
 @dataclass
@@ -189,15 +189,10 @@ class SepsRetriever:
         A single caption (a `str`) counts as a list of one.
         """
         check_positive_int("top_k", top_k)
-        num_images = len(_as_image_batch(image))
-        if num_images != 1:
-            raise ValueError(f"search_image ranks texts for one image, got {num_images}: use score_pairs for several")
+        _check_one_image(image, "image")  # score_pairs ranks several
         texts = _as_caption_batch(texts, "texts")
-        if dense_caption is not None and not isinstance(dense_caption, str):
-            raise ValueError(
-                "dense_caption must be the image's one dense caption (a str) or None, got "
-                f"{type(dense_caption).__name__}"
-            )
+        if dense_caption is not None:
+            _check_one_caption(dense_caption, "dense_caption")
         scores = score_pairs(self.model, self.processor, image, texts, dense_caption)
         best = scores.topk(min(top_k, len(texts)), dim=1)
         return RetrievalResult(best.values, best.indices)
