@@ -441,9 +441,9 @@ class SepsModel(SepsPreTrainedModel):
             raise ValueError(f"{ids_name} must hold integer token ids (int64), got dtype {input_ids.dtype}")
         if input_ids.numel() == 0:
             raise ValueError(f"{ids_name} holds no caption (shape {tuple(input_ids.shape)})")
-        vocab_size = self.config.text_config.vocab_size
+        vocab_size = getattr(self.config.text_config, "vocab_size", None)
         low, high = input_ids.min().item(), input_ids.max().item()
-        if low < 0 or high >= vocab_size:
+        if vocab_size is not None and (low < 0 or high >= vocab_size):
             raise ValueError(
                 f"{ids_name} holds token ids in [{low}, {high}], outside the text model's vocabulary [0, {vocab_size})"
                 ": was it made by this model's tokenizer?"
