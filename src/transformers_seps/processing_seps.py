@@ -578,7 +578,10 @@ def check_pretrained_location(name_or_path: str | os.PathLike, subfolder: str = 
     try:
         validate_repo_id(path)
     except HFValidationError:
-        raise FileNotFoundError(f"no such folder: {path!r} (and it is not a Hub id of the form 'org/name')") from None
+        hint = "; '~' is not expanded: pass os.path.expanduser(path)" if path.startswith("~") else ""
+        raise FileNotFoundError(
+            f"no such folder: {path!r} (and it is not a Hub id of the form 'org/name'{hint})"
+        ) from None
     return None
 
 
