@@ -48,5 +48,11 @@ class SepsRetrieval(evaluate.Metric):
         )
 
     def _compute(self, predictions: list[list[float]], references: list[int]) -> dict[str, float]:
+        row_lengths = sorted({len(row) for row in predictions})
+        if len(row_lengths) > 1:
+            raise ValueError(
+                "predictions must hold one score per gallery image in every row; rows have "
+                f"{row_lengths[0]} to {row_lengths[-1]} scores"
+            )
         similarity = np.asarray(predictions, dtype=np.float64).T
         return retrieval_metrics(similarity, references)

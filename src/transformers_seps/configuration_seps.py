@@ -1,6 +1,9 @@
 """SEPS model configuration (spec: SEPS_SPEC.md, paper arXiv 2511.01390)."""
 
 import math
+import numbers
+from collections.abc import Callable
+from typing import Any
 
 from transformers import AutoConfig, PreTrainedConfig
 from transformers.configuration_utils import SubConfigSpec
@@ -38,6 +41,47 @@ def infer_patch_layout(vision_config: PreTrainedConfig) -> tuple[int | None, boo
         side = image_size // patch_size // 2 ** (len(vision_config.depths) - 1)
         return side * side, False
     return None, None
+
+
+def _has_kind(value: Any, kind: type) -> bool:
+    """Whether `value` is a `kind` (bool, int or float) value; bools are not numbers here, NaN and inf not floats."""
+    if kind is bool or isinstance(value, bool):
+        return kind is bool and isinstance(value, bool)
+    if kind is int:
+        return isinstance(value, numbers.Integral)
+    return isinstance(value, numbers.Real) and math.isfinite(value)
+
+
+def check_positive_int(name: str, value: Any) -> None:
+    """Raise `ValueError` naming `name` unless `value` is an integer >= 1 (a bool is not)."""
+    if not _has_kind(value, int) or value < 1:
+        raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+
+
+# (fields, type, requirement, range check, None allowed): what `SepsConfig.validate_seps` enforces.
+_FIELD_RULES: tuple[tuple[tuple[str, ...], type, str, Callable[[Any], bool], bool], ...] = (
+    (
+        ("sparse_ratio", "aggr_ratio", "aggr_hidden_ratio", "scorer_hidden_ratio"),
+        float,
+        "in (0, 1]",
+        lambda v: 0 < v <= 1,
+        False,
+    ),
+    (("beta",), float, "in [0, 0.5] (Eq. 3 weights 1 - 2*beta)", lambda v: 0 <= v <= 0.5, False),
+    (("embed_dim", "relevance_topk", "similarity_chunk_size"), int, "an integer >= 1", lambda v: v >= 1, False),
+    (("max_violation_warmup_epochs",), int, "an integer >= 0", lambda v: v >= 0, False),
+    (("gumbel_tau",), float, "> 0", lambda v: v > 0, False),
+    (
+        ("margin", "ratio_weight", "lambda_sparse", "lambda_dense", "leaky_relu_slope", "initializer_range"),
+        float,
+        ">= 0",
+        lambda v: v >= 0,
+        False,
+    ),
+    (("keep_cls_and_extra_token",), bool, "True or False", lambda v: True, False),
+    (("num_patches", "vision_hidden_size"), int, "an integer >= 1 or None", lambda v: v >= 1, True),
+    (("vision_cls_token",), bool, "True, False or None", lambda v: True, True),
+)
 
 
 class SepsConfig(PreTrainedConfig):
@@ -137,37 +181,24 @@ class SepsConfig(PreTrainedConfig):
         self.validate_seps()
 
     def validate_seps(self) -> None:
-        """Raise `ValueError` naming the first field outside its allowed range."""
+        """Raise `ValueError` naming the first field of the wrong type or outside its allowed range."""
         if self.variant not in VARIANTS:
             raise ValueError(f"variant must be one of {VARIANTS}, got {self.variant!r}")
-        for name in ("sparse_ratio", "aggr_ratio", "aggr_hidden_ratio", "scorer_hidden_ratio"):
-            value = getattr(self, name)
-            if not 0 < value <= 1:
-                raise ValueError(f"{name} must be in (0, 1], got {value}")
-        if not 0 <= self.beta <= 0.5:
-            raise ValueError(f"beta must be in [0, 0.5] (Eq. 3 weights 1 - 2*beta), got {self.beta}")
-        positive_ints = ("embed_dim", "relevance_topk", "similarity_chunk_size")
-        for name in positive_ints:
-            value = getattr(self, name)
-            if not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
-        if not isinstance(self.max_violation_warmup_epochs, int) or self.max_violation_warmup_epochs < 0:
+        for names, kind, requirement, in_range, optional in _FIELD_RULES:
+            for name in names:
+                value = getattr(self, name)
+                if value is None and optional:
+                    continue
+                if not _has_kind(value, kind) or not in_range(value):
+                    wrong_type = "" if _has_kind(value, kind) else f" ({type(value).__name__})"
+                    raise ValueError(f"{name} must be {requirement}, got {value!r}{wrong_type}")
+                if kind is not bool and not isinstance(value, (int, float)):
+                    setattr(self, name, kind(value))  # a NumPy scalar: stored as a Python number (JSON-serializable)
+        if self.num_patches is not None and self.num_aggregated_patches < 1:
             raise ValueError(
-                f"max_violation_warmup_epochs must be an integer >= 0, got {self.max_violation_warmup_epochs!r}"
+                "num_patches * aggr_ratio * sparse_ratio must be >= 1 (the number of aggregated tokens), got "
+                f"int({self.num_patches} * {self.aggr_ratio} * {self.sparse_ratio}) = 0"
             )
-        if not self.gumbel_tau > 0:
-            raise ValueError(f"gumbel_tau must be > 0, got {self.gumbel_tau}")
-        for name in ("margin", "ratio_weight", "lambda_sparse", "lambda_dense", "leaky_relu_slope"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
-        if self.num_patches is not None:
-            if not isinstance(self.num_patches, int) or self.num_patches < 1:
-                raise ValueError(f"num_patches must be an integer >= 1, got {self.num_patches!r}")
-            if self.num_aggregated_patches < 1:
-                raise ValueError(
-                    "num_patches * aggr_ratio * sparse_ratio must be >= 1 (the number of aggregated tokens), got "
-                    f"int({self.num_patches} * {self.aggr_ratio} * {self.sparse_ratio}) = 0"
-                )
 
     @property
     def num_kept_patches(self) -> int:
@@ -180,4 +211,4 @@ class SepsConfig(PreTrainedConfig):
         return int(self.num_patches * self.aggr_ratio * self.sparse_ratio)
 
 
-__all__ = ["SepsConfig", "infer_patch_layout"]
+__all__ = ["SepsConfig", "check_positive_int", "infer_patch_layout"]

@@ -40,13 +40,23 @@ METRIC_KEYS = ("i2t_r1", "i2t_r5", "i2t_r10", "t2i_r1", "t2i_r5", "t2i_r10", "rs
 
 
 def _as_tensor(values: np.ndarray | torch.Tensor, name: str) -> torch.Tensor:
-    tensor = torch.as_tensor(values)
+    try:
+        tensor = torch.as_tensor(values)
+    except (TypeError, ValueError, RuntimeError) as error:
+        raise ValueError(f"{name} must be a matrix of numbers, got {type(values).__name__} ({error})") from error
     if not torch.is_floating_point(tensor):
         tensor = tensor.float()
     if not torch.isfinite(tensor).all():
         bad = (~torch.isfinite(tensor)).nonzero()[:5].tolist()
         raise ValueError(f"{name} holds NaN or infinite values, e.g. at {bad}")
     return tensor
+
+
+def _check_similarity_shape(shape: tuple[int, ...]) -> None:
+    if 0 in shape:
+        raise ValueError(f"similarity is empty (shape {shape}): the metrics need at least one image and one caption")
+    if len(shape) != 2:
+        raise ValueError(f"similarity must be a (N_img, N_txt) matrix, got shape {shape}")
 
 
 def retrieval_ranks(
@@ -61,9 +71,11 @@ def retrieval_ranks(
         caption_to_image: (N_txt,) the row of each caption's image.
     """
     sims = _as_tensor(similarity, "similarity").double()
-    if sims.dim() != 2:
-        raise ValueError(f"similarity must be a (N_img, N_txt) matrix, got shape {tuple(sims.shape)}")
-    targets = torch.as_tensor(np.asarray(caption_to_image), dtype=torch.long)
+    _check_similarity_shape(tuple(sims.shape))
+    targets_array = np.asarray(caption_to_image)
+    if targets_array.size and not np.issubdtype(targets_array.dtype, np.integer):
+        raise ValueError(f"caption_to_image must hold integer image indices, got dtype {targets_array.dtype}")
+    targets = torch.as_tensor(targets_array, dtype=torch.long)
     num_images, num_captions = sims.shape
     if targets.shape != (num_captions,):
         raise ValueError(
@@ -94,6 +106,8 @@ def recall_metrics(i2t_ranks: np.ndarray, t2i_ranks: np.ndarray) -> dict[str, fl
     """R@1/5/10 (percent), medr and meanr both ways, and rSum from 1-based ranks."""
     metrics: dict[str, float] = {}
     for direction, ranks in (("i2t", np.asarray(i2t_ranks)), ("t2i", np.asarray(t2i_ranks))):
+        if ranks.size == 0:
+            raise ValueError(f"{direction}_ranks is empty: the metrics need at least one query")
         for k in RECALL_KS:
             metrics[f"{direction}_r{k}"] = 100.0 * float(np.mean(ranks <= k))
         metrics[f"{direction}_medr"] = float(np.floor(np.median(ranks)))
@@ -134,6 +148,7 @@ def check_five_captions_per_image(caption_to_image: Sequence[int] | np.ndarray, 
 def fold_metrics(similarity: np.ndarray | torch.Tensor, caption_to_image: Sequence[int] | np.ndarray) -> list[dict]:
     """MS-COCO 1K: metrics of each fold of 1000 consecutive images and their 5000 captions."""
     sims = np.asarray(similarity)
+    _check_similarity_shape(sims.shape)
     num_images = sims.shape[0]
     check_five_captions_per_image(caption_to_image, num_images)
     if num_images % FOLD_SIZE:
@@ -148,6 +163,8 @@ def fold_metrics(similarity: np.ndarray | torch.Tensor, caption_to_image: Sequen
 
 
 def mean_metrics(metrics: Sequence[dict[str, float]]) -> dict[str, float]:
+    if not metrics:
+        raise ValueError("mean_metrics needs at least one metrics dict, got none")
     return {key: float(np.mean([m[key] for m in metrics])) for key in metrics[0]}
 
 

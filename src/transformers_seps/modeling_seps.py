@@ -6,17 +6,20 @@ Section numbers refer to SEPS_SPEC.md; equation numbers to the paper (arXiv 2511
 """
 
 import inspect
+import os
 from dataclasses import dataclass
 from os import PathLike
 
 import torch
 import torch.nn.functional as F
+from safetensors import SafetensorError, safe_open
 from torch import nn
 from transformers import MODEL_MAPPING, AutoModel, PreTrainedConfig, PreTrainedModel
 from transformers import initialization as init
 from transformers.utils import ModelOutput
 
-from .configuration_seps import SepsConfig, infer_patch_layout
+from .configuration_seps import SepsConfig, check_positive_int, infer_patch_layout
+from .processing_seps import check_pretrained_location
 
 # --------------------------------------------------------------------------------------------------------------
 # Small building blocks
@@ -338,6 +341,19 @@ class SepsModel(SepsPreTrainedModel):
             self.token_relevance = SepsRelevanceHead(config.relevance_topk)
         self.post_init()
 
+    @classmethod
+    def from_pretrained(
+        cls, pretrained_model_name_or_path: str | PathLike | None, *model_args, **kwargs
+    ) -> "SepsModel":
+        """As `PreTrainedModel.from_pretrained`, with clear errors first: a path that is neither a folder nor a
+        Hub id gives `FileNotFoundError` ("no such folder"), and a damaged (e.g. truncated) `.safetensors` file of
+        a local folder gives an `OSError` naming the file."""
+        if pretrained_model_name_or_path is not None:  # None: weights given as `state_dict`
+            folder = check_pretrained_location(pretrained_model_name_or_path, kwargs.get("subfolder") or "")
+            if folder is not None:
+                _check_safetensors_headers(folder)
+        return super().from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
+
     # ---------------------------------------------------------------- construction from pretrained backbones
 
     @classmethod
@@ -378,14 +394,7 @@ class SepsModel(SepsPreTrainedModel):
 
         A CNN's (N_img, hidden, h, w) feature map becomes h*w patch tokens.
         """
-        if not isinstance(pixel_values, torch.Tensor) or pixel_values.dim() != 4:
-            shape = tuple(pixel_values.shape) if isinstance(pixel_values, torch.Tensor) else type(pixel_values)
-            raise ValueError(f"pixel_values must be a (batch, channels, height, width) tensor, got {shape}")
-        channels = getattr(self.config.vision_config, "num_channels", None)
-        if channels is not None and pixel_values.shape[1] != channels:
-            raise ValueError(
-                f"pixel_values has {pixel_values.shape[1]} channels; the vision backbone expects {channels}"
-            )
+        self._check_pixel_values(pixel_values)
         hidden = self.vision_model(pixel_values=pixel_values).last_hidden_state
         if hidden.dim() == 4:
             hidden = hidden.flatten(2).transpose(1, 2)
@@ -400,18 +409,52 @@ class SepsModel(SepsPreTrainedModel):
 
     def get_text_features(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         """(N_txt, L_t) token ids -> (N_txt, L_t, C) token embeddings ([CLS] and [SEP] included)."""
-        if not isinstance(input_ids, torch.Tensor) or input_ids.dim() != 2:
-            raise ValueError("input_ids must be a (batch, sequence) tensor of token ids")
-        if attention_mask is None:
-            attention_mask = torch.ones_like(input_ids)
-        if attention_mask.shape != input_ids.shape:
-            raise ValueError(
-                f"attention_mask {tuple(attention_mask.shape)} must have the shape of input_ids "
-                f"{tuple(input_ids.shape)}"
-            )
-        _check_no_empty_rows(attention_mask, "attention_mask")
+        attention_mask = self._check_text_inputs(input_ids, attention_mask, "input_ids", "attention_mask")
         hidden = self.text_model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
         return self.text_projection(hidden)
+
+    def _check_pixel_values(self, pixel_values: torch.Tensor) -> None:
+        if not isinstance(pixel_values, torch.Tensor) or pixel_values.dim() != 4:
+            shape = tuple(pixel_values.shape) if isinstance(pixel_values, torch.Tensor) else type(pixel_values)
+            raise ValueError(f"pixel_values must be a (batch, channels, height, width) tensor, got {shape}")
+        if not torch.is_floating_point(pixel_values):
+            raise ValueError(
+                f"pixel_values must be a float tensor of normalized pixels (SepsProcessor's output), got dtype "
+                f"{pixel_values.dtype}: run the images through the processor"
+            )
+        if pixel_values.shape[0] == 0:
+            raise ValueError("pixel_values holds no image (batch size 0)")
+        channels = getattr(self.config.vision_config, "num_channels", None)
+        if channels is not None and pixel_values.shape[1] != channels:
+            raise ValueError(
+                f"pixel_values has {pixel_values.shape[1]} channels; the vision backbone expects {channels}"
+            )
+
+    def _check_text_inputs(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, ids_name: str, mask_name: str
+    ) -> torch.Tensor:
+        """Checks token ids (batch, sequence) and their mask; returns the mask (all ones when None)."""
+        if not isinstance(input_ids, torch.Tensor) or input_ids.dim() != 2:
+            shape = tuple(input_ids.shape) if isinstance(input_ids, torch.Tensor) else type(input_ids)
+            raise ValueError(f"{ids_name} must be a (batch, sequence) tensor of token ids, got {shape}")
+        if input_ids.dtype not in (torch.int64, torch.int32):
+            raise ValueError(f"{ids_name} must hold integer token ids (int64), got dtype {input_ids.dtype}")
+        if input_ids.numel() == 0:
+            raise ValueError(f"{ids_name} holds no caption (shape {tuple(input_ids.shape)})")
+        vocab_size = getattr(self.config.text_config, "vocab_size", None)
+        low, high = input_ids.min().item(), input_ids.max().item()
+        if vocab_size is not None and (low < 0 or high >= vocab_size):
+            raise ValueError(
+                f"{ids_name} holds token ids in [{low}, {high}], outside the text model's vocabulary [0, {vocab_size})"
+                ": was it made by this model's tokenizer?"
+            )
+        if attention_mask is None:
+            return torch.ones_like(input_ids)
+        if not isinstance(attention_mask, torch.Tensor) or attention_mask.shape != input_ids.shape:
+            shape = tuple(attention_mask.shape) if isinstance(attention_mask, torch.Tensor) else type(attention_mask)
+            raise ValueError(f"{mask_name} {shape} must have the shape of {ids_name} {tuple(input_ids.shape)}")
+        _check_no_empty_rows(attention_mask, mask_name)
+        return attention_mask
 
     # ---------------------------------------------------------------- per-image and per-caption preparation
 
@@ -527,8 +570,6 @@ class SepsModel(SepsPreTrainedModel):
 
     def _pair_block_size(self, num_texts: int, chunk_size: int | None) -> tuple[int, int]:
         chunk = chunk_size or self.config.similarity_chunk_size
-        if chunk < 1:
-            raise ValueError(f"chunk_size must be >= 1, got {chunk}")
         texts_per_block = min(num_texts, chunk)
         return max(1, chunk // texts_per_block), texts_per_block
 
@@ -608,6 +649,8 @@ class SepsModel(SepsPreTrainedModel):
             (N_img, N_txt) scores. Selection decisions are deterministic (top-K) in eval mode and sampled in
             training mode (paper variant).
         """
+        if chunk_size is not None:
+            check_positive_int("chunk_size", chunk_size)
         return self._score(
             image_embeds,
             text_embeds,
@@ -628,6 +671,17 @@ class SepsModel(SepsPreTrainedModel):
     ) -> None:
         embed_dim = self.config.embed_dim
         expected_tokens = self.config.num_patches + int(self.config.vision_cls_token)
+        for name, value in (
+            ("image_embeds", image_embeds),
+            ("text_embeds", text_embeds),
+            ("text_attention_mask", text_attention_mask),
+            ("dense_embeds", dense_embeds),
+            ("dense_attention_mask", dense_attention_mask),
+        ):
+            if value is not None and not isinstance(value, torch.Tensor):
+                raise ValueError(f"{name} must be a torch.Tensor, got {type(value).__name__}")
+            if value is not None and value.shape[0] == 0:
+                raise ValueError(f"{name} is empty (shape {tuple(value.shape)}): give at least one image and caption")
         if image_embeds.dim() != 3 or image_embeds.shape[1:] != (expected_tokens, embed_dim):
             raise ValueError(
                 f"image_embeds must have shape (N_img, {expected_tokens}, {embed_dim}), got {tuple(image_embeds.shape)}"
@@ -677,21 +731,25 @@ class SepsModel(SepsPreTrainedModel):
             max_violation: hardest negative (True) or sum over negatives (the first
                 `config.max_violation_warmup_epochs` epochs).
         """
-        if attention_mask is None:
-            attention_mask = torch.ones_like(input_ids)
+        # Every input is checked before the encoders run.
+        self._check_pixel_values(pixel_values)
+        attention_mask = self._check_text_inputs(input_ids, attention_mask, "input_ids", "attention_mask")
         if dense_input_ids is None and dense_attention_mask is not None:
             raise ValueError("dense_attention_mask given without dense_input_ids")
-        if dense_input_ids is not None and dense_input_ids.shape[0] != pixel_values.shape[0]:
-            raise ValueError(
-                f"one dense caption per image: {pixel_values.shape[0]} images but {dense_input_ids.shape[0]} "
-                "dense captions"
+        if dense_input_ids is not None:
+            dense_attention_mask = self._check_text_inputs(
+                dense_input_ids, dense_attention_mask, "dense_input_ids", "dense_attention_mask"
             )
+            if dense_input_ids.shape[0] != pixel_values.shape[0]:
+                raise ValueError(
+                    f"one dense caption per image: {pixel_values.shape[0]} images but {dense_input_ids.shape[0]} "
+                    "dense captions"
+                )
+        _check_pairing(pixel_values.shape[0], input_ids.shape[0], image_ids, return_loss)
         image_embeds = self.get_image_features(pixel_values)
         text_embeds = self.get_text_features(input_ids, attention_mask)
         dense_embeds = None
         if dense_input_ids is not None:
-            if dense_attention_mask is None:
-                dense_attention_mask = torch.ones_like(dense_input_ids)
             dense_embeds = self.get_text_features(dense_input_ids, dense_attention_mask)
         return self.score_embeddings(
             image_embeds,
@@ -720,14 +778,7 @@ class SepsModel(SepsPreTrainedModel):
         Shapes as in [`~SepsModel.similarity`]; `image_ids` (N_img,). A distributed trainer calls it on the
         gathered global batch (see `transformers_seps.training`).
         """
-        num_images, num_texts = image_embeds.shape[0], text_embeds.shape[0]
-        if return_loss and num_images != num_texts:
-            raise ValueError(
-                f"return_loss needs paired batches (caption k describes image k): got {num_images} images and "
-                f"{num_texts} captions"
-            )
-        if image_ids is not None and image_ids.shape[0] != num_images:
-            raise ValueError(f"image_ids has {image_ids.shape[0]} entries for {num_images} images")
+        _check_pairing(image_embeds.shape[0], text_embeds.shape[0], image_ids, return_loss)
         scores, sparse_keep_mask, dense_keep_mask = self._score(
             image_embeds, text_embeds, text_attention_mask, dense_embeds, dense_attention_mask, None, True
         )
@@ -763,6 +814,33 @@ def _hidden_size(config: PreTrainedConfig) -> int:
         f"cannot tell the output width of a {config.model_type} backbone: set SepsConfig.vision_hidden_size, or "
         "build the model with SepsModel.from_backbones"
     )
+
+
+def _check_pairing(num_images: int, num_texts: int, image_ids: torch.Tensor | None, return_loss: bool) -> None:
+    if return_loss and num_images != num_texts:
+        raise ValueError(
+            f"return_loss needs paired batches (caption k describes image k): got {num_images} images and "
+            f"{num_texts} captions"
+        )
+    if image_ids is not None and (not isinstance(image_ids, torch.Tensor) or image_ids.shape != (num_images,)):
+        got = tuple(image_ids.shape) if isinstance(image_ids, torch.Tensor) else type(image_ids).__name__
+        raise ValueError(f"image_ids must be a tensor of shape ({num_images},), one id per image; got {got}")
+
+
+def _check_safetensors_headers(folder: str) -> None:
+    """Reads the header of every `.safetensors` file of `folder` (cheap: the tensors are not loaded), so that a
+    truncated or damaged file is named before loading."""
+    for name in sorted(os.listdir(folder)):
+        if name.endswith(".safetensors"):
+            path = os.path.join(folder, name)
+            try:
+                with safe_open(path, framework="pt"):
+                    pass
+            except SafetensorError as error:
+                raise OSError(
+                    f"cannot read the weights file {path!r} ({error}): it is damaged or incomplete (an interrupted "
+                    "copy or download?); save or download it again"
+                ) from error
 
 
 def _check_no_empty_rows(mask: torch.Tensor, name: str) -> None:

@@ -19,12 +19,17 @@ import os
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import numpy as np
+import torch
+from huggingface_hub.errors import HFValidationError
+from huggingface_hub.utils import validate_repo_id
 from PIL import Image
 from transformers import AutoImageProcessor, BatchFeature, BertTokenizer, ViTImageProcessorPil
-from transformers.image_utils import PILImageResampling, make_flat_list_of_images
+from transformers.image_utils import PILImageResampling, is_valid_image, make_flat_list_of_images
 from transformers.processing_utils import ProcessorMixin
 
 __all__ = [
+    "check_pretrained_location",
     "DENSE_CAPTION_GENERATION_KWARGS",
     "DENSE_CAPTION_PROMPT",
     "SEPS_IMAGE_MEAN",
@@ -54,6 +59,12 @@ _NUM_SPECIAL_TOKENS = 2
 _UNSET = object()
 
 _HUB_KWARGS = ("cache_dir", "force_download", "local_files_only", "token", "revision", "subfolder", "proxies")
+
+# A processor folder needs one of these for its BERT tokenizer (the fast tokenizer's file, or the WordPiece vocabulary).
+_TOKENIZER_FILES = ("tokenizer.json", "vocab.txt")
+
+# Values `return_tensors` takes.
+_RETURN_TENSORS = ("pt", "np", None)
 
 # Settings of the dense-caption model, saved in `processor_config.json`.
 _DENSE_CAPTION_SETTINGS = ("dense_caption_model", "dense_caption_prompt", "dense_caption_generation_kwargs")
@@ -153,7 +164,17 @@ class SepsProcessor(ProcessorMixin):
             args, kwargs:
                 Passed to `ProcessorMixin.from_pretrained` (e.g. `local_files_only=True`, `revision`);
                 `dense_max_length=...` and the `dense_caption_*` settings override the saved values.
+
+        Raises:
+            FileNotFoundError: if `pretrained_model_name_or_path` is neither a folder nor a Hub id, or the folder
+                has no tokenizer file (`tokenizer.json` or `vocab.txt`).
         """
+        folder = check_pretrained_location(pretrained_model_name_or_path, kwargs.get("subfolder") or "")
+        if folder is not None and not any(os.path.isfile(os.path.join(folder, name)) for name in _TOKENIZER_FILES):
+            raise FileNotFoundError(
+                f"{folder!r} holds no tokenizer file (needs {' or '.join(_TOKENIZER_FILES)}; it has "
+                f"{sorted(os.listdir(folder))}): save the processor there with `processor.save_pretrained(folder)`."
+            )
         # Set processor settings after loading: passed down, they would also land in the tokenizer's init kwargs.
         dense_max_length = kwargs.pop("dense_max_length", _UNSET)
         caption_settings = {key: kwargs.pop(key) for key in _DENSE_CAPTION_SETTINGS if key in kwargs}
@@ -249,7 +270,12 @@ class SepsProcessor(ProcessorMixin):
             images (`PIL.Image.Image`, `np.ndarray`, `torch.Tensor` or a list of them, *optional*):
                 One image or a batch of images. PIL images that are not RGB are converted with
                 `Image.convert("RGB")`, as the authors' loader does (an alpha channel is dropped, not
-                blended onto white).
+                blended onto white). Pixels are uint8 (PIL) or numbers in [0, 255]; float images (NumPy or
+                torch) whose values all lie in [0, 1] are taken as already rescaled, and the image processor's
+                1/255 rescale is skipped for them (Transformers' image processors only warn), so they give the
+                `pixel_values` of the same image in uint8. A batch must not mix the two conventions, and float
+                images outside [0, 255] (already normalized) are refused. Pass `do_rescale=...` to decide
+                yourself.
             text (`str` or `list[str]`, *optional*):
                 One caption or a batch of captions. Padded to the longest caption of the batch and truncated
                 at the tokenizer's `model_max_length` (or at `max_length` if given as a keyword argument).
@@ -280,7 +306,9 @@ class SepsProcessor(ProcessorMixin):
 
         Raises:
             ValueError: if no input is given; if a caption is not a string, is empty or whitespace-only, or
-                has no token left after BERT normalization; if `images` and `dense_text` differ in count; if
+                has no token left after BERT normalization; if an image is not an image, or its float values
+                are outside [0, 255], or the batch mixes [0, 1] and [0, 255] float images; if `return_tensors`
+                is not one of "pt", "np", None; if `images` and `dense_text` differ in count; if
                 `generate_dense=True` comes without `images`, with `dense_text`, or without `dense_caption_model`.
         """
         if images is None and text is None and dense_text is None:
@@ -291,6 +319,8 @@ class SepsProcessor(ProcessorMixin):
             raise ValueError(
                 "`generate_dense=True` needs `images` and writes their dense captions: leave out `dense_text`."
             )
+        if return_tensors not in _RETURN_TENSORS:
+            raise ValueError(f"`return_tensors` must be one of {_RETURN_TENSORS}, got {return_tensors!r}.")
         text_batch = _as_caption_batch(text, "text") if text is not None else None
         image_batch = _as_image_batch(images) if images is not None else None
         if generate_dense:
@@ -307,6 +337,10 @@ class SepsProcessor(ProcessorMixin):
         merged = self._merge_kwargs(tokenizer_init_kwargs={}, **kwargs)
         text_kwargs = {k: v for k, v in merged["text_kwargs"].items() if k != "return_tensors"}
         images_kwargs = {k: v for k, v in merged["images_kwargs"].items() if k != "return_tensors"}
+        # Images in [0, 1] skip the 1/255 rescale, unless the caller decides (`do_rescale=...`).
+        rescales = "do_rescale" not in images_kwargs and getattr(self.image_processor, "do_rescale", False)
+        if image_batch is not None and rescales and _already_rescaled(image_batch):
+            images_kwargs["do_rescale"] = False
 
         data: dict[str, Any] = {}
         if image_batch is not None:
@@ -462,13 +496,93 @@ def _as_image_batch(images: Any) -> list[Any]:
     try:
         batch = make_flat_list_of_images(images)
     except ValueError as error:
+        invalid = type(images).__name__
+        if isinstance(images, (list, tuple)):
+            index = next((i for i, image in enumerate(images) if not _is_image_or_list(image)), None)
+            if index is not None:
+                invalid = f"{type(images).__name__} whose item {index} is a {type(images[index]).__name__}"
         raise ValueError(
-            "`images` must be a PIL image, a numpy array, a torch tensor, or a list of them; "
-            f"got {type(images).__name__}."
+            f"`images` must be a PIL image, a numpy array, a torch tensor, or a list of them; got {invalid}."
         ) from error
     return [
         image.convert("RGB") if isinstance(image, Image.Image) and image.mode != "RGB" else image for image in batch
     ]
+
+
+def _check_one_image(image: Any, name: str) -> None:
+    """Raises a `ValueError` unless `image` is exactly one image (not a list or batch of them)."""
+    num_images = len(_as_image_batch(image))
+    if num_images != 1:
+        raise ValueError(f"`{name}` must be one image, got a batch of {num_images}.")
+
+
+def _check_one_caption(caption: Any, name: str) -> None:
+    """Raises a `ValueError` unless `caption` is one string (a list of captions is a batch)."""
+    if not isinstance(caption, str):
+        raise ValueError(f"`{name}` must be one caption (a str), got {type(caption).__name__}.")
+
+
+def _is_image_or_list(value: Any) -> bool:
+    return is_valid_image(value) or isinstance(value, (list, tuple))
+
+
+def _float_value_range(image: Any) -> tuple[float, float] | None:
+    """(min, max) of a float NumPy or torch image; None for PIL and integer images."""
+    if isinstance(image, torch.Tensor) and torch.is_floating_point(image):
+        return image.min().item(), image.max().item()
+    if isinstance(image, np.ndarray) and np.issubdtype(image.dtype, np.floating):
+        return float(image.min()), float(image.max())
+    return None
+
+
+def _already_rescaled(images: list[Any]) -> bool:
+    """Whether the batch holds float images in [0, 1] (rescaled already), as `transformers.image_utils.
+    is_scaled_image` tells; raises for float images outside [0, 255] and for a batch mixing both conventions."""
+    scaled = []
+    for index, image in enumerate(images):
+        value_range = _float_value_range(image)
+        if value_range is None:
+            continue
+        low, high = value_range
+        if not (low >= 0 and high <= 255):  # also catches NaN
+            raise ValueError(
+                f"`images[{index}]` is a float image with values in [{low:.3g}, {high:.3g}], outside [0, 1] and "
+                "[0, 255]: it looks normalized already. Pass the raw image (PIL, uint8, or floats in [0, 1] or "
+                "[0, 255]), not `pixel_values`."
+            )
+        if high <= 1:
+            scaled.append(index)
+    if scaled and len(scaled) != len(images):
+        raise ValueError(
+            f"`images` mixes float images with values in [0, 1] (images {scaled[:5]}) with images in [0, 255]: "
+            "pass all images in one convention (or rescale the [0, 1] ones by 255)."
+        )
+    return bool(scaled)
+
+
+def check_pretrained_location(name_or_path: str | os.PathLike, subfolder: str = "") -> str | None:
+    """The local folder `from_pretrained` will read (with `subfolder`), or None for a Hub id.
+
+    Raises `FileNotFoundError` for a path that is neither an existing folder nor a valid Hub id ('name' or
+    'org/name'), e.g. "./runs/demo/best" or "runs/demo/best" before training wrote it, instead of the Hub's
+    "Repo id must be in the form ..."; `NotADirectoryError` for a file.
+    """
+    path = os.fspath(name_or_path)
+    if os.path.isdir(path):
+        folder = os.path.join(path, subfolder) if subfolder else path
+        if not os.path.isdir(folder):
+            raise FileNotFoundError(f"no such folder: {folder!r} (subfolder {subfolder!r} of {path!r})")
+        return folder
+    if os.path.exists(path):
+        raise NotADirectoryError(f"{path!r} is a file; from_pretrained takes the folder that holds the saved files")
+    try:
+        validate_repo_id(path)
+    except HFValidationError:
+        hint = "; '~' is not expanded: pass os.path.expanduser(path)" if path.startswith("~") else ""
+        raise FileNotFoundError(
+            f"no such folder: {path!r} (and it is not a Hub id of the form 'org/name'{hint})"
+        ) from None
+    return None
 
 
 def _check_dense_max_length(dense_max_length: Any, tokenizer: Any) -> int | None:

@@ -7,9 +7,10 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from .configuration_seps import check_positive_int
 from .evaluation import pad_and_stack
 from .modeling_seps import SepsModel, masked_mean
-from .processing_seps import SepsProcessor
+from .processing_seps import SepsProcessor, _as_caption_batch, _as_image_batch, _check_one_caption, _check_one_image
 
 
 @dataclass
@@ -28,8 +29,14 @@ def score_pairs(
     texts: Sequence[str] | str,
     dense_captions: Sequence[str] | None = None,
 ) -> torch.Tensor:
-    """S(image, text) for every image and text: (num_images, num_texts). `dense_captions`: one per image."""
+    """S(image, text) for every image and text: (num_images, num_texts). `dense_captions`: one per image.
+
+    A single image, caption or dense caption (a `str`) counts as a list of one.
+    """
     model.eval()
+    texts = _as_caption_batch(texts, "texts")
+    if dense_captions is not None:
+        dense_captions = _as_caption_batch(dense_captions, "dense_captions")
     inputs = processor(images=images, text=texts, dense_text=dense_captions, return_tensors="pt").to(model.device)
     return model(**inputs).logits_per_image.cpu()
 
@@ -53,8 +60,12 @@ def shortlist_and_rerank(
 
     Stage 1 keeps, for each caption, the `shortlist_size` images whose mean-pooled embedding is closest to the
     caption's (cosine); stage 2 scores that shortlist with SEPS. Returns the SEPS scores and gallery indices of
-    each shortlist, (N_txt, shortlist_size), in shortlist order (not sorted).
+    each shortlist, (N_txt, min(shortlist_size, N_img)), in shortlist order (not sorted): a shortlist larger than
+    the gallery is the whole gallery.
     """
+    check_positive_int("shortlist_size", shortlist_size)
+    model._check_similarity_inputs(image_embeds, text_embeds, text_attention_mask, dense_embeds, dense_attention_mask)
+    shortlist_size = min(shortlist_size, image_embeds.shape[0])
     device = model.device
     image_global = _global(image_embeds[:, int(model.config.vision_cls_token) :])
     shortlists = (_global(text_embeds, text_attention_mask) @ image_global.t()).topk(shortlist_size, dim=1).indices
@@ -83,15 +94,17 @@ class SepsRetriever:
 
     Args:
         model, processor: a SEPS model and its processor.
-        shortlist_size: images kept by the first stage; None scores the whole gallery.
+        shortlist_size: images kept by the first stage; None scores the whole gallery. A search asking for more
+            images (`top_k`) than this shortlists `top_k` images instead.
         batch_size: images per encoding batch.
     """
 
     def __init__(
         self, model: SepsModel, processor: SepsProcessor, shortlist_size: int | None = None, batch_size: int = 32
     ):
-        if shortlist_size is not None and shortlist_size < 1:
-            raise ValueError(f"shortlist_size must be >= 1 or None, got {shortlist_size}")
+        if shortlist_size is not None:
+            check_positive_int("shortlist_size", shortlist_size)
+        check_positive_int("batch_size", batch_size)
         self.model = model.eval()
         self.processor = processor
         self.shortlist_size = shortlist_size
@@ -107,10 +120,17 @@ class SepsRetriever:
     def add_images(self, images: Sequence[Image.Image], dense_captions: Sequence[str] | None = None) -> None:
         """Encode and append images to the gallery; `dense_captions` holds one per image (each its own).
 
-        A gallery either has dense captions for every image or for none.
+        A gallery either has dense captions for every image or for none. One image (and its dense caption, a `str`)
+        counts as a list of one.
         """
-        if dense_captions is not None and len(dense_captions) != len(images):
-            raise ValueError(f"one dense caption per image: got {len(images)} images and {len(dense_captions)}")
+        images = _as_image_batch(images)
+        if dense_captions is not None:
+            dense_captions = _as_caption_batch(dense_captions, "dense_captions")
+            if len(dense_captions) != len(images):
+                raise ValueError(
+                    f"dense_captions must hold one dense caption per image: got {len(images)} images and "
+                    f"{len(dense_captions)} dense captions"
+                )
         if len(self) and bool(self._dense) != (dense_captions is not None):
             raise ValueError("a gallery has dense captions for all images or for none")
         for start in range(0, len(images), self.batch_size):
@@ -137,20 +157,26 @@ class SepsRetriever:
 
     @torch.no_grad()
     def search(self, text: str | Sequence[str], top_k: int = 10) -> RetrievalResult:
-        """The `top_k` gallery images for each text: scores and indices, (num_texts, top_k)."""
+        """The `top_k` gallery images for each text: scores and indices, (num_texts, min(top_k, len(self))).
+
+        `top_k` larger than the gallery returns the whole gallery, ranked; larger than `shortlist_size`, the
+        first stage keeps `top_k` images.
+        """
+        check_positive_int("top_k", top_k)
         images, dense, dense_mask = self._gallery()
-        texts = [text] if isinstance(text, str) else list(text)
+        texts = _as_caption_batch(text, "text")
         inputs = self.processor(text=texts, return_tensors="pt").to(self.model.device)
         words = self.model.get_text_features(inputs["input_ids"], inputs["attention_mask"]).cpu()
         word_mask = inputs["attention_mask"].cpu()
         top_k = min(top_k, images.shape[0])
+        shortlist_size = None if self.shortlist_size is None else max(self.shortlist_size, top_k)
         device = self.model.device
-        if self.shortlist_size is None or self.shortlist_size >= images.shape[0]:
+        if shortlist_size is None or shortlist_size >= images.shape[0]:
             dense_args = (dense.to(device), dense_mask.to(device)) if dense is not None else ()
             scores = self.model.similarity(images.to(device), words.to(device), word_mask.to(device), *dense_args)
             best = scores.t().cpu().topk(top_k, dim=1)
             return RetrievalResult(best.values, best.indices)
-        shortlisted = shortlist_and_rerank(self.model, images, words, word_mask, self.shortlist_size, dense, dense_mask)
+        shortlisted = shortlist_and_rerank(self.model, images, words, word_mask, shortlist_size, dense, dense_mask)
         best = shortlisted.scores.topk(top_k, dim=1)
         return RetrievalResult(best.values, shortlisted.indices.gather(1, best.indices))
 
@@ -158,9 +184,15 @@ class SepsRetriever:
     def search_image(
         self, image: Image.Image, texts: Sequence[str], top_k: int = 10, dense_caption: str | None = None
     ) -> RetrievalResult:
-        """The `top_k` of `texts` for one image (with its own dense caption, if given): (1, top_k)."""
-        scores = score_pairs(
-            self.model, self.processor, [image], list(texts), [dense_caption] if dense_caption else None
-        )
+        """The `top_k` of `texts` for one image (with its own dense caption, if given): (1, min(top_k, len(texts))).
+
+        A single caption (a `str`) counts as a list of one.
+        """
+        check_positive_int("top_k", top_k)
+        _check_one_image(image, "image")  # score_pairs ranks several
+        texts = _as_caption_batch(texts, "texts")
+        if dense_caption is not None:
+            _check_one_caption(dense_caption, "dense_caption")
+        scores = score_pairs(self.model, self.processor, image, texts, dense_caption)
         best = scores.topk(min(top_k, len(texts)), dim=1)
         return RetrievalResult(best.values, best.indices)

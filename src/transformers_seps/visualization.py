@@ -17,8 +17,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .configuration_seps import check_positive_int
 from .modeling_seps import SepsModel
-from .processing_seps import SepsProcessor
+from .processing_seps import SepsProcessor, _check_one_caption, _check_one_image
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -95,6 +96,19 @@ def _model_view(pixel_values: torch.Tensor, processor: SepsProcessor) -> np.ndar
     return image.clamp(0, 1).permute(1, 2, 0).numpy()
 
 
+def _check_pair(image: Any, text: Any, dense_text: Any = None) -> None:
+    """A picture shows one image with one caption (and the image's one dense caption)."""
+    _check_one_image(image, "image")
+    _check_one_caption(text, "text")
+    if dense_text is not None:
+        _check_one_caption(dense_text, "dense_text")
+
+
+def _check_opacity(name: str, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
+        raise ValueError(f"{name} must be an opacity in [0, 1], got {value!r}")
+
+
 def _encode(model: SepsModel, processor: SepsProcessor, **inputs: Any) -> dict[str, torch.Tensor]:
     encoded = processor(return_tensors="pt", **inputs)
     return {name: tensor.to(model.device) for name, tensor in encoded.items()}
@@ -105,6 +119,7 @@ def patch_selection(
 ) -> PatchSelection:
     """The patches `text` keeps in `image` (and those the dense caption `dense_text` of the image keeps), with the
     model in eval mode (top-K decisions). See [`PatchSelection`]."""
+    _check_pair(image, text, dense_text)
     side = _patch_grid_side(model)
     with _eval_mode(model):
         inputs = _encode(model, processor, images=image, text=text, dense_text=dense_text)
@@ -131,6 +146,7 @@ def patch_word_alignment(
 ) -> PatchWordAlignment:
     """Cosine of each patch with each word piece of `text` (projected embeddings, before any selection): where in
     the image each word finds its match. [CLS] and [SEP] are left out unless `include_special_tokens`."""
+    _check_pair(image, text)
     side = _patch_grid_side(model)
     with _eval_mode(model):
         inputs = _encode(model, processor, images=image, text=text)
@@ -204,6 +220,7 @@ def plot_patch_selection(
     Returns:
         `matplotlib.figure.Figure` with 2 panels, or 3 with a dense caption.
     """
+    _check_opacity("dropped_alpha", dropped_alpha)
     selection = patch_selection(model, processor, image, text, dense_text)
     panels = 2 if selection.dense_keep is None else 3
     figure = _new_figure(3.2 * panels, 3.8)
@@ -232,6 +249,8 @@ def plot_patch_word_alignment(
     Returns:
         `matplotlib.figure.Figure` with one panel per word piece and a shared color bar.
     """
+    check_positive_int("columns", columns)
+    _check_opacity("alpha", alpha)
     alignment = patch_word_alignment(model, processor, image, text, include_special_tokens)
     num_words = len(alignment.tokens)
     columns = max(1, min(columns, num_words))
