@@ -29,7 +29,7 @@ def parse(*argv: str) -> tuple[ModelArguments, DataArguments, RetrievalTrainingA
 @pytest.mark.parametrize("variant", ["paper", "official"])
 def test_real_datasets_default_to_the_paper_and_the_authors_settings(dataset, variant):
     model_args, data_args, args = parse("--dataset", dataset, "--variant", variant)
-    # The paper (section 4.1): AdamW, 30 epochs, batch 32, lr 1e-4; rho by backbone (resolved by from_backbones).
+    # The paper (section 4.3): AdamW, 30 epochs, batch 32, lr 1e-4; rho by backbone (resolved by from_backbones).
     assert (args.per_device_train_batch_size, args.learning_rate) == (32, 1e-4)
     assert model_args.sparse_ratio is None and model_args.aggr_ratio is None
     assert model_args.embed_dim == 512

@@ -16,7 +16,7 @@ _CLS_TOKEN_MODEL_TYPES = ("vit", "deit", "dinov2", "beit", "data2vec-vision", "v
 _SWIN_MODEL_TYPES = ("swin", "swinv2")
 DEFAULT_IMAGE_SIZE = 224
 
-# (sparse_ratio, aggr_ratio) of the paper's runs: rho = 0.5 on ViT and 0.8 on Swin (paper, section 4.1); the
+# (sparse_ratio, aggr_ratio) of the paper's runs: rho = 0.5 on ViT and 0.8 on Swin (paper, section 4.3); the
 # authors' training commands (their README) pair them with aggr_ratio 0.4 and 0.6.
 _VIT_RATIOS = (0.5, 0.4)
 _SWIN_RATIOS = (0.8, 0.6)
