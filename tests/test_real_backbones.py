@@ -195,15 +195,16 @@ def test_a_cnn_config_gets_its_layout_measured_at_init(name, variant):
     )
     assert config.num_patches is None
     torch.manual_seed(0)
-    model = SepsModel(config).eval()
+    model = SepsModel(config)
     # Stride 32 at 224 px: a 7x7 map of the last stage's 40 channels; no [CLS].
     assert (model.config.num_patches, model.config.vision_cls_token, model.config.vision_hidden_size) == (49, False, 40)
     assert model.vision_projection.in_features == 40
-    # The dry forward ran in eval mode: no BatchNorm statistics were updated.
+    # The dry forward ran in eval mode, so no BatchNorm statistics moved, and the backbone is back in training mode.
     for module in model.vision_model.modules():
         if isinstance(module, torch.nn.BatchNorm2d):
             assert module.num_batches_tracked.item() == 0
-    assert model.training is False and all(not module.training for module in model.vision_model.modules())
+    assert all(module.training for module in model.vision_model.modules())
+    model.eval()
     pixels = torch.randn(2, 3, 224, 224)
     with torch.no_grad():
         assert model.get_image_features(pixels).shape == (2, 49, EMBED_DIM)
