@@ -13,6 +13,7 @@ Any other name is a hub id or a local folder, loaded as it is.
 
 from transformers import AutoModel, PreTrainedModel, ViTConfig, ViTModel
 
+from .configuration_seps import vision_image_size
 from .efficientnet_lite import EfficientNetLiteConfig, EfficientNetLiteModel, load_efficientnet_lite0_weights
 from .processing_seps import SepsProcessor
 
@@ -24,7 +25,6 @@ VIT_SCRATCH = "vit-scratch"
 EFFICIENTNET_LITE0_VARIANTS = {EFFICIENTNET_LITE0: (7, 224), EFFICIENTNET_LITE0_STRIDE16: (5, 128)}
 LOCAL_BACKBONES = (MINILM, *EFFICIENTNET_LITE0_VARIANTS, VIT_SCRATCH)
 VIT_SCRATCH_IMAGE_SIZE = 64
-HUB_IMAGE_SIZE = 224
 
 
 def minilm_path() -> str:
@@ -63,13 +63,18 @@ def load_text_backbone(name: str) -> PreTrainedModel:
     return AutoModel.from_pretrained(minilm_path() if name == MINILM else name)
 
 
-def build_processor(vision_model: str, text_model: str, vision_backbone: PreTrainedModel) -> SepsProcessor:
+def build_processor(
+    vision_model: str, text_model: str, vision_backbone: PreTrainedModel, text_model_max_length: int | None = None
+) -> SepsProcessor:
     """The processor matching the backbones: the SEPS authors' preset (bicubic resize to the backbone's input
     size, no crop, ImageNet mean/std), with mean/std 0.5 for the local vision backbones (EfficientNet-Lite0's
-    convention, also used for the scratch ViT)."""
+    convention, also used for the scratch ViT). `text_model_max_length` (`SepsConfig.max_text_length`) caps the
+    captions at what the text model accepts."""
     tokenizer_source = minilm_path() if text_model == MINILM else text_model
-    image_size = getattr(vision_backbone.config, "image_size", HUB_IMAGE_SIZE)
-    processor = SepsProcessor.official(tokenizer_source, image_size=image_size)
+    image_size = vision_image_size(vision_backbone.config)
+    processor = SepsProcessor.official(
+        tokenizer_source, image_size=image_size, text_model_max_length=text_model_max_length
+    )
     if vision_model in LOCAL_BACKBONES:
         processor.image_processor.image_mean = [0.5, 0.5, 0.5]
         processor.image_processor.image_std = [0.5, 0.5, 0.5]

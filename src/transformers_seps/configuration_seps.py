@@ -16,6 +16,35 @@ VARIANTS = ("paper", "official")
 
 # Backbones whose `last_hidden_state` starts with a [CLS] token before the patch grid.
 _CLS_TOKEN_MODEL_TYPES = ("vit", "deit", "dinov2", "beit", "data2vec-vision", "vit_msn", "vit_mae")
+_SWIN_MODEL_TYPES = ("swin", "swinv2")
+DEFAULT_IMAGE_SIZE = 224
+
+# (sparse_ratio, aggr_ratio) of the paper's runs: rho = 0.5 on ViT and 0.8 on Swin (paper, section 4.3); the
+# authors' training commands (their README) pair them with aggr_ratio 0.4 and 0.6.
+_VIT_RATIOS = (0.5, 0.4)
+_SWIN_RATIOS = (0.8, 0.6)
+
+# Text models that number positions from `pad_token_id + 1` (RoBERTa's embeddings), so that
+# `max_position_embeddings - pad_token_id - 1` tokens fit.
+_PADDING_OFFSET_MODEL_TYPES = ("roberta", "xlm-roberta", "camembert", "data2vec-text")
+
+
+def paper_ratios(vision_config: PreTrainedConfig) -> tuple[float, float]:
+    """`(sparse_ratio, aggr_ratio)` the SEPS authors use with this kind of backbone: (0.8, 0.6) for Swin,
+    (0.5, 0.4) for ViT and anything else."""
+    if getattr(vision_config, "model_type", "") in _SWIN_MODEL_TYPES:
+        return _SWIN_RATIOS
+    return _VIT_RATIOS
+
+
+def vision_image_size(vision_config: PreTrainedConfig) -> int:
+    """Side of the images a vision backbone expects: `image_size` of its config, else the input size of a timm
+    model's pretrained config, else `DEFAULT_IMAGE_SIZE` (224, as ConvNeXt and ResNet are trained)."""
+    size = getattr(vision_config, "image_size", None)
+    if size is None:
+        pretrained_cfg = getattr(vision_config, "pretrained_cfg", None) or {}
+        size = pretrained_cfg.get("input_size", (3, DEFAULT_IMAGE_SIZE, DEFAULT_IMAGE_SIZE))[-1]
+    return size[0] if isinstance(size, (list, tuple)) else size
 
 
 def infer_patch_layout(vision_config: PreTrainedConfig) -> tuple[int | None, bool | None]:
@@ -23,8 +52,8 @@ def infer_patch_layout(vision_config: PreTrainedConfig) -> tuple[int | None, boo
 
     ViT-like: (image_size / patch_size)^2 patches after a [CLS] token; Swin: the last stage's grid,
     (image_size / patch_size / 2^(stages - 1))^2, no [CLS]. Returns ``(None, None)`` when the config alone
-    does not tell (CNNs through `TimmWrapperModel`, for instance); `SepsModel.from_backbones` then probes
-    the backbone with a dummy image.
+    does not tell (CNNs such as ConvNeXt, ResNet or `timm_wrapper` models); `SepsModel` then measures the
+    layout with a dry forward of a blank image and records it in its config.
     """
     model_type = getattr(vision_config, "model_type", "")
     image_size = getattr(vision_config, "image_size", None)
@@ -37,7 +66,7 @@ def infer_patch_layout(vision_config: PreTrainedConfig) -> tuple[int | None, boo
         return None, None
     if model_type in _CLS_TOKEN_MODEL_TYPES:
         return (image_size // patch_size) ** 2, True
-    if model_type in ("swin", "swinv2"):
+    if model_type in _SWIN_MODEL_TYPES:
         side = image_size // patch_size // 2 ** (len(vision_config.depths) - 1)
         return side * side, False
     return None, None
@@ -89,7 +118,8 @@ class SepsConfig(PreTrainedConfig):
 
     Args:
         vision_config (`PreTrainedConfig` or `dict`, *optional*):
-            Any Hugging Face vision backbone config (ViT, Swin, `timm_wrapper`, ...). A dict needs `model_type`.
+            Any Hugging Face vision backbone config (ViT, Swin, ConvNeXt, ResNet, `timm_wrapper`, ...). A dict
+            needs `model_type`.
         text_config (`PreTrainedConfig` or `dict`, *optional*):
             Any BERT-like text encoder config. It embeds both the caption and the dense caption.
         embed_dim (`int`, defaults to 512):
@@ -98,18 +128,22 @@ class SepsConfig(PreTrainedConfig):
             `"paper"`: equations 1-7 of the paper (spec section 4). `"official"`: the authors' released code
             (spec section 3), needed to load their checkpoints.
         sparse_ratio (`float`, defaults to 0.5):
-            rho, the fraction of spatial patches kept, K = ceil(rho * N). In (0, 1].
+            rho, the fraction of spatial patches kept, K = ceil(rho * N). In (0, 1]. The paper uses 0.5 on ViT
+            and 0.8 on Swin; `SepsModel.from_backbones` picks that value for its backbone (`paper_ratios`).
         aggr_ratio (`float`, defaults to 0.4):
-            The aggregation keeps N_c = int(N * aggr_ratio * sparse_ratio) tokens. In (0, 1].
+            The aggregation keeps N_c = int(N * aggr_ratio * sparse_ratio) tokens. In (0, 1]. The authors use
+            0.4 with ViT and 0.6 with Swin (`paper_ratios`, also picked by `SepsModel.from_backbones`).
         aggr_hidden_ratio (`float`, defaults to 0.2):
             Hidden width of the aggregation MLP as a fraction of C (LayerNorm -> Linear -> GELU -> Linear).
         num_patches (`int`, *optional*):
-            N, the number of spatial patches of the vision backbone; derived from `vision_config` when possible.
+            N, the number of spatial patches of the vision backbone; derived from `vision_config` when it states
+            the layout (ViT, Swin), else measured by `SepsModel` at construction and recorded here: a dry forward
+            of a blank `vision_image_size(vision_config)` image (CNNs: one patch per cell of the last feature map).
         vision_cls_token (`bool`, *optional*):
-            Whether the backbone's tokens start with a [CLS] token; derived with `num_patches`.
+            Whether the backbone's tokens start with a [CLS] token; derived or measured with `num_patches`.
         vision_hidden_size (`int`, *optional*):
-            Width of the vision backbone's output; derived from `vision_config.hidden_size` when it has one
-            (timm CNNs do not: `SepsModel.from_backbones` measures it).
+            Width of the vision backbone's output; `vision_config.hidden_size` when it has one, else measured
+            with `num_patches` (ConvNeXt, ResNet and timm CNNs have none).
         beta (`float`, defaults to 0.25):
             Weight of the semantic scores in the unified score (Eq. 3), in [0, 0.5].
         scorer_hidden_ratio (`float`, defaults to 0.25):
@@ -170,6 +204,17 @@ class SepsConfig(PreTrainedConfig):
     similarity_chunk_size: int = 256
     initializer_range: float = 0.02
 
+    @property
+    def max_text_length(self) -> int | None:
+        """The longest token sequence the text model accepts: its `max_position_embeddings` (less RoBERTa's
+        padding offset), None when its config does not say (e.g. relative positions)."""
+        positions = getattr(self.text_config, "max_position_embeddings", None)
+        if not isinstance(positions, int):
+            return None
+        if getattr(self.text_config, "model_type", "") in _PADDING_OFFSET_MODEL_TYPES:
+            positions -= (self.text_config.pad_token_id or 0) + 1
+        return positions
+
     def __post_init__(self, **kwargs):
         super().__post_init__(**kwargs)
         if self.num_patches is None or self.vision_cls_token is None:
@@ -211,4 +256,4 @@ class SepsConfig(PreTrainedConfig):
         return int(self.num_patches * self.aggr_ratio * self.sparse_ratio)
 
 
-__all__ = ["SepsConfig", "check_positive_int", "infer_patch_layout"]
+__all__ = ["SepsConfig", "check_positive_int", "infer_patch_layout", "paper_ratios", "vision_image_size"]

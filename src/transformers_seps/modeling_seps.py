@@ -18,7 +18,7 @@ from transformers import MODEL_MAPPING, AutoModel, PreTrainedConfig, PreTrainedM
 from transformers import initialization as init
 from transformers.utils import ModelOutput
 
-from .configuration_seps import SepsConfig, check_positive_int, infer_patch_layout
+from .configuration_seps import SepsConfig, check_positive_int, infer_patch_layout, paper_ratios, vision_image_size
 from .processing_seps import check_pretrained_location
 
 # --------------------------------------------------------------------------------------------------------------
@@ -315,17 +315,25 @@ class SepsModel(SepsPreTrainedModel):
 
     def __init__(self, config: SepsConfig):
         super().__init__(config)
-        if config.num_patches is None or config.vision_cls_token is None:
-            raise ValueError(
-                "SepsConfig.num_patches and vision_cls_token could not be derived from the vision config "
-                f"({config.vision_config.model_type}); set them, or build the model with SepsModel.from_backbones"
-            )
         self.vision_model = _build_backbone(config.vision_config)
         self.text_model = _build_backbone(config.text_config)
         self.vision_model.config = config.vision_config
         self.text_model.config = config.text_config
         vision_hidden = config.vision_hidden_size or _hidden_size(config.vision_config)
+        if config.num_patches is None or config.vision_cls_token is None or vision_hidden is None:
+            # The vision config does not state its patch layout (a CNN): measure it once and record it, so that
+            # the saved config carries it.
+            measured = _probe_vision_backbone(self.vision_model, vision_image_size(config.vision_config))
+            for name, value in zip(("num_patches", "vision_cls_token", "vision_hidden_size"), measured, strict=True):
+                if getattr(config, name) is None:
+                    setattr(config, name, value)
+            config.validate_seps()
+            vision_hidden = config.vision_hidden_size or _hidden_size(config.vision_config)
         text_hidden = _hidden_size(config.text_config)
+        if text_hidden is None:
+            raise ValueError(
+                f"text_config ({config.text_config.model_type}) has no hidden_size: not a BERT-like encoder"
+            )
         embed_dim = config.embed_dim
         self.vision_projection = nn.Identity() if vision_hidden == embed_dim else nn.Linear(vision_hidden, embed_dim)
         self.text_projection = nn.Identity() if text_hidden == embed_dim else nn.Linear(text_hidden, embed_dim)
@@ -370,14 +378,14 @@ class SepsModel(SepsPreTrainedModel):
                 `microsoft/swin-base-patch4-window7-224`, a `timm_wrapper` checkpoint, ...) or a loaded model.
             text_model: a BERT-like hub id or local folder (`bert-base-uncased`) or a loaded model.
             config_kwargs: any other [`SepsConfig`] field (`variant`, `sparse_ratio`, `embed_dim`, ...).
+                `sparse_ratio` and `aggr_ratio` default to the authors' values for the backbone
+                (`paper_ratios`: 0.8 and 0.6 for Swin, 0.5 and 0.4 otherwise).
         """
         vision = vision_model if isinstance(vision_model, PreTrainedModel) else AutoModel.from_pretrained(vision_model)
         text = text_model if isinstance(text_model, PreTrainedModel) else AutoModel.from_pretrained(text_model)
-        vision.eval()
-        num_patches, cls_token, hidden_size = _probe_vision_backbone(vision)
-        config_kwargs.setdefault("num_patches", num_patches)
-        config_kwargs.setdefault("vision_cls_token", cls_token)
-        config_kwargs.setdefault("vision_hidden_size", hidden_size)
+        sparse_ratio, aggr_ratio = paper_ratios(vision.config)
+        config_kwargs.setdefault("sparse_ratio", sparse_ratio)
+        config_kwargs.setdefault("aggr_ratio", aggr_ratio)
         config = SepsConfig(vision_config=vision.config.to_dict(), text_config=text.config.to_dict(), **config_kwargs)
         model = cls(config)
         for name, pretrained in (("vision_model", vision), ("text_model", text)):
@@ -447,6 +455,12 @@ class SepsModel(SepsPreTrainedModel):
             raise ValueError(
                 f"{ids_name} holds token ids in [{low}, {high}], outside the text model's vocabulary [0, {vocab_size})"
                 ": was it made by this model's tokenizer?"
+            )
+        limit = self.config.max_text_length
+        if limit is not None and input_ids.shape[1] > limit:
+            raise ValueError(
+                f"{ids_name} has {input_ids.shape[1]} tokens per caption; the text model accepts at most {limit} "
+                "(its position embeddings): truncate the captions (SepsProcessor(text_model_max_length=...) does)"
             )
         if attention_mask is None:
             return torch.ones_like(input_ids)
@@ -804,16 +818,14 @@ class SepsModel(SepsPreTrainedModel):
         )
 
 
-def _hidden_size(config: PreTrainedConfig) -> int:
-    """Width of a backbone's last hidden state (Swin: the last stage; timm: its feature count)."""
+def _hidden_size(config: PreTrainedConfig) -> int | None:
+    """Width of a backbone's last hidden state as its config states it (Swin: the last stage; timm: its feature
+    count); None when the config does not say (ConvNeXt, ResNet)."""
     for name in ("hidden_size", "num_features"):
         value = getattr(config, name, None)
         if isinstance(value, int):
             return value
-    raise ValueError(
-        f"cannot tell the output width of a {config.model_type} backbone: set SepsConfig.vision_hidden_size, or "
-        "build the model with SepsModel.from_backbones"
-    )
+    return None
 
 
 def _check_pairing(num_images: int, num_texts: int, image_ids: torch.Tensor | None, return_loss: bool) -> None:
@@ -850,14 +862,15 @@ def _check_no_empty_rows(mask: torch.Tensor, name: str) -> None:
 
 
 @torch.no_grad()
-def _probe_vision_backbone(vision: PreTrainedModel) -> tuple[int, bool, int]:
-    """Run a dummy image through a vision backbone: spatial patches, [CLS] token or not, output width."""
-    size = getattr(vision.config, "image_size", None)
-    if size is None:  # timm models say it in their pretrained config
-        timm_config = getattr(getattr(vision, "timm_model", None), "pretrained_cfg", None) or {}
-        size = timm_config.get("input_size", (3, 224, 224))[-1]
+def _probe_vision_backbone(vision: PreTrainedModel, image_size: int) -> tuple[int, bool, int]:
+    """Run a blank `image_size` image through a vision backbone (in eval mode, so BatchNorm statistics stay
+    untouched): spatial patches, [CLS] token or not, output width."""
+    was_training = vision.training
+    vision.eval()
     channels = getattr(vision.config, "num_channels", 3)
-    hidden = vision(pixel_values=torch.zeros(1, channels, size, size)).last_hidden_state
+    device = next(vision.parameters()).device
+    hidden = vision(pixel_values=torch.zeros(1, channels, image_size, image_size, device=device)).last_hidden_state
+    vision.train(was_training)
     if hidden.dim() == 4:
         return hidden.shape[2] * hidden.shape[3], False, hidden.shape[1]
     num_patches, cls_token = infer_patch_layout(vision.config)

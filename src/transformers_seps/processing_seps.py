@@ -27,14 +27,16 @@ from PIL import Image
 from transformers import AutoImageProcessor, BatchFeature, BertTokenizer, ViTImageProcessorPil
 from transformers.image_utils import PILImageResampling, is_valid_image, make_flat_list_of_images
 from transformers.processing_utils import ProcessorMixin
+from transformers.tokenization_utils_base import LARGE_INTEGER
 
 __all__ = [
-    "check_pretrained_location",
+    "DEFAULT_TEXT_MAX_LENGTH",
     "DENSE_CAPTION_GENERATION_KWARGS",
     "DENSE_CAPTION_PROMPT",
     "SEPS_IMAGE_MEAN",
     "SEPS_IMAGE_STD",
     "SepsProcessor",
+    "check_pretrained_location",
 ]
 
 #: ImageNet per-channel mean used by the SEPS authors' `T.Normalize` (RGB order).
@@ -53,6 +55,9 @@ DENSE_CAPTION_GENERATION_KWARGS: dict[str, Any] = {
 
 # Special tokens added around every caption: [CLS] ... [SEP].
 _NUM_SPECIAL_TOKENS = 2
+
+#: Token limit of captions when neither the tokenizer nor the text model states one (BERT's).
+DEFAULT_TEXT_MAX_LENGTH = 512
 
 # `from_pretrained` keyword arguments that say where files come from; forwarded when the image processor is
 # reloaded with another backend.
@@ -85,14 +90,18 @@ class SepsProcessor(ProcessorMixin):
     Args:
         image_processor ([`~image_processing_utils.BaseImageProcessor`]):
             Turns images into `pixel_values` of shape `(batch_size, 3, height, width)`.
-        tokenizer ([`BertTokenizer`]):
-            Tokenizes both the short captions and the dense captions.
+        tokenizer ([`~tokenization_utils_base.PreTrainedTokenizerBase`]):
+            Tokenizes both the short captions and the dense captions (a BERT WordPiece tokenizer for the
+            authors' models; any tokenizer works, with or without a `model_max_length`).
         dense_max_length (`int`, *optional*):
             Token limit for dense captions, special tokens included. A dense caption longer than this is
             truncated to exactly `dense_max_length` tokens, the last of which is `[SEP]`. `None` (the default)
-            means the tokenizer's `model_max_length` (512 for BERT). It must be at least 2 and at most the
-            tokenizer's `model_max_length`. It is saved in `processor_config.json` by `save_pretrained` and
-            restored by `from_pretrained`.
+            means [`SepsProcessor.text_max_length`]. It must be at least 2 and at most `text_max_length`. It is
+            saved in `processor_config.json` by `save_pretrained` and restored by `from_pretrained`.
+        text_model_max_length (`int`, *optional*):
+            The longest token sequence the text model accepts (`SepsConfig.max_text_length`: its
+            `max_position_embeddings`), saved with the processor so that no caption it encodes is too long for
+            the model. `None`: only the tokenizer's limit applies.
         dense_caption_model (`str`, *optional*):
             Hub id or folder of the image-text-to-text model that writes dense captions (the paper uses LLaVA-13B,
             e.g. `"llava-hf/llava-1.5-13b-hf"`). Only needed for `generate_dense=True`.
@@ -114,10 +123,12 @@ class SepsProcessor(ProcessorMixin):
         dense_caption_model: str | None = None,
         dense_caption_prompt: str = DENSE_CAPTION_PROMPT,
         dense_caption_generation_kwargs: Mapping[str, Any] | None = None,
+        text_model_max_length: int | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(image_processor, tokenizer, **kwargs)
-        self.dense_max_length = _check_dense_max_length(dense_max_length, self.tokenizer)
+        self.text_model_max_length = _check_token_limit("text_model_max_length", text_model_max_length)
+        self.dense_max_length = _check_token_limit("dense_max_length", dense_max_length, self.text_max_length)
         self._set_dense_caption_settings(
             dense_caption_model=dense_caption_model,
             dense_caption_prompt=dense_caption_prompt,
@@ -127,12 +138,24 @@ class SepsProcessor(ProcessorMixin):
         self._dense_captioner: tuple[str, Any] | None = None
 
     @property
+    def text_max_length(self) -> int:
+        """`int`: the token limit of captions, and of dense captions unless `dense_max_length` is set: the smaller
+        of the tokenizer's `model_max_length` and `text_model_max_length`, each when known (a tokenizer built from
+        a vocabulary file has none), else `DEFAULT_TEXT_MAX_LENGTH` (512)."""
+        tokenizer_limit = getattr(self.tokenizer, "model_max_length", None)
+        # Transformers marks an unknown limit with VERY_LARGE_INTEGER (1e30); anything above LARGE_INTEGER is one.
+        if not isinstance(tokenizer_limit, int) or tokenizer_limit >= LARGE_INTEGER:
+            tokenizer_limit = None
+        limits = [limit for limit in (tokenizer_limit, self.text_model_max_length) if limit is not None]
+        return min(limits) if limits else DEFAULT_TEXT_MAX_LENGTH
+
+    @property
     def effective_dense_max_length(self) -> int:
-        """`int`: the token limit actually applied to dense captions (`dense_max_length`, or the tokenizer's
-        `model_max_length` when `dense_max_length` is None)."""
+        """`int`: the token limit actually applied to dense captions (`dense_max_length`, or
+        [`SepsProcessor.text_max_length`] when `dense_max_length` is None)."""
         if self.dense_max_length is not None:
             return self.dense_max_length
-        return int(self.tokenizer.model_max_length)
+        return self.text_max_length
 
     @property
     def model_input_names(self) -> list[str]:
@@ -180,7 +203,9 @@ class SepsProcessor(ProcessorMixin):
         caption_settings = {key: kwargs.pop(key) for key in _DENSE_CAPTION_SETTINGS if key in kwargs}
         processor = super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
         if dense_max_length is not _UNSET:
-            processor.dense_max_length = _check_dense_max_length(dense_max_length, processor.tokenizer)
+            processor.dense_max_length = _check_token_limit(
+                "dense_max_length", dense_max_length, processor.text_max_length
+            )
         processor._set_dense_caption_settings(**caption_settings)
         current_backend = getattr(processor.image_processor, "backend", None)
         if image_processor_backend is not None and current_backend not in (None, image_processor_backend):
@@ -200,6 +225,7 @@ class SepsProcessor(ProcessorMixin):
         dense_caption_model: str | None = None,
         dense_caption_prompt: str = DENSE_CAPTION_PROMPT,
         dense_caption_generation_kwargs: Mapping[str, Any] | None = None,
+        text_model_max_length: int | None = None,
         **tokenizer_kwargs: Any,
     ) -> SepsProcessor:
         r"""
@@ -220,9 +246,11 @@ class SepsProcessor(ProcessorMixin):
             image_size (`int`, *optional*, defaults to 224):
                 Side of the square images fed to the vision encoder (the authors use 224 or 384).
             dense_max_length (`int`, *optional*):
-                See [`SepsProcessor`]; `None` means the tokenizer's `model_max_length` (512).
+                See [`SepsProcessor`]; `None` means [`SepsProcessor.text_max_length`] (512 for BERT).
             dense_caption_model, dense_caption_prompt, dense_caption_generation_kwargs:
                 The dense-caption model and its settings, see [`SepsProcessor`].
+            text_model_max_length (`int`, *optional*):
+                The text model's limit (`model.config.max_text_length`), see [`SepsProcessor`].
             tokenizer_kwargs:
                 Passed to `BertTokenizer.from_pretrained` (e.g. `local_files_only=True`).
 
@@ -252,6 +280,7 @@ class SepsProcessor(ProcessorMixin):
             dense_caption_model=dense_caption_model,
             dense_caption_prompt=dense_caption_prompt,
             dense_caption_generation_kwargs=dense_caption_generation_kwargs,
+            text_model_max_length=text_model_max_length,
         )
 
     def __call__(
@@ -278,12 +307,13 @@ class SepsProcessor(ProcessorMixin):
                 yourself.
             text (`str` or `list[str]`, *optional*):
                 One caption or a batch of captions. Padded to the longest caption of the batch and truncated
-                at the tokenizer's `model_max_length` (or at `max_length` if given as a keyword argument).
+                at [`SepsProcessor.text_max_length`] (or at `max_length` if given as a keyword argument, which
+                may not exceed it).
             dense_text (`str` or `list[str]`, *optional*):
                 One dense caption per image. When `images` is given too, there must be exactly as many dense
                 captions as images. Padded to the longest of the batch and truncated to
-                [`SepsProcessor.effective_dense_max_length`] tokens (`dense_max_length`, or the tokenizer's
-                `model_max_length` when it is None); a truncated caption still ends with `[SEP]`.
+                [`SepsProcessor.effective_dense_max_length`] tokens (`dense_max_length`, or `text_max_length`
+                when it is None); a truncated caption still ends with `[SEP]`.
             return_tensors (`str`, *optional*, defaults to `"pt"`):
                 `"pt"` for PyTorch tensors, `"np"` for NumPy arrays, `None` for Python lists.
             generate_dense (`bool`, *optional*, defaults to `False`):
@@ -309,7 +339,8 @@ class SepsProcessor(ProcessorMixin):
                 has no token left after BERT normalization; if an image is not an image, or its float values
                 are outside [0, 255], or the batch mixes [0, 1] and [0, 255] float images; if `return_tensors`
                 is not one of "pt", "np", None; if `images` and `dense_text` differ in count; if
-                `generate_dense=True` comes without `images`, with `dense_text`, or without `dense_caption_model`.
+                `generate_dense=True` comes without `images`, with `dense_text`, or without `dense_caption_model`;
+                if `max_length` exceeds `text_max_length`.
         """
         if images is None and text is None and dense_text is None:
             raise ValueError(
@@ -336,6 +367,14 @@ class SepsProcessor(ProcessorMixin):
         # sentence-transformers checkpoints) that must not silently cap the captions.
         merged = self._merge_kwargs(tokenizer_init_kwargs={}, **kwargs)
         text_kwargs = {k: v for k, v in merged["text_kwargs"].items() if k != "return_tensors"}
+        text_limit = self.text_max_length
+        if text_kwargs.get("max_length") is None:
+            text_kwargs["max_length"] = text_limit
+        elif text_kwargs["max_length"] > text_limit:
+            raise ValueError(
+                f"`max_length` ({text_kwargs['max_length']}) exceeds the longest caption the text model accepts "
+                f"(text_max_length={text_limit})."
+            )
         images_kwargs = {k: v for k, v in merged["images_kwargs"].items() if k != "return_tensors"}
         # Images in [0, 1] skip the 1/255 rescale, unless the caller decides (`do_rescale=...`).
         rescales = "do_rescale" not in images_kwargs and getattr(self.image_processor, "do_rescale", False)
@@ -585,20 +624,17 @@ def check_pretrained_location(name_or_path: str | os.PathLike, subfolder: str = 
     return None
 
 
-def _check_dense_max_length(dense_max_length: Any, tokenizer: Any) -> int | None:
-    """Returns `dense_max_length` if it is None or an int in [2, tokenizer.model_max_length], else raises."""
-    if dense_max_length is None:
+def _check_token_limit(name: str, value: Any, upper: int | None = None) -> int | None:
+    """Returns `value` if it is None or an int in [2, upper], else raises a `ValueError` naming `name`."""
+    if value is None:
         return None
-    if isinstance(dense_max_length, bool) or not isinstance(dense_max_length, int):
-        raise ValueError(f"`dense_max_length` must be an int or None, got {type(dense_max_length).__name__}.")
-    if dense_max_length < _NUM_SPECIAL_TOKENS:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"`{name}` must be an int or None, got {type(value).__name__} ({value!r}).")
+    if value < _NUM_SPECIAL_TOKENS:
+        raise ValueError(f"`{name}` must be at least {_NUM_SPECIAL_TOKENS} (room for [CLS] and [SEP]), got {value}.")
+    if upper is not None and value > upper:
         raise ValueError(
-            f"`dense_max_length` must be at least {_NUM_SPECIAL_TOKENS} (room for [CLS] and [SEP]), "
-            f"got {dense_max_length}."
+            f"`{name}` ({value}) exceeds the longest sequence the tokenizer and the text model accept "
+            f"(text_max_length={upper})."
         )
-    if dense_max_length > tokenizer.model_max_length:
-        raise ValueError(
-            f"`dense_max_length` ({dense_max_length}) exceeds the tokenizer's model_max_length "
-            f"({tokenizer.model_max_length}); the text encoder cannot take longer sequences."
-        )
-    return dense_max_length
+    return value

@@ -42,6 +42,9 @@ from .modeling_seps import SepsModel, SepsOutput
 from .processing_seps import SepsProcessor
 
 CHECKPOINT_PREFIX = "checkpoint-"
+# The SEPS authors' learning-rate decay (their `arguments.py`: `--lr_schedules 9 15 20 25 --decay_rate 0.3`).
+AUTHORS_LR_DECAY_EPOCHS = (9, 15, 20, 25)
+AUTHORS_LR_DECAY_RATE = 0.3
 
 
 def _world_size() -> int:
@@ -216,7 +219,8 @@ def build_optimizer(
 
 
 def step_decay(decay_epochs: list[int], decay_rate: float, steps_per_epoch: int) -> Callable[[int], float]:
-    """LR multiplier for `LambdaLR`: times `decay_rate` at each epoch in `decay_epochs` (the authors' schedule)."""
+    """LR multiplier for `LambdaLR`: times `decay_rate` at each epoch in `decay_epochs` (the authors decay by 0.3
+    at epochs 9, 15, 20 and 25: `AUTHORS_LR_DECAY_EPOCHS`, `AUTHORS_LR_DECAY_RATE`)."""
 
     def factor(step: int) -> float:
         epoch = step // max(1, steps_per_epoch)
@@ -271,14 +275,24 @@ class ModelArguments:
     )
     text_model: str = field(default=MINILM, metadata={"help": f"'{MINILM}', a hub id or a local BERT folder."})
     variant: str = field(default="paper", metadata={"help": "paper | official"})
-    embed_dim: int = field(default=512, metadata={"help": "Joint embedding size C."})
-    sparse_ratio: float = field(default=0.5, metadata={"help": "rho: fraction of patches kept."})
-    aggr_ratio: float = field(default=0.4, metadata={"help": "Aggregated tokens N_c = int(N * aggr_ratio * rho)."})
+    embed_dim: int = field(default=512, metadata={"help": "Joint embedding size C (the authors' 512)."})
+    sparse_ratio: float | None = field(
+        default=None,
+        metadata={"help": "rho: fraction of patches kept (default: the paper's, by backbone: 0.8 Swin, 0.5 others)."},
+    )
+    aggr_ratio: float | None = field(
+        default=None,
+        metadata={
+            "help": "Aggregated tokens N_c = int(N * aggr_ratio * rho) (default: the authors' commands, by backbone: "
+            "0.6 Swin, 0.4 others)."
+        },
+    )
     max_violation_warmup_epochs: int | None = field(
         default=None,
         metadata={
-            "help": "Epochs summing the loss over all negatives before the hardest one only (default: the paper's "
-            "1; on the synthetic benchmark, every epoch: hardest negatives collapse a backbone trained from scratch)."
+            "help": "Epochs summing the loss over all negatives before the hardest one only (default: the authors' "
+            "code, 1; on the synthetic benchmark, every epoch: hardest negatives collapse a backbone trained from "
+            "scratch)."
         },
     )
     use_dense_captions: bool = field(default=True, metadata={"help": "Train and evaluate with dense captions."})
@@ -326,18 +340,32 @@ class DataArguments:
 class RetrievalTrainingArguments:
     output_dir: str = field(default="runs/seps", metadata={"help": "Checkpoints, best model, eval_results.json."})
     num_train_epochs: int | None = field(
-        default=None, metadata={"help": "Epochs (default: the paper's 30; 2 on the synthetic benchmark)."}
+        default=None,
+        metadata={"help": "Epochs (default: the paper's 30; 2 on the synthetic benchmark, for its CPU budget)."},
     )
     max_steps: int | None = field(default=None, metadata={"help": "Stop after this many optimizer steps."})
-    per_device_train_batch_size: int = field(default=32, metadata={"help": "Pairs per process and step."})
+    per_device_train_batch_size: int = field(
+        default=32, metadata={"help": "Pairs per process and step (the paper's 32; the authors' commands use 64)."}
+    )
     per_device_eval_batch_size: int = field(default=64, metadata={"help": "Images or captions per batch."})
     gradient_accumulation_steps: int = field(default=1)
-    learning_rate: float = field(default=1e-4, metadata={"help": "Head learning rate (the paper: 1e-4)."})
-    backbone_lr_ratio: float = field(default=0.1, metadata={"help": "Backbones train at this times the lr."})
-    weight_decay: float = field(default=1e-4)
-    lr_decay_epochs: list[int] = field(default_factory=lambda: [15, 25], metadata={"help": "Epochs that decay lr."})
-    lr_decay_rate: float = field(default=0.1)
-    max_grad_norm: float = field(default=2.0, metadata={"help": "Gradient clipping (the paper: 2.0)."})
+    learning_rate: float = field(
+        default=1e-4, metadata={"help": "Head learning rate (the paper's 1e-4; the authors' code defaults to 2e-4)."}
+    )
+    backbone_lr_ratio: float = field(
+        default=0.1, metadata={"help": "Backbones train at this times the lr (the authors' code: 0.1)."}
+    )
+    weight_decay: float = field(default=1e-4, metadata={"help": "AdamW weight decay (the authors' code: 1e-4)."})
+    lr_decay_epochs: list[int] = field(
+        default_factory=lambda: list(AUTHORS_LR_DECAY_EPOCHS),
+        metadata={
+            "help": "Epochs at whose start the lr is multiplied by lr_decay_rate (the authors' code: 9 15 20 25)."
+        },
+    )
+    lr_decay_rate: float = field(
+        default=AUTHORS_LR_DECAY_RATE, metadata={"help": "Factor of each lr decay (the authors' code: 0.3)."}
+    )
+    max_grad_norm: float = field(default=2.0, metadata={"help": "Gradient clipping (the authors' code: 2.0)."})
     mixed_precision: str = field(default="no", metadata={"help": "no | fp16 | bf16"})
     checkpointing_steps: str | None = field(
         default=None, metadata={"help": "Save the training state every N optimizer steps, or 'epoch'."}
@@ -415,19 +443,61 @@ def _load_data(data_args: DataArguments, use_dense: bool, image_size: int, accel
     return splits
 
 
+@dataclass
+class ResolvedDefaults:
+    """The options left unset (None) on the command line, resolved for the dataset (README: "Training defaults")."""
+
+    num_train_epochs: int
+    freeze_text_model: bool
+    freeze_vision_model: bool
+    one_caption_per_image: bool
+    max_violation_warmup_epochs: int
+
+
+def resolve_defaults(
+    model_args: ModelArguments, data_args: DataArguments, args: RetrievalTrainingArguments
+) -> ResolvedDefaults:
+    """Real datasets get the paper's and the authors' settings (30 epochs, backbones trained, every caption in every
+    epoch, hardest negatives after one epoch); the synthetic benchmark its own (2 epochs, frozen pretrained
+    backbones, one caption per image and epoch, all negatives in every epoch). The README's "Training defaults"
+    table gives the source of each."""
+    synthetic = data_args.dataset == "synthetic"
+    num_train_epochs = args.num_train_epochs or (2 if synthetic else 30)
+    freeze_vision = model_args.freeze_vision_model
+    if freeze_vision is None:
+        freeze_vision = synthetic and model_args.vision_model != VIT_SCRATCH
+    elif freeze_vision and model_args.vision_model == VIT_SCRATCH:
+        raise ValueError(f"--freeze_vision_model true would keep '{VIT_SCRATCH}' at its random initialisation")
+    warmup_epochs = model_args.max_violation_warmup_epochs
+    if warmup_epochs is None:
+        warmup_epochs = num_train_epochs if synthetic else 1
+    return ResolvedDefaults(
+        num_train_epochs=num_train_epochs,
+        freeze_text_model=synthetic if model_args.freeze_text_model is None else model_args.freeze_text_model,
+        freeze_vision_model=freeze_vision,
+        one_caption_per_image=synthetic if data_args.one_caption_per_image is None else data_args.one_caption_per_image,
+        max_violation_warmup_epochs=warmup_epochs,
+    )
+
+
 def _build_model(model_args: ModelArguments, warmup_epochs: int) -> tuple[SepsModel, SepsProcessor]:
     vision = load_vision_backbone(model_args.vision_model, model_args.image_size, model_args.patch_size)
     text = load_text_backbone(model_args.text_model)
+    # Unset ratios are left to `from_backbones`, which takes the paper's for the backbone.
+    ratios = {
+        name: value for name in ("sparse_ratio", "aggr_ratio") if (value := getattr(model_args, name)) is not None
+    }
     model = SepsModel.from_backbones(
         vision,
         text,
         variant=model_args.variant,
         embed_dim=model_args.embed_dim,
-        sparse_ratio=model_args.sparse_ratio,
-        aggr_ratio=model_args.aggr_ratio,
         max_violation_warmup_epochs=warmup_epochs,
+        **ratios,
     )
-    processor = build_processor(model_args.vision_model, model_args.text_model, vision)
+    processor = build_processor(
+        model_args.vision_model, model_args.text_model, vision, text_model_max_length=model.config.max_text_length
+    )
     return model, processor
 
 
@@ -479,20 +549,12 @@ def run_training(
         project_dir=str(output_dir),
     )
     set_seed(args.seed)
-    synthetic = data_args.dataset == "synthetic"
-    num_train_epochs = args.num_train_epochs or (2 if synthetic else 30)
-    freeze_text = synthetic if model_args.freeze_text_model is None else model_args.freeze_text_model
-    one_caption = synthetic if data_args.one_caption_per_image is None else data_args.one_caption_per_image
-    freeze_vision = model_args.freeze_vision_model
-    if freeze_vision is None:
-        freeze_vision = synthetic and model_args.vision_model != VIT_SCRATCH
-    elif freeze_vision and model_args.vision_model == VIT_SCRATCH:
-        raise ValueError(f"--freeze_vision_model true would keep '{VIT_SCRATCH}' at its random initialisation")
+    defaults = resolve_defaults(model_args, data_args, args)
+    num_train_epochs = defaults.num_train_epochs
+    freeze_text, freeze_vision = defaults.freeze_text_model, defaults.freeze_vision_model
+    one_caption = defaults.one_caption_per_image
     use_dense = model_args.use_dense_captions
-    warmup_epochs = model_args.max_violation_warmup_epochs
-    if warmup_epochs is None:
-        warmup_epochs = num_train_epochs if synthetic else 1
-    model, processor = _build_model(model_args, warmup_epochs)
+    model, processor = _build_model(model_args, defaults.max_violation_warmup_epochs)
     # The synthetic benchmark is rendered at the input side the processor resizes to.
     splits = _load_data(data_args, use_dense, processor.image_processor.size["height"], accelerator)
     if freeze_text:
