@@ -18,7 +18,7 @@ def main(argv: Sequence[str] | None = None) -> Path:
     from transformers_seps.cli import run_cli
     from transformers_seps.convert_official import ConversionArguments, run_conversion
 
-    return run_cli(lambda arguments: run_conversion(*arguments), (ConversionArguments,), argv, description=__doc__)
+    return run_cli(lambda arguments: run_conversion(*arguments), (ConversionArguments,), argv, __doc__, __file__)
 
 
 if __name__ == "__main__":

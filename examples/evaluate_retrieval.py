@@ -16,7 +16,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     from transformers_seps.cli import run_cli
     from transformers_seps.evaluation import EvaluationArguments, run_evaluation
 
-    return run_cli(lambda arguments: run_evaluation(*arguments), (EvaluationArguments,), argv, description=__doc__)
+    return run_cli(lambda arguments: run_evaluation(*arguments), (EvaluationArguments,), argv, __doc__, __file__)
 
 
 if __name__ == "__main__":

@@ -131,7 +131,9 @@ def caption_folder(data_args: DataArguments, captioner_args: CaptionerArguments)
 def main(argv: Sequence[str] | None = None) -> DenseCaptionSummary:
     """Parse `argv` (default: the command line), caption, and return the summary; a bad argument exits with
     status 2 and a one-line message."""
-    return run_cli(lambda arguments: caption_folder(*arguments), (DataArguments, CaptionerArguments), argv, __doc__)
+    return run_cli(
+        lambda arguments: caption_folder(*arguments), (DataArguments, CaptionerArguments), argv, __doc__, __file__
+    )
 
 
 if __name__ == "__main__":

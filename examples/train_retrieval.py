@@ -22,6 +22,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, float]:
         (ModelArguments, DataArguments, RetrievalTrainingArguments),
         argv,
         description=__doc__,
+        script=__file__,
     )
 
 

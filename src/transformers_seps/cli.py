@@ -48,7 +48,9 @@ class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
         return f"{help_text} (default: %(default)s)"
 
 
-def build_parser(dataclass_types: Sequence[type], description: str | None = None) -> argparse.ArgumentParser:
+def build_parser(
+    dataclass_types: Sequence[type], description: str | None = None, prog: str | None = None
+) -> argparse.ArgumentParser:
     """An `HfArgumentParser` over `dataclass_types` and `CliOptions`: one-line errors, and a correct help for the
     `--no_<flag>` switch of each boolean that defaults to True."""
     from transformers import HfArgumentParser  # imported here: the package's other users do not need it
@@ -57,7 +59,7 @@ def build_parser(dataclass_types: Sequence[type], description: str | None = None
         def error(self, message: str):  # argparse prints the usage first; one line is enough
             self.exit(USAGE_ERROR_STATUS, f"{self.prog}: error: {message} (see --help)\n")
 
-    parser = Parser([*dataclass_types, CliOptions], description=description, formatter_class=_HelpFormatter)
+    parser = Parser([*dataclass_types, CliOptions], prog=prog, description=description, formatter_class=_HelpFormatter)
     for action in parser._actions:
         negative = next((option for option in action.option_strings if option.startswith("--no_")), None)
         if negative is not None:
@@ -70,11 +72,17 @@ def run_cli(
     dataclass_types: Sequence[type],
     argv: Sequence[str] | None = None,
     description: str | None = None,
+    script: str | None = None,
 ) -> Any:
     """Parse `argv` into `dataclass_types`, call `main(list_of_dataclasses)` and return its result. An expected error
-    (`EXPECTED_ERRORS`) becomes a one-line message on stderr and `SystemExit(2)`, unless `--debug` is given."""
-    parser = build_parser(dataclass_types, description)
-    *arguments, options = parser.parse_args_into_dataclasses(args=list(sys.argv[1:] if argv is None else argv))
+    (`EXPECTED_ERRORS`) becomes a one-line message on stderr and `SystemExit(2)`, unless `--debug` is given.
+    Messages start with the name of `script` (the example's `__file__`; default: the running program)."""
+    parser = build_parser(dataclass_types, description, Path(script).name if script else None)
+    *arguments, options, unknown = parser.parse_args_into_dataclasses(
+        args=list(sys.argv[1:] if argv is None else argv), return_remaining_strings=True
+    )
+    if unknown:
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     try:
         return main(arguments)
     except EXPECTED_ERRORS as error:

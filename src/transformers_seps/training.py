@@ -749,10 +749,6 @@ def run_training(
         log_with=args.report_to,
         project_dir=str(output_dir),
     )
-    accelerator.wait_for_everyone()  # every process has read the folder before the main one writes to it
-    if accelerator.is_main_process:
-        start_run_folder(output_dir, plan, arguments)
-    accelerator.wait_for_everyone()
     set_seed(args.seed)
     synthetic = data_args.dataset == "synthetic"
     num_train_epochs = args.num_train_epochs or (2 if synthetic else 30)
@@ -768,6 +764,10 @@ def run_training(
     model, processor = _build_model(model_args, warmup_epochs)
     # The synthetic benchmark is rendered at the input side the processor resizes to.
     splits = _load_data(data_args, use_dense, processor.image_processor.size["height"], accelerator)
+    # Written once the data is known to load, so that a run refused so far leaves its output_dir untouched.
+    if accelerator.is_main_process:
+        start_run_folder(output_dir, plan, arguments)
+    accelerator.wait_for_everyone()
     if freeze_text:
         model.text_model.requires_grad_(False)
     if freeze_vision:
