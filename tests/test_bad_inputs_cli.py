@@ -8,6 +8,7 @@ import shutil
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import pytest
@@ -156,6 +157,17 @@ def test_evaluation_infers_the_dataset_from_the_authors_files(places):
     assert infer_dataset(places["coco"]) == ("coco", "testall_caps.txt")
     assert infer_dataset(places["synthetic"]) == ("synthetic", "synthetic_info.json")
     assert infer_dataset(places["empty"]) is None
+
+
+def test_the_leak_warning_comes_once_from_the_callers_line(saved_models, tiny_synthetic, tmp_path):
+    main = example_main(EVALUATE)
+    arguments = ["--model", str(saved_models["official"]), "--data_root", str(tiny_synthetic)]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        main([*arguments, "--dense_pairing", "query_ground_truth", "--output_json", str(tmp_path / "audit.json")])
+    leaks = [warning for warning in caught if "label leak" in str(warning.message)]
+    assert len(leaks) == 1 and Path(leaks[0].filename).name == "evaluation.py"  # run_evaluation's call, not torch
+    assert json.loads((tmp_path / "audit.json").read_text())["difference"]  # inferred: --dataset synthetic
 
 
 # ---------------------------------------------------------------------------------------------- run folders
