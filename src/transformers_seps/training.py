@@ -764,7 +764,9 @@ def run_training(
     model, processor = _build_model(model_args, warmup_epochs)
     # The synthetic benchmark is rendered at the input side the processor resizes to.
     splits = _load_data(data_args, use_dense, processor.image_processor.size["height"], accelerator)
-    # Written once the data is known to load, so that a run refused so far leaves its output_dir untouched.
+    # Written once the data is known to load, so that a run refused so far leaves its output_dir untouched, and
+    # after every process has planned its run (`plan_run` reads the folder).
+    accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         start_run_folder(output_dir, plan, arguments)
     accelerator.wait_for_everyone()
