@@ -91,6 +91,8 @@ BAD_INPUTS = [
     (TRAIN, "--synthetic_image_size 16", "--synthetic_image_size must be an integer >= 32, got 16"),
     (TRAIN, "--data_root {tmp}/data/synthtic", "--data_root {tmp}/data/synthtic: no such folder"),
     (TRAIN, "--dataset f30k --data_root {tmp}/f30k", "--data_root {tmp}/f30k: no such folder"),
+    (TRAIN, "--dataset f30k --data_root {f30k}", "--data_root {f30k} has no train_caps.txt (the train split)"),
+    (TRAIN, "--data_root {no_dense}", "--use_dense_captions needs {no_dense}/synthetic_test.jsonl, which does not"),
     (TRAIN, "--output_dir {used}", "--output_dir {used} is not empty"),
     (TRAIN, "--output_dir {file}", "--output_dir {file}: {file} is a file, not a folder"),
     (TRAIN, "--output_dir {file}/run", "--output_dir {file}/run: {file} is a file"),

@@ -30,7 +30,7 @@ from .backbones import (
     load_vision_backbone,
 )
 from .cli import UsageError, check_choice, check_float, check_int, check_writable_folder, replace_folder
-from .data import RetrievalSplit, SepsRetrievalCollator, build_caption_dataset, load_retrieval_split
+from .data import RetrievalFiles, RetrievalSplit, SepsRetrievalCollator, build_caption_dataset, load_retrieval_split
 from .data.synthetic import GENERATOR_VERSION, SyntheticBenchmarkConfig, generate_synthetic_benchmark
 from .data.synthetic import _is_complete as synthetic_benchmark_is_complete
 from .data.synthetic import _read_info as read_synthetic_info
@@ -606,19 +606,29 @@ def validate_training_arguments(
     if args.push_to_hub and not args.hub_model_id:
         raise UsageError("--push_to_hub needs --hub_model_id (the Hub repository, org/name)")
     check_writable_folder("output_dir", Path(args.output_dir))
-    _check_data_root(data_args)
+    _check_data_root(data_args, model_args.use_dense_captions)
 
 
-def _check_data_root(data_args: DataArguments) -> None:
-    """A real dataset's folder must exist; the synthetic benchmark is only generated into a missing or empty folder
-    when it is the default one or `--generate_synthetic` asks for it (a misspelled path is an error)."""
+def _check_data_root(data_args: DataArguments, use_dense: bool) -> None:
+    """A real dataset's folder must exist, with its splits' caption files and (with dense captions) the train and
+    test dense-caption files; the synthetic benchmark is only generated into a missing or empty folder when it is
+    the default one or `--generate_synthetic` asks for it (a misspelled path is an error)."""
     root = Path(data_args.data_root)
-    if data_args.dataset != "synthetic":
-        if not root.is_dir():
-            raise UsageError(f"--data_root {root}: no such folder (the {data_args.dataset} annotation folder)")
-        return
+    if data_args.dataset != "synthetic" and not root.is_dir():
+        raise UsageError(f"--data_root {root}: no such folder (the {data_args.dataset} annotation folder)")
     if root.is_dir() and any(root.iterdir()):
-        return  # a benchmark of another configuration is refused once the image size is known (`_load_data`)
+        test_split = "testall" if data_args.dataset == "coco" else "test"
+        for split in ("train", "dev", test_split):
+            files = RetrievalFiles.in_folder(root, data_args.dataset, split)
+            if not files.captions.is_file():
+                raise UsageError(f"--data_root {root} has no {files.captions.name} (the {split} split)")
+            if use_dense and split != "dev" and not files.dense_captions.is_file():
+                raise UsageError(
+                    f"--use_dense_captions needs {files.dense_captions}, which does not exist: pass "
+                    "--no_use_dense_captions to train without dense captions, or write them with "
+                    "examples/generate_dense_captions.py"
+                )
+        return  # a synthetic benchmark of another configuration is refused once the image size is known
     if root.exists() and not root.is_dir():
         raise UsageError(f"--data_root {root} is a file, not a folder")
     if data_args.data_root != DEFAULT_SYNTHETIC_ROOT and not data_args.generate_synthetic:
