@@ -27,7 +27,7 @@ test-fast: lint
 
 # Trains on the synthetic benchmark with backbones that need no download, then prints the test table.
 demo: $(STAMP)
-	$(PY) examples/train_retrieval.py --output_dir runs/demo --data_root data/synthetic
+	$(PY) examples/train_retrieval.py --output_dir runs/demo --overwrite_output_dir --data_root data/synthetic
 
 bench: $(STAMP)
 	$(PY) benchmarks/bench_similarity.py

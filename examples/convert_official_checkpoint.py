@@ -8,14 +8,17 @@ The checkpoint is read with `torch.load(weights_only=True)`; the backbone comes 
 `transformers_seps.convert_official`.
 """
 
-from transformers import HfArgumentParser
+from collections.abc import Sequence
+from pathlib import Path
 
-from transformers_seps.convert_official import ConversionArguments, run_conversion
 
+def main(argv: Sequence[str] | None = None) -> Path:
+    """Parse `argv` (default: the command line), convert, and return the written folder; a bad argument exits with
+    status 2 and a one-line message."""
+    from transformers_seps.cli import run_cli
+    from transformers_seps.convert_official import ConversionArguments, run_conversion
 
-def main() -> None:
-    (args,) = HfArgumentParser(ConversionArguments).parse_args_into_dataclasses()
-    run_conversion(args)
+    return run_cli(lambda arguments: run_conversion(*arguments), (ConversionArguments,), argv, __doc__, __file__)
 
 
 if __name__ == "__main__":

@@ -1,19 +1,22 @@
 """Evaluate a SEPS model on Flickr30K (1K test), MS-COCO (5K and 5-fold 1K) or the synthetic benchmark.
 
-    accelerate launch examples/evaluate_retrieval.py --model runs/seps/best --dataset f30k \\
-        --data_root data/f30k --image_root data/flickr30k-images --split test --output_json f30k.json
+    accelerate launch examples/evaluate_retrieval.py --model runs/seps/best --data_root data/f30k \\
+        --image_root data/flickr30k-images --split test --output_json f30k.json
 
-`--dense_pairing query_ground_truth` adds the SEPS authors' (leaky) pairing side by side with the honest one.
+`--dataset` is inferred from the files in --data_root when not given. `--dense_pairing query_ground_truth` adds
+the SEPS authors' (leaky) pairing side by side with the honest one.
 """
 
-from transformers import HfArgumentParser
-
-from transformers_seps.evaluation import EvaluationArguments, run_evaluation
+from collections.abc import Sequence
 
 
-def main() -> None:
-    (args,) = HfArgumentParser(EvaluationArguments).parse_args_into_dataclasses()
-    run_evaluation(args)
+def main(argv: Sequence[str] | None = None) -> dict:
+    """Parse `argv` (default: the command line), evaluate, and return the report; a bad argument exits with
+    status 2 and a one-line message."""
+    from transformers_seps.cli import run_cli
+    from transformers_seps.evaluation import EvaluationArguments, run_evaluation
+
+    return run_cli(lambda arguments: run_evaluation(*arguments), (EvaluationArguments,), argv, __doc__, __file__)
 
 
 if __name__ == "__main__":

@@ -10,24 +10,29 @@ Several GPUs (the images are split between processes; the result is one file, in
     accelerate launch --multi_gpu --num_processes 4 examples/generate_dense_captions.py \
         --image_root images/ --output dense.jsonl
 
-Run the same command again after a crash or a kill: images already in the file are skipped.
+Run the same command again after a crash or a kill: images already captioned are skipped (unreadable ones retried).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-
-import torch
-from accelerate import PartialState
-from accelerate.utils import parse_flag_from_env
-from transformers import HfArgumentParser
 
 from transformers_seps.captioning import (
     DENSE_CAPTION_GENERATION_KWARGS,
     DENSE_CAPTION_PROMPT,
-    SepsDenseCaptioner,
+    DenseCaptionSummary,
     list_images,
     write_dense_captions,
+)
+from transformers_seps.cli import (
+    UsageError,
+    check_existing,
+    check_float,
+    check_int,
+    check_model_location,
+    check_writable_file,
+    run_cli,
 )
 
 
@@ -53,7 +58,7 @@ class CaptionerArguments:
     prompt: str = field(default=DENSE_CAPTION_PROMPT, metadata={"help": "Instruction given with each image."})
     do_sample: bool = field(
         default=DENSE_CAPTION_GENERATION_KWARGS["do_sample"],
-        metadata={"help": "Sample, as the paper does (--do_sample False: greedy decoding)."},
+        metadata={"help": "Sample, as the paper does (--no_do_sample: greedy decoding)."},
     )
     temperature: float = field(
         default=DENSE_CAPTION_GENERATION_KWARGS["temperature"], metadata={"help": "Sampling temperature."}
@@ -71,8 +76,34 @@ class CaptionerArguments:
     cpu: bool = field(default=False, metadata={"help": "Run on CPU (also for multi-process CPU runs with torchrun)."})
 
 
-def main() -> None:
-    data_args, captioner_args = HfArgumentParser((DataArguments, CaptionerArguments)).parse_args_into_dataclasses()
+def check_arguments(data_args: DataArguments, captioner_args: CaptionerArguments) -> None:
+    """Check every argument before the model is loaded; a `UsageError` names the flag."""
+    check_existing("image_root", data_args.image_root, "folder")
+    for flag in ("ids_file", "id_mapping"):
+        if getattr(data_args, flag) is not None:
+            check_existing(flag, getattr(data_args, flag), "file")
+    check_writable_file("output", data_args.output)
+    check_model_location("model", captioner_args.model)
+    if not captioner_args.prompt.strip():
+        raise UsageError("--prompt must not be empty")
+    check_float("temperature", captioner_args.temperature, 0.0, low_inclusive=False)
+    check_float("top_p", captioner_args.top_p, 0.0, 1.0, low_inclusive=False)
+    check_int("max_new_tokens", captioner_args.max_new_tokens, 1)
+    check_int("batch_size", captioner_args.batch_size, 1)
+
+
+def caption_folder(data_args: DataArguments, captioner_args: CaptionerArguments) -> DenseCaptionSummary:
+    import torch
+    from accelerate import PartialState
+    from accelerate.utils import parse_flag_from_env
+
+    from transformers_seps.captioning import SepsDenseCaptioner
+
+    check_arguments(data_args, captioner_args)
+    try:
+        images = list_images(data_args.image_root, data_args.ids_file, data_args.id_mapping)
+    except ValueError as error:
+        raise UsageError(f"--image_root {data_args.image_root}: {error}") from error
     state = PartialState(cpu=captioner_args.cpu or parse_flag_from_env("ACCELERATE_USE_CPU"))
     generation_kwargs = {"do_sample": captioner_args.do_sample, "max_new_tokens": captioner_args.max_new_tokens}
     if captioner_args.do_sample:
@@ -88,13 +119,21 @@ def main() -> None:
         device=state.device,
         dtype=dtype,
     )
-    images = list_images(data_args.image_root, data_args.ids_file, data_args.id_mapping)
     summary = write_dense_captions(captioner, images, data_args.output, state=state)
     if state.is_main_process:
         print(
             f"{summary.output}: {summary.num_captions} captions and {summary.num_errors} unreadable images "
             f"(error records) for {summary.num_images} images, {summary.num_resumed} of them done by earlier runs."
         )
+    return summary
+
+
+def main(argv: Sequence[str] | None = None) -> DenseCaptionSummary:
+    """Parse `argv` (default: the command line), caption, and return the summary; a bad argument exits with
+    status 2 and a one-line message."""
+    return run_cli(
+        lambda arguments: caption_folder(*arguments), (DataArguments, CaptionerArguments), argv, __doc__, __file__
+    )
 
 
 if __name__ == "__main__":

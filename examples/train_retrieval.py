@@ -8,15 +8,22 @@ With no argument it trains on the synthetic benchmark (generated under --data_ro
 backbones that need no download. See `transformers_seps.training` for every option.
 """
 
-from transformers import HfArgumentParser
-
-from transformers_seps.training import DataArguments, ModelArguments, RetrievalTrainingArguments, run_training
+from collections.abc import Sequence
 
 
-def main() -> None:
-    parser = HfArgumentParser((ModelArguments, DataArguments, RetrievalTrainingArguments))
-    model_args, data_args, training_args = parser.parse_args_into_dataclasses()
-    run_training(model_args, data_args, training_args)
+def main(argv: Sequence[str] | None = None) -> dict[str, float]:
+    """Parse `argv` (default: the command line), train, and return the test metrics; a bad argument exits with
+    status 2 and a one-line message."""
+    from transformers_seps.cli import run_cli
+    from transformers_seps.training import DataArguments, ModelArguments, RetrievalTrainingArguments, run_training
+
+    return run_cli(
+        lambda arguments: run_training(*arguments),
+        (ModelArguments, DataArguments, RetrievalTrainingArguments),
+        argv,
+        description=__doc__,
+        script=__file__,
+    )
 
 
 if __name__ == "__main__":

@@ -406,12 +406,29 @@ def test_summary_counts_captions_errors_and_resumed(reference, gallery, llava_pa
     assert (summary.num_images, summary.num_resumed, summary.num_captions, summary.num_errors) == (11, 0, 8, 3)
     assert output.read_bytes() == reference.read_bytes()
 
-    # A second run finds everything done and never calls the model.
+    # A second run finds every caption done and never calls the model; the unreadable images are tried again.
     captioner = script_captioner(llava_path)
     captioner.model.generate = None
     again = write_dense_captions(captioner, images, output, show_progress=False)
-    assert (again.num_resumed, again.num_captions, again.num_errors) == (11, 8, 3)
+    assert (again.num_resumed, again.num_captions, again.num_errors) == (8, 8, 3)
     assert output.read_bytes() == reference.read_bytes()
+
+
+def test_a_fixed_image_gets_its_caption_in_place_of_its_error_record(reference, gallery, llava_path, tmp_path):
+    root, ids_file = gallery
+    images = list_images(root, ids_file)
+    output = tmp_path / "dense.jsonl"
+    output.write_bytes(reference.read_bytes())
+    images["missing.png"] = tmp_path / "missing.png"  # the user puts the missing image in place and reruns
+    random_image(7).save(images["missing.png"])
+    summary = write_dense_captions(script_captioner(llava_path), images, output, show_progress=False)
+    assert (summary.num_resumed, summary.num_captions, summary.num_errors) == (8, 9, 2)
+    records = read_dense_captions(output)
+    assert [record["image_id"] for record in records] == list(images)  # one record per image, in image order
+    fixed = next(record for record in records if record["image_id"] == "missing.png")
+    assert fixed["text"] == script_captioner(llava_path)([random_image(7)])[0]
+    others = [line for line in output.read_bytes().splitlines() if b'"missing.png"' not in line]
+    assert others == [line for line in reference.read_bytes().splitlines() if b'"missing.png"' not in line]
 
 
 def test_resume_after_a_truncated_last_line(reference, gallery, llava_path, tmp_path):

@@ -39,6 +39,7 @@ def train_command(output_dir: Path, data_root: Path, *extra: str) -> list[str]:
         "--per_device_eval_batch_size", "32",
         "--num_train_epochs", "2",
         "--checkpointing_steps", "2",
+        "--generate_synthetic",
         *extra,
     ]  # fmt: skip
 
@@ -191,6 +192,7 @@ def test_default_run_keeps_the_pretrained_cnn_frozen(tmp_path):
         "--per_device_train_batch_size", "8",
         "--num_train_epochs", "2",  # the second epoch follows a dev evaluation (model.eval(), then train())
         "--eval_test", "false",
+        "--generate_synthetic",
     ]  # fmt: skip
     run(command)
     trained = SepsModel.from_pretrained(tmp_path / "run" / "best")

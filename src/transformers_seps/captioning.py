@@ -468,6 +468,15 @@ def _merge_in_image_order(output: Path, image_ids: Sequence[str]) -> None:
         shard.unlink()
 
 
+def _drop_error_records(path: Path, image_ids: set[str]) -> None:
+    """Rewrites `path` without the error records of `image_ids`, so that those images are tried again."""
+    records = read_dense_captions(path)
+    kept = [record for record in records if not (is_error_record(record) and record.get("image_id") in image_ids)]
+    if len(kept) < len(records):
+        logger.info("%s: retrying %d image(s) that could not be read before.", path, len(records) - len(kept))
+        _replace_file(path, kept)
+
+
 def _done_ids(paths: Sequence[Path]) -> set[str]:
     """Image ids that already have a record (caption or error) in any of `paths`."""
     done = set()
@@ -509,8 +518,9 @@ def write_dense_captions(
     """
     Captions image files into a jsonl file, one record per image id, in the order of `images`; resumable.
 
-    Images that already have a record in `output` (or in shard files left by an interrupted multi-process run) are
-    skipped, so running again after a crash or a kill completes the file without duplicates. A record is written with
+    Images that already have a caption in `output` (or in shard files left by an interrupted multi-process run) are
+    skipped, so running again after a crash or a kill completes the file without duplicates. An image with an error
+    record is tried again, so a fixed image file gets its caption in place of the error. A record is written with
     one `write` then `fsync` once its batch is captioned; a kill can leave an incomplete last line, which the next
     run removes (and which [`read_dense_captions`] skips). An image that cannot be opened or decoded gets an error
     record and the run goes on.
@@ -547,6 +557,7 @@ def write_dense_captions(
         for path in [output, *_existing_shards(output)]:
             if path.exists():
                 _drop_incomplete_last_line(path)
+                _drop_error_records(path, set(image_ids))
     state.wait_for_everyone()
     done = _done_ids([path for path in [output, *_existing_shards(output)] if path.exists()])
     todo = [image_id for image_id in image_ids if image_id not in done][state.process_index :: state.num_processes]

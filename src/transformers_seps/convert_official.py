@@ -15,6 +15,8 @@ written out below (`official_vision_config`, `official_text_config`).
 import argparse
 import os
 import pickle
+import shutil
+import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +25,7 @@ from typing import Any
 import torch
 from transformers import AutoConfig, BertConfig, PreTrainedConfig, SwinConfig, ViTConfig
 
+from .cli import UsageError, check_choice, check_existing, check_writable_folder, looks_like_hub_id, replace_folder
 from .configuration_seps import SepsConfig
 from .modeling_seps import SepsModel
 from .processing_seps import SepsProcessor
@@ -428,28 +431,68 @@ class ConversionArguments:
     text_config: str | None = field(
         default=None, metadata={"help": "A config.json (or its folder) replacing bert-base-uncased."}
     )
-    method: str = field(default="seps", metadata={"help": "seps | laps: whose checkpoint it is (for the model card)."})
+    method: str = field(
+        default="seps",
+        metadata={"help": "Whose checkpoint it is (for the model card).", "choices": ("seps", "laps")},
+    )
     push_to_hub: str | None = field(default=None, metadata={"help": "Upload the folder to this Hub repo (org/name)."})
     private: bool = field(default=False, metadata={"help": "Create the Hub repo as private."})
+    overwrite_output_dir: bool = field(
+        default=False,
+        metadata={"help": "Replace a non-empty --output_dir (all of it: no earlier file stays to be uploaded)."},
+    )
+
+
+def _check_conversion_arguments(args: ConversionArguments) -> Path:
+    """Check the arguments before any work (a `UsageError` names the flag); returns the output folder."""
+
+    check_existing("checkpoint", args.checkpoint, "file")
+    for flag in ("vision_config", "text_config"):
+        if getattr(args, flag) is not None:
+            check_existing(flag, getattr(args, flag))
+    check_choice("method", args.method, ("seps", "laps"))
+    if args.push_to_hub is not None and not looks_like_hub_id(args.push_to_hub):
+        raise UsageError(f"--push_to_hub {args.push_to_hub}: expected a Hub repository id, org/name")
+    output_dir = Path(args.output_dir)
+    if output_dir.exists() and not output_dir.is_dir():
+        raise UsageError(f"--output_dir {output_dir} is a file, not a folder")
+    if output_dir.is_dir() and any(output_dir.iterdir()) and not args.overwrite_output_dir:
+        raise UsageError(
+            f"--output_dir {output_dir} is not empty; pass --overwrite_output_dir to replace it (its files are "
+            "removed, so --push_to_hub uploads only the converted model), or another --output_dir"
+        )
+    check_writable_folder("output_dir", output_dir.absolute().parent)
+    return output_dir
 
 
 def run_conversion(args: ConversionArguments) -> Path:
-    """Convert `args.checkpoint` into `args.output_dir`, then upload it if `args.push_to_hub` is set."""
+    """Convert `args.checkpoint` into `args.output_dir`, then upload it if `args.push_to_hub` is set.
+
+    The model is written to a new temporary folder next to `output_dir`, which then replaces `output_dir`: a
+    failed conversion leaves `output_dir` as it was, and a replaced one keeps none of its earlier files.
+    """
+    output_dir = _check_conversion_arguments(args)
     vision_config = AutoConfig.from_pretrained(args.vision_config) if args.vision_config else None
     text_config = AutoConfig.from_pretrained(args.text_config) if args.text_config else None
-    folder = convert_official_checkpoint(
-        args.checkpoint,
-        args.output_dir,
-        tokenizer=args.tokenizer,
-        vision_config=vision_config,
-        text_config=text_config,
-        repo_id=args.push_to_hub,
-        method=args.method,
-    )
-    print(f"wrote {folder}")
+    output_dir.absolute().parent.mkdir(parents=True, exist_ok=True)
+    temporary = Path(tempfile.mkdtemp(prefix=f".tmp-{output_dir.name}-", dir=output_dir.absolute().parent))
+    try:
+        convert_official_checkpoint(
+            args.checkpoint,
+            temporary,
+            tokenizer=args.tokenizer,
+            vision_config=vision_config,
+            text_config=text_config,
+            repo_id=args.push_to_hub or output_dir.as_posix(),
+            method=args.method,
+        )
+        replace_folder(temporary, output_dir)
+    finally:
+        shutil.rmtree(temporary, ignore_errors=True)
+    print(f"wrote {output_dir}")
     if args.push_to_hub:
-        print(f"uploaded: {push_folder_to_hub(folder, args.push_to_hub, private=args.private)}")
-    return folder
+        print(f"uploaded: {push_folder_to_hub(output_dir, args.push_to_hub, private=args.private)}")
+    return output_dir
 
 
 __all__ = [

@@ -7,9 +7,10 @@ candidate scoring exactly as much as the right answer ranks ahead of it, so a co
 """
 
 import json
+import os
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -31,7 +32,7 @@ if TYPE_CHECKING:
 DENSE_PAIRINGS = ("image", "query_ground_truth", "none")
 LEAK_WARNING = (
     "dense_pairing='query_ground_truth' reproduces the SEPS authors' evaluation: every caption carries the dense "
-    "caption of its ground-truth image, which hands the answer to the model (a label leak, SEPS_SPEC.md section 2). "
+    "caption of its ground-truth image, which hands the answer to the model (a label leak; see the README, Evaluate). "
     "Use its numbers only to measure the leak, never as retrieval results."
 )
 
@@ -280,8 +281,8 @@ def score_split(
         raise ValueError(f"dense_pairing must be one of {DENSE_PAIRINGS}, got {dense_pairing!r}")
     if dense_pairing != "none" and encoded.dense_embeds is None:
         raise ValueError(f"dense_pairing={dense_pairing!r} needs dense captions, and this split was encoded without")
-    if dense_pairing == "query_ground_truth":
-        warnings.warn(LEAK_WARNING, stacklevel=2)
+    if dense_pairing == "query_ground_truth" and (accelerator is None or accelerator.is_main_process):
+        warnings.warn(LEAK_WARNING, stacklevel=3)  # 3: the caller of score_split, above torch.no_grad's wrapper
     model.eval()
     device = accelerator.device if accelerator is not None else model.device
     num_images = encoded.image_embeds.shape[0]
@@ -396,18 +397,31 @@ def audit_table(audit: dict) -> str:
     return "\n".join(lines)
 
 
+DATASETS = ("f30k", "coco", "synthetic")
+SPLITS = ("train", "dev", "test", "testall")
+
+
 @dataclass
 class EvaluationArguments:
     model: str = field(metadata={"help": "A saved SepsModel folder (with its processor) or a hub id."})
     data_root: str = field(metadata={"help": "Annotation folder in the SEPS authors' layout."})
-    dataset: str = field(default="f30k", metadata={"help": "f30k | coco | synthetic"})
-    split: str = field(default="test", metadata={"help": "test | testall | dev"})
+    dataset: str | None = field(
+        default=None,
+        metadata={
+            "help": "f30k | coco | synthetic (default: inferred from the files in --data_root).",
+            "choices": DATASETS,
+        },
+    )
+    split: str | None = field(
+        default=None, metadata={"help": "test | testall | dev (default: testall for coco, test otherwise)."}
+    )
     image_root: str | None = field(default=None, metadata={"help": "Image folder (default: see the loader)."})
     dense_pairing: str = field(
         default="image",
         metadata={
             "help": "image: each image uses its own dense caption (honest). none: no dense caption. "
-            "query_ground_truth: the SEPS authors' pairing, a label leak; reports both side by side."
+            "query_ground_truth: the SEPS authors' pairing, a label leak; reports both side by side.",
+            "choices": DENSE_PAIRINGS,
         },
     )
     batch_size: int = field(default=64, metadata={"help": "Images or captions per encoding batch."})
@@ -416,10 +430,66 @@ class EvaluationArguments:
     save_sims: str | None = field(default=None, metadata={"help": "Write the similarity matrix here (.npy)."})
 
 
-def _check_model_location(model: str) -> None:
-    looks_like_hub_id = model.count("/") == 1 and not model.startswith((".", "/", "~"))
-    if not Path(model).exists() and not looks_like_hub_id:
-        raise FileNotFoundError(f"model not found: {model!r} is neither a folder nor a hub id (org/name)")
+def infer_dataset(data_root: str | os.PathLike) -> tuple[str, str] | None:
+    """The dataset of an annotation folder and the file that tells it, or None: a synthetic benchmark has
+    `synthetic_info.json`, MS-COCO `testall_*` files or `coco_*.jsonl`, Flickr30K `f30k_*.jsonl` or `test_*` files."""
+    from .data.synthetic import INFO_FILE
+
+    root = Path(data_root)
+    patterns = (
+        ("synthetic", INFO_FILE),
+        ("coco", "testall_caps.txt"),
+        ("coco", "coco_*.jsonl"),
+        ("f30k", "f30k_*.jsonl"),
+        ("f30k", "test_caps.txt"),
+    )
+    for dataset, pattern in patterns:
+        found = sorted(root.glob(pattern))
+        if found:
+            return dataset, found[0].name
+    return None
+
+
+def resolve_evaluation_arguments(args: EvaluationArguments) -> EvaluationArguments:
+    """Check every argument before any work (a `UsageError` names the flag) and fill in `dataset` (inferred from
+    the folder) and `split` (the dataset's test split)."""
+    from .cli import UsageError, check_choice, check_existing, check_int, check_model_location, check_writable_file
+    from .data import RetrievalFiles
+
+    check_model_location("model", args.model)
+    check_existing("data_root", args.data_root, "folder")
+    check_choice("dense_pairing", args.dense_pairing, DENSE_PAIRINGS)
+    check_int("batch_size", args.batch_size, 1)
+    check_int("images_per_block", args.images_per_block, 1)
+    inferred = infer_dataset(args.data_root)
+    dataset = args.dataset
+    if dataset is None:
+        if inferred is None:
+            raise UsageError(
+                f"--data_root {args.data_root}: cannot tell its dataset; pass --dataset f30k|coco|synthetic"
+            )
+        dataset = inferred[0]
+    check_choice("dataset", dataset, DATASETS)
+    if inferred is not None and inferred[0] != dataset:
+        raise UsageError(
+            f"--dataset {dataset}, but --data_root {args.data_root} holds a {inferred[0]} folder ({inferred[1]}); "
+            f"pass --dataset {inferred[0]} or leave it out"
+        )
+    split = args.split or ("testall" if dataset == "coco" else "test")
+    check_choice("split", split, SPLITS)
+    files = RetrievalFiles.in_folder(args.data_root, dataset, split)
+    if not files.captions.is_file():
+        raise UsageError(f"--split {split}: --data_root {args.data_root} has no {files.captions.name}")
+    if args.dense_pairing != "none" and not files.dense_captions.is_file():
+        raise UsageError(
+            f"--dense_pairing {args.dense_pairing} needs the dense-caption file {files.dense_captions}, which does "
+            "not exist: pass --dense_pairing none to evaluate without dense captions, or write them with "
+            "examples/generate_dense_captions.py"
+        )
+    for flag in ("output_json", "save_sims"):
+        if getattr(args, flag) is not None:
+            check_writable_file(flag, getattr(args, flag))
+    return replace(args, dataset=dataset, split=split)
 
 
 def run_evaluation(args: EvaluationArguments) -> dict:
@@ -431,9 +501,7 @@ def run_evaluation(args: EvaluationArguments) -> dict:
     from .modeling_seps import SepsModel
     from .processing_seps import SepsProcessor
 
-    if args.dense_pairing not in DENSE_PAIRINGS:
-        raise ValueError(f"dense_pairing must be one of {DENSE_PAIRINGS}, got {args.dense_pairing!r}")
-    _check_model_location(args.model)
+    args = resolve_evaluation_arguments(args)
     reuse_freed_cpu_memory()
     # cpu=True on a machine without GPU lets `torchrun --nproc_per_node N` run N gloo processes.
     accelerator = Accelerator(cpu=not torch.cuda.is_available())
@@ -458,6 +526,9 @@ def run_evaluation(args: EvaluationArguments) -> dict:
         table += audit_table(report)
     if accelerator.is_main_process:
         print(table)
+        for path in (args.output_json, args.save_sims):
+            if path:
+                Path(path).parent.mkdir(parents=True, exist_ok=True)
         if args.output_json:
             Path(args.output_json).write_text(json.dumps(report, indent=2))
         if args.save_sims:

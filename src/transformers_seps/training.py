@@ -5,6 +5,8 @@ import json
 import os
 import re
 import shutil
+import time
+import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -27,8 +29,11 @@ from .backbones import (
     load_text_backbone,
     load_vision_backbone,
 )
-from .data import RetrievalSplit, SepsRetrievalCollator, build_caption_dataset, load_retrieval_split
-from .data.synthetic import SyntheticBenchmarkConfig, generate_synthetic_benchmark
+from .cli import UsageError, check_choice, check_float, check_int, check_writable_folder, replace_folder
+from .data import RetrievalFiles, RetrievalSplit, SepsRetrievalCollator, build_caption_dataset, load_retrieval_split
+from .data.synthetic import GENERATOR_VERSION, SyntheticBenchmarkConfig, generate_synthetic_benchmark
+from .data.synthetic import _is_complete as synthetic_benchmark_is_complete
+from .data.synthetic import _read_info as read_synthetic_info
 from .evaluation import (
     FOLD_SIZE,
     encode_split,
@@ -45,6 +50,7 @@ CHECKPOINT_PREFIX = "checkpoint-"
 # The SEPS authors' learning-rate decay (their `arguments.py`: `--lr_schedules 9 15 20 25 --decay_rate 0.3`).
 AUTHORS_LR_DECAY_EPOCHS = (9, 15, 20, 25)
 AUTHORS_LR_DECAY_RATE = 0.3
+DEFAULT_SYNTHETIC_ROOT = "data/synthetic"
 
 
 def _world_size() -> int:
@@ -235,28 +241,182 @@ def checkpoint_step(path: Path) -> int | None:
     return int(match.group(1)) if match else None
 
 
-def latest_checkpoint(directory: str | os.PathLike) -> Path | None:
-    """The complete checkpoint with the highest step under `directory`, or None."""
-    directory = Path(directory)
+def checkpoint_run_id(path: Path) -> str | None:
+    """The id of the run that wrote a checkpoint folder (from its `RUN_RECORD`), None if it has no record."""
+    record = _read_json(path / RUN_RECORD)
+    return record.get("run_id") if isinstance(record, dict) else None
+
+
+def _run_checkpoints(directory: Path, run_id: str | None) -> list[tuple[int, Path]]:
+    """(step, path) of the complete checkpoints under `directory`, of run `run_id` only unless it is None."""
     if not directory.is_dir():
-        return None
+        return []
     steps = [(step, path) for path in directory.iterdir() if (step := checkpoint_step(path)) is not None]
-    return max(steps)[1] if steps else None
+    return sorted((step, path) for step, path in steps if run_id is None or checkpoint_run_id(path) == run_id)
 
 
-def publish_checkpoint(temporary: Path, final: Path, keep: int = 2) -> None:
-    """Rename a fully written checkpoint folder to its final `checkpoint-<step>` name; keep the newest `keep`.
+def latest_checkpoint(directory: str | os.PathLike, run_id: str | None = None) -> Path | None:
+    """The complete checkpoint with the highest step under `directory` (of run `run_id` only, if given), or None."""
+    checkpoints = _run_checkpoints(Path(directory), run_id)
+    return checkpoints[-1][1] if checkpoints else None
+
+
+def publish_checkpoint(temporary: Path, final: Path, keep: int = 2, run_id: str | None = None) -> None:
+    """Rename a fully written checkpoint folder to its final `checkpoint-<step>` name; keep the newest `keep`
+    (of run `run_id` only, if given: another run's checkpoints are neither counted nor deleted).
 
     Write with `accelerator.save_state(temporary)` on every process, wait for everyone, then call this on the
     main process only. A kill during the write leaves only the temporary folder, which `latest_checkpoint`
     never returns, so a checkpoint that loads is always complete.
     """
-    if final.exists():
-        shutil.rmtree(final)
-    os.replace(temporary, final)
-    checkpoints = sorted((step, path) for path in final.parent.iterdir() if (step := checkpoint_step(path)) is not None)
+    if final.exists() and run_id is not None and checkpoint_run_id(final) != run_id:
+        raise FileExistsError(f"{final} belongs to another run; it is not replaced")
+    replace_folder(temporary, final)
+    checkpoints = _run_checkpoints(final.parent, run_id)
     for _, path in checkpoints[: max(0, len(checkpoints) - keep)]:
         shutil.rmtree(path)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Run folders: a run id and the arguments recorded in `output_dir`, so that no run overwrites or resumes another
+# ---------------------------------------------------------------------------------------------------------------
+
+RUN_RECORD = "seps_run.json"
+# What a training run writes in its output_dir; `--overwrite_output_dir` deletes these and nothing else.
+RUN_OUTPUTS = ("best", "checkpoints", "dev_history.json", "eval_results.json", RUN_RECORD)
+# Arguments that may differ when a run is resumed: they change what is logged or reported, not what is trained.
+RESUMABLE_ARGUMENTS = frozenset(
+    {
+        "resume_from_checkpoint",
+        "overwrite_output_dir",
+        "generate_synthetic",
+        "num_workers",
+        "logging_steps",
+        "report_to",
+        "push_to_hub",
+        "hub_model_id",
+        "eval_test",
+        "per_device_eval_batch_size",
+    }
+)
+RESUME_LATEST = "latest"
+RESUME_LATEST_IF_ANY = "latest_if_any"
+
+
+def _read_json(path: Path) -> object:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def run_arguments(*argument_dataclasses: object) -> dict:
+    """The arguments that define a run (everything but `RESUMABLE_ARGUMENTS`), as JSON values."""
+    merged = {key: value for arguments in argument_dataclasses for key, value in asdict(arguments).items()}
+    return json.loads(json.dumps({key: value for key, value in merged.items() if key not in RESUMABLE_ARGUMENTS}))
+
+
+@dataclass
+class RunPlan:
+    """What `plan_run` decided for an output folder: the run's id, the checkpoint to resume (or None), whether the
+    folder starts a new run (its record is then written) and what `--overwrite_output_dir` deletes first."""
+
+    run_id: str
+    resume: Path | None
+    new_run: bool
+    to_delete: list[Path]
+
+
+def plan_run(output_dir: Path, arguments: dict, resume: str | None, overwrite: bool) -> RunPlan:
+    """Decide, before any work and without writing anything, how a run uses `output_dir`.
+
+    A new run needs an empty (or missing) folder, or `overwrite` (which deletes the previous run's outputs,
+    `RUN_OUTPUTS`). `resume` "latest" continues the run recorded in the folder from its newest checkpoint (an error
+    if there is none); "latest_if_any" does the same but starts a new run when the folder holds no run yet or
+    its run has no checkpoint; a path resumes that checkpoint. A recorded run is only continued with the
+    same `arguments`, and only from its own checkpoints.
+    """
+    if output_dir.exists() and not output_dir.is_dir():
+        raise UsageError(f"--output_dir {output_dir} is a file, not a folder")
+    if overwrite and resume:
+        raise UsageError(
+            "--overwrite_output_dir starts a new run and --resume_from_checkpoint continues one: pass only one"
+        )
+    occupied = output_dir.is_dir() and any(output_dir.iterdir())
+    record = _read_json(output_dir / RUN_RECORD)
+    record = record if isinstance(record, dict) and "run_id" in record else None
+    new_run_id = uuid.uuid4().hex
+    if not resume:
+        if occupied and not overwrite:
+            choices = (
+                f"it holds run {record['run_id']}: pass --overwrite_output_dir to replace that run, "
+                f"--resume_from_checkpoint {RESUME_LATEST} to continue it"
+                if record
+                else "it holds no training run: pass --overwrite_output_dir to write there anyway"
+            )
+            raise UsageError(f"--output_dir {output_dir} is not empty ({choices}), or another --output_dir")
+        to_delete = [output_dir / name for name in RUN_OUTPUTS if (output_dir / name).exists()] if overwrite else []
+        return RunPlan(new_run_id, None, True, to_delete)
+
+    if resume not in (RESUME_LATEST, RESUME_LATEST_IF_ANY):
+        checkpoint = Path(resume)
+        if checkpoint_step(checkpoint) is None or not checkpoint.is_dir():
+            raise UsageError(f"--resume_from_checkpoint {resume}: not a {CHECKPOINT_PREFIX}<step> folder")
+    if record is None:
+        if occupied:
+            raise UsageError(
+                f"--resume_from_checkpoint {resume}: --output_dir {output_dir} holds no run record ({RUN_RECORD}), "
+                "so its checkpoints cannot be told apart from another run's; pass another --output_dir"
+            )
+        if resume == RESUME_LATEST:
+            raise UsageError(
+                f"--resume_from_checkpoint {RESUME_LATEST}: no run in --output_dir {output_dir} to resume; pass "
+                f"--resume_from_checkpoint {RESUME_LATEST_IF_ANY} to start one when there is none"
+            )
+        return RunPlan(new_run_id, None if resume == RESUME_LATEST_IF_ANY else Path(resume), True, [])
+
+    _check_same_arguments(output_dir, record, arguments)
+    run_id = record["run_id"]
+    if resume in (RESUME_LATEST, RESUME_LATEST_IF_ANY):
+        checkpoint = latest_checkpoint(output_dir / "checkpoints", run_id)
+        if checkpoint is None and resume == RESUME_LATEST:
+            raise UsageError(
+                f"--resume_from_checkpoint {RESUME_LATEST}: run {run_id} in {output_dir} has no checkpoint yet; "
+                f"pass --resume_from_checkpoint {RESUME_LATEST_IF_ANY} to start it from scratch"
+            )
+    elif checkpoint_run_id(checkpoint) not in (run_id, None):
+        raise UsageError(
+            f"--resume_from_checkpoint {resume}: this checkpoint belongs to run {checkpoint_run_id(checkpoint)}, "
+            f"not to run {run_id} of --output_dir {output_dir}"
+        )
+    return RunPlan(run_id, checkpoint, False, [])
+
+
+def _check_same_arguments(output_dir: Path, record: dict, arguments: dict) -> None:
+    recorded = record.get("arguments", {})
+    changed = [
+        f"--{key} {arguments.get(key)!r} (the run has {recorded.get(key)!r})"
+        for key in sorted(set(recorded) | set(arguments))
+        if recorded.get(key) != arguments.get(key)
+    ]
+    if changed:
+        raise UsageError(
+            f"--output_dir {output_dir} holds run {record['run_id']}, made with other arguments: "
+            f"{'; '.join(changed)}. Resume with the run's arguments, or start a new run in another --output_dir"
+        )
+
+
+def start_run_folder(output_dir: Path, plan: RunPlan, arguments: dict) -> None:
+    """Main process only: delete what `--overwrite_output_dir` replaces and write a new run's record."""
+    try:
+        for path in plan.to_delete:
+            shutil.rmtree(path) if path.is_dir() else path.unlink()
+        if plan.new_run:
+            output_dir.mkdir(parents=True, exist_ok=True)
+            record = {"run_id": plan.run_id, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "arguments": arguments}
+            (output_dir / RUN_RECORD).write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+    except OSError as error:
+        raise UsageError(f"--output_dir {output_dir}: cannot write there ({error.strerror or error})") from error
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -317,7 +477,17 @@ class ModelArguments:
 @dataclass
 class DataArguments:
     dataset: str = field(default="synthetic", metadata={"help": "synthetic | f30k | coco"})
-    data_root: str = field(default="data/synthetic", metadata={"help": "Annotation folder (authors' layout)."})
+    data_root: str = field(
+        default=DEFAULT_SYNTHETIC_ROOT,
+        metadata={
+            "help": "Annotation folder (authors' layout). The synthetic benchmark is generated there on first use "
+            f"only for the default ({DEFAULT_SYNTHETIC_ROOT}) or with --generate_synthetic."
+        },
+    )
+    generate_synthetic: bool = field(
+        default=False,
+        metadata={"help": "Generate the synthetic benchmark in a --data_root that does not exist yet (or is empty)."},
+    )
     image_root: str | None = field(default=None, metadata={"help": "Image folder (default: see the loader)."})
     synthetic_num_train: int = field(default=6000, metadata={"help": "Synthetic benchmark: training images."})
     synthetic_num_dev: int = field(default=200, metadata={"help": "Synthetic benchmark: dev images."})
@@ -338,12 +508,25 @@ class DataArguments:
 
 @dataclass
 class RetrievalTrainingArguments:
-    output_dir: str = field(default="runs/seps", metadata={"help": "Checkpoints, best model, eval_results.json."})
+    output_dir: str = field(
+        default="runs/seps",
+        metadata={"help": "Checkpoints, best model, eval_results.json; must be empty or missing for a new run."},
+    )
+    overwrite_output_dir: bool = field(
+        default=False,
+        metadata={
+            "help": "Start a new run in a non-empty --output_dir, deleting the previous run's best/, checkpoints/ "
+            "and JSON files (other files are kept)."
+        },
+    )
     num_train_epochs: int | None = field(
         default=None,
         metadata={"help": "Epochs (default: the paper's 30; 2 on the synthetic benchmark, for its CPU budget)."},
     )
-    max_steps: int | None = field(default=None, metadata={"help": "Stop after this many optimizer steps."})
+    max_steps: int | None = field(
+        default=None,
+        metadata={"help": "Stop after this many optimizer steps (default, or -1: train --num_train_epochs epochs)."},
+    )
     per_device_train_batch_size: int = field(
         default=32, metadata={"help": "Pairs per process and step (the paper's 32; the authors' commands use 64)."}
     )
@@ -371,7 +554,12 @@ class RetrievalTrainingArguments:
         default=None, metadata={"help": "Save the training state every N optimizer steps, or 'epoch'."}
     )
     resume_from_checkpoint: str | None = field(
-        default=None, metadata={"help": "A checkpoint folder, or 'latest' for the newest one in output_dir."}
+        default=None,
+        metadata={
+            "help": f"A {CHECKPOINT_PREFIX}<step> folder; '{RESUME_LATEST}': the newest checkpoint of the run in "
+            f"--output_dir (an error if there is none); '{RESUME_LATEST_IF_ANY}': the same, or a new run when there "
+            "is none. The run must have been started with the same arguments."
+        },
     )
     seed: int = field(default=0)
     logging_steps: int = field(default=10)
@@ -414,6 +602,110 @@ def epoch_order(caption_to_image: list[int], epoch: int, seed: int, one_caption_
     return rows[torch.randperm(len(rows), generator=generator)].tolist()
 
 
+def validate_training_arguments(
+    model_args: ModelArguments, data_args: DataArguments, args: RetrievalTrainingArguments
+) -> None:
+    """Check every argument's type and range, and the paths, before any work; a `UsageError` names the flag."""
+    check_choice("variant", model_args.variant, ("paper", "official"))
+    check_choice("dataset", data_args.dataset, ("synthetic", "f30k", "coco"))
+    for flag, value in (
+        ("embed_dim", model_args.embed_dim),
+        ("patch_size", model_args.patch_size),
+        ("per_device_train_batch_size", args.per_device_train_batch_size),
+        ("per_device_eval_batch_size", args.per_device_eval_batch_size),
+        ("gradient_accumulation_steps", args.gradient_accumulation_steps),
+        ("logging_steps", args.logging_steps),
+        ("synthetic_num_train", data_args.synthetic_num_train),
+        ("synthetic_num_dev", data_args.synthetic_num_dev),
+        ("synthetic_num_test", data_args.synthetic_num_test),
+    ):
+        check_int(flag, value, 1)
+    check_int("image_size", model_args.image_size, 1, allow_none=True)
+    check_int("synthetic_image_size", data_args.synthetic_image_size, 32, allow_none=True)
+    check_int("num_train_epochs", args.num_train_epochs, 1, allow_none=True)
+    check_int("max_violation_warmup_epochs", model_args.max_violation_warmup_epochs, 0, allow_none=True)
+    check_int("num_workers", data_args.num_workers, 0)
+    if args.max_steps not in (None, -1):
+        check_int("max_steps", args.max_steps, 1, meaning=" (or -1: train --num_train_epochs epochs)")
+    check_float("learning_rate", args.learning_rate, 0.0, low_inclusive=False)
+    check_float("backbone_lr_ratio", args.backbone_lr_ratio, 0.0)
+    check_float("weight_decay", args.weight_decay, 0.0)
+    check_float("lr_decay_rate", args.lr_decay_rate, 0.0, low_inclusive=False)
+    check_float("max_grad_norm", args.max_grad_norm, 0.0)
+    for epoch in args.lr_decay_epochs:
+        check_int("lr_decay_epochs", epoch, 0)
+    steps = args.checkpointing_steps
+    if steps is not None and steps != "epoch" and not (steps.isdigit() and int(steps) > 0):
+        raise UsageError(f"--checkpointing_steps must be a positive number of steps or 'epoch', got {steps!r}")
+    if model_args.freeze_vision_model and model_args.vision_model == VIT_SCRATCH:
+        raise UsageError(f"--freeze_vision_model true would keep '{VIT_SCRATCH}' at its random initialisation")
+    if args.push_to_hub and not args.hub_model_id:
+        raise UsageError("--push_to_hub needs --hub_model_id (the Hub repository, org/name)")
+    check_writable_folder("output_dir", Path(args.output_dir))
+    _check_data_root(data_args, model_args.use_dense_captions)
+
+
+def _check_data_root(data_args: DataArguments, use_dense: bool) -> None:
+    """A real dataset's folder must exist, with its splits' caption files and (with dense captions) the train and
+    test dense-caption files; the synthetic benchmark is only generated into a missing or empty folder when it is
+    the default one or `--generate_synthetic` asks for it (a misspelled path is an error)."""
+    root = Path(data_args.data_root)
+    if data_args.dataset != "synthetic" and not root.is_dir():
+        raise UsageError(f"--data_root {root}: no such folder (the {data_args.dataset} annotation folder)")
+    if root.is_dir() and any(root.iterdir()):
+        test_split = "testall" if data_args.dataset == "coco" else "test"
+        for split in ("train", "dev", test_split):
+            files = RetrievalFiles.in_folder(root, data_args.dataset, split)
+            if not files.captions.is_file():
+                raise UsageError(f"--data_root {root} has no {files.captions.name} (the {split} split)")
+            if use_dense and split != "dev" and not files.dense_captions.is_file():
+                raise UsageError(
+                    f"--use_dense_captions needs {files.dense_captions}, which does not exist: pass "
+                    "--no_use_dense_captions to train without dense captions, or write them with "
+                    "examples/generate_dense_captions.py"
+                )
+        return  # a synthetic benchmark of another configuration is refused once the image size is known
+    if root.exists() and not root.is_dir():
+        raise UsageError(f"--data_root {root} is a file, not a folder")
+    if data_args.data_root != DEFAULT_SYNTHETIC_ROOT and not data_args.generate_synthetic:
+        raise UsageError(
+            f"--data_root {root}: no such folder (or an empty one); add --generate_synthetic to generate the "
+            "synthetic benchmark there, or check the path"
+        )
+    check_writable_folder("data_root", root)
+
+
+# The fields of `SyntheticBenchmarkConfig` this script sets, each with its flag --synthetic_<field>.
+_SYNTHETIC_FLAG_FIELDS = ("num_train", "num_dev", "num_test", "image_size", "seed")
+
+
+def _synthetic_config_flags(config: dict) -> str:
+    """The flags of this script that select a synthetic benchmark of `config` (its `SyntheticBenchmarkConfig`)."""
+    return " ".join(f"--synthetic_{key} {config.get(key)}" for key in _SYNTHETIC_FLAG_FIELDS)
+
+
+def _synthetic_mismatch(root: Path, config: SyntheticBenchmarkConfig) -> UsageError:
+    """The error for a `--data_root` holding something else than the synthetic benchmark of `config`."""
+    found = read_synthetic_info(root)
+    if not isinstance(found, dict) or not isinstance(found.get("config"), dict):
+        return UsageError(f"--data_root {root} is not empty and holds no synthetic benchmark")
+    found_config = found["config"]
+    defaults = asdict(SyntheticBenchmarkConfig())
+    settable = found.get("version") == GENERATOR_VERSION and all(
+        found_config.get(key) == value for key, value in defaults.items() if key not in _SYNTHETIC_FLAG_FIELDS
+    )
+    hint = (
+        f"to train on it, pass {_synthetic_config_flags(found_config)}"
+        if settable
+        else "it was made with settings (or a generator version) this script cannot ask for"
+    )
+    return UsageError(
+        f"--data_root {root} holds a synthetic benchmark made with {_synthetic_config_flags(found_config)}, not "
+        f"the one this run asks for ({_synthetic_config_flags(asdict(config))}): {hint}; or pass another "
+        "--data_root with --generate_synthetic"
+    )
+
+
 def _load_data(data_args: DataArguments, use_dense: bool, image_size: int, accelerator: Accelerator) -> dict:
     if data_args.dataset == "synthetic":
         config = SyntheticBenchmarkConfig(
@@ -423,14 +715,11 @@ def _load_data(data_args: DataArguments, use_dense: bool, image_size: int, accel
             image_size=data_args.synthetic_image_size or image_size,
             seed=data_args.synthetic_seed,
         )
+        root = Path(data_args.data_root)
+        if root.is_dir() and any(root.iterdir()) and not synthetic_benchmark_is_complete(root, config):
+            raise _synthetic_mismatch(root, config)
         if accelerator.is_main_process:
-            try:
-                generate_synthetic_benchmark(data_args.data_root, config)
-            except FileExistsError as error:
-                raise FileExistsError(
-                    f"{error} With this script: pass another --data_root (a benchmark folder keeps one "
-                    f"configuration, image size {config.image_size} px included), or delete the folder."
-                ) from error
+            generate_synthetic_benchmark(data_args.data_root, config)
         accelerator.wait_for_everyone()
     test_split = "testall" if data_args.dataset == "coco" else "test"
     # "auto": train and test need their dense captions; dev may have none (the authors ship none for dev).
@@ -530,17 +819,22 @@ def _save_pretrained_atomically(model: SepsModel, processor: SepsProcessor, dire
         shutil.rmtree(temporary)
     model.save_pretrained(temporary)
     processor.save_pretrained(temporary)
-    if directory.exists():
-        shutil.rmtree(directory)
-    os.replace(temporary, directory)
+    replace_folder(temporary, directory)
 
 
 def run_training(
     model_args: ModelArguments, data_args: DataArguments, args: RetrievalTrainingArguments
 ) -> dict[str, float]:
     """Train, validate on the dev split every epoch, keep the best model by dev rSum in `output_dir/best`, and
-    write its test metrics to `output_dir/eval_results.json`. Returns the test metrics (or the best dev ones)."""
+    write its test metrics to `output_dir/eval_results.json`. Returns the test metrics (or the best dev ones).
+
+    A new run needs an empty `output_dir` (or `overwrite_output_dir`); the folder records the run's id and
+    arguments, so that `resume_from_checkpoint` only continues the same run from its own checkpoints (`plan_run`).
+    """
+    validate_training_arguments(model_args, data_args, args)
     output_dir = Path(args.output_dir)
+    arguments = run_arguments(model_args, data_args, args)
+    plan = plan_run(output_dir, arguments, args.resume_from_checkpoint, args.overwrite_output_dir)
     accelerator = Accelerator(
         cpu=not torch.cuda.is_available(),  # lets `torchrun --nproc_per_node N` run N gloo processes on CPU
         gradient_accumulation_steps=args.gradient_accumulation_steps,
@@ -557,6 +851,12 @@ def run_training(
     model, processor = _build_model(model_args, defaults.max_violation_warmup_epochs)
     # The synthetic benchmark is rendered at the input side the processor resizes to.
     splits = _load_data(data_args, use_dense, processor.image_processor.size["height"], accelerator)
+    # Written once the data is known to load, so that a run refused so far leaves its output_dir untouched, and
+    # after every process has planned its run (`plan_run` reads the folder).
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        start_run_folder(output_dir, plan, arguments)
+    accelerator.wait_for_everyone()
     if freeze_text:
         model.text_model.requires_grad_(False)
     if freeze_vision:
@@ -585,7 +885,7 @@ def run_training(
     if micro_steps_per_epoch == 0:
         raise ValueError(f"{rows_per_epoch} training pairs cannot fill one global batch of {global_batch}")
     steps_per_epoch = max(1, micro_steps_per_epoch // args.gradient_accumulation_steps)
-    max_steps = args.max_steps or steps_per_epoch * num_train_epochs
+    max_steps = args.max_steps if args.max_steps not in (None, -1) else steps_per_epoch * num_train_epochs
     num_epochs = -(-max_steps // steps_per_epoch)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, step_decay(args.lr_decay_epochs, args.lr_decay_rate, steps_per_epoch)
@@ -594,12 +894,12 @@ def run_training(
     progress = TrainingProgress()
     accelerator.register_for_checkpointing(progress)
     checkpoints = output_dir / "checkpoints"
-    resume = args.resume_from_checkpoint
-    if resume == "latest":
-        resume = latest_checkpoint(checkpoints)
-    if resume:
-        accelerator.load_state(str(resume))
-        accelerator.print(f"resumed from {resume} at step {progress.step}")
+    if plan.resume is not None:
+        accelerator.load_state(str(plan.resume))
+        accelerator.print(f"run {plan.run_id}: resumed from {plan.resume} at step {progress.step}")
+    else:
+        state = "new run" if plan.new_run else "no checkpoint yet, starting from scratch"
+        accelerator.print(f"run {plan.run_id} in {output_dir}: {state}")
     if args.report_to:
         accelerator.init_trackers("seps", config={**asdict(model_args), **asdict(data_args), **asdict(args)})
     checkpoint_every = None if args.checkpointing_steps in (None, "epoch") else int(args.checkpointing_steps)
@@ -609,7 +909,8 @@ def run_training(
         accelerator.save_state(str(temporary))
         accelerator.wait_for_everyone()
         if accelerator.is_main_process:
-            publish_checkpoint(temporary, checkpoints / f"{CHECKPOINT_PREFIX}{progress.step}")
+            (temporary / RUN_RECORD).write_text(json.dumps({"run_id": plan.run_id, "step": progress.step}))
+            publish_checkpoint(temporary, checkpoints / f"{CHECKPOINT_PREFIX}{progress.step}", run_id=plan.run_id)
         accelerator.wait_for_everyone()
 
     collator = SepsRetrievalCollator(processor)
@@ -617,7 +918,9 @@ def run_training(
     accelerator.print(
         f"{rows_per_epoch} pairs per epoch, {steps_per_epoch} steps per epoch, {max_steps} steps; vision backbone "
         f"{'frozen' if freeze_vision else 'trained'}, text encoder {'frozen' if freeze_text else 'trained'}; dense "
-        f"captions {'on' if use_dense else 'off'}"
+        f"captions {'on' if use_dense else 'off'}; triplet loss over all negatives for "
+        f"{defaults.max_violation_warmup_epochs} epoch(s), then "
+        "over the hardest negative"
     )
     bar = tqdm(total=max_steps, initial=progress.step, desc="training", disable=not accelerator.is_local_main_process)
     start_epoch = progress.step // steps_per_epoch
@@ -640,6 +943,11 @@ def run_training(
         if done_in_epoch:
             loader = accelerator.skip_first_batches(loader, done_in_epoch * args.gradient_accumulation_steps)
         max_violation = epoch >= unwrapped.config.max_violation_warmup_epochs
+        if max_violation and epoch == unwrapped.config.max_violation_warmup_epochs > 0:
+            accelerator.print(
+                f"epoch {epoch}: the triplet loss switches from the sum over all negatives to the hardest negative "
+                f"(after {epoch} warm-up epochs, --max_violation_warmup_epochs)"
+            )
         epoch_end_step = min(max_steps, (epoch + 1) * steps_per_epoch)
         micro_step = done_in_epoch * args.gradient_accumulation_steps
         for batch in loader:
