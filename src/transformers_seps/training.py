@@ -330,7 +330,7 @@ class RetrievalTrainingArguments:
     lr_decay_epochs: list[int] = field(default_factory=lambda: [15, 25], metadata={"help": "Epochs that decay lr."})
     lr_decay_rate: float = field(default=0.1)
     max_grad_norm: float = field(default=2.0, metadata={"help": "Gradient clipping (the paper: 2.0)."})
-    mixed_precision: str = field(default="no", metadata={"help": "no | fp16 | bf16"})
+    mixed_precision: str = field(default="no", metadata={"help": "no | fp16 (GPU only) | bf16 (GPU or CPU)"})
     checkpointing_steps: str | None = field(
         default=None, metadata={"help": "Save the training state every N optimizer steps, or 'epoch'."}
     )
@@ -458,6 +458,12 @@ def run_training(
     """Train, validate on the dev split every epoch, keep the best model by dev rSum in `output_dir/best`, and
     write its test metrics to `output_dir/eval_results.json`. Returns the test metrics (or the best dev ones)."""
     output_dir = Path(args.output_dir)
+    if args.mixed_precision == "fp16" and not torch.cuda.is_available():
+        # Accelerate would run fp16 on CPU in float32 without a word (it autocasts fp16 on accelerators only).
+        raise ValueError(
+            "--mixed_precision fp16 needs a GPU; on CPU Accelerate would silently train in float32: use "
+            "--mixed_precision bf16 (CPU autocast) or no"
+        )
     accelerator = Accelerator(
         cpu=not torch.cuda.is_available(),  # lets `torchrun --nproc_per_node N` run N gloo processes on CPU
         gradient_accumulation_steps=args.gradient_accumulation_steps,
