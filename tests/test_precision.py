@@ -112,15 +112,20 @@ def test_gumbel_mask_of_a_saturated_probability_has_a_finite_gradient(dtype):
     assert torch.isfinite(probability.grad).all(), probability.grad
 
 
-@pytest.mark.parametrize("dtype", HALF_DTYPES)
-def test_softmax_over_kept_entries_never_underflows(dtype):
-    """The kept entries lie 200 below a dropped one: exp(-200) is 0 even in float32, the softmax is not."""
-    logits = torch.tensor([[200.0, 0.0, -1.0, 1.0]], dtype=dtype)
-    keep = torch.tensor([[0.0, 1.0, 1.0, 1.0]], dtype=dtype)
-    expected = torch.softmax(torch.tensor([[0.0, -1.0, 1.0]]), dim=-1)
+@pytest.mark.parametrize("straight_through", [False, True])
+@pytest.mark.parametrize("dtype", [torch.float32, *HALF_DTYPES])
+def test_softmax_over_kept_entries_never_underflows(dtype, straight_through):
+    """The kept entries lie 200 below a dropped one: exp(-200) is 0 even in float32, the softmax is not. A row
+    that keeps nothing gets zero weights; a straight-through mask gets a finite gradient."""
+    logits = torch.tensor([[200.0, 0.0, -1.0, 1.0], [3.0, 1.0, 2.0, 0.0]], dtype=dtype)
+    keep = torch.tensor([[0.0, 1.0, 1.0, 1.0], [0.0, 0.0, 0.0, 0.0]], dtype=dtype, requires_grad=straight_through)
+    expected = torch.softmax(torch.tensor([0.0, -1.0, 1.0]), dim=-1)
     weights = masked_softmax(logits, keep)
-    assert weights.dtype == dtype and weights[0, 0] == 0
-    torch.testing.assert_close(weights[:, 1:].float(), expected, atol=1e-2, rtol=0)
+    assert weights.dtype == dtype and weights[0, 0] == 0 and (weights[1] == 0).all()
+    torch.testing.assert_close(weights[0, 1:].float(), expected, atol=1e-2, rtol=0)
+    if straight_through:
+        (weights * torch.arange(4.0, dtype=dtype)).sum().backward()
+        assert torch.isfinite(keep.grad).all() and keep.grad[0, 0] != 0, keep.grad
     constant = min_max_normalize(torch.full((2, 5), 0.3, dtype=dtype))
     assert constant.dtype == dtype and (constant == 0).all()
 

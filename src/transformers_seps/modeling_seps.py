@@ -33,21 +33,27 @@ def min_max_normalize(values: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
 
 
 def masked_softmax(logits: torch.Tensor, keep_mask: torch.Tensor, dim: int = -1) -> torch.Tensor:
-    """Softmax over the entries where `keep_mask` is 1; the others get weight 0.
+    """Softmax over the entries where `keep_mask` is nonzero; the others get weight 0. Computed in float32,
+    returned in the logits' dtype. An all-zero mask gives all-zero weights.
 
-    `keep_mask` may be a straight-through float mask (values 0/1 carrying a gradient): it multiplies the
-    exponentials, so the gradient reaches the selection scores. An all-zero mask gives all-zero weights.
     The exponentials are shifted by the largest KEPT logit, so no kept entry underflows however far below the
-    dropped ones it lies, and capped at 1: a dropped entry far above the kept ones would overflow (inf * 0 is
-    NaN), and its straight-through gradient stays bounded. They are computed in float32; the weights are
-    returned in the logits' dtype.
+    dropped ones it lies. `keep_mask` may be a straight-through float mask (values 0/1 carrying a gradient): it
+    then multiplies the exponentials, so the gradient reaches the selection scores; a dropped entry's
+    exponential is capped at the kept maximum's (1), which leaves the weights unchanged and keeps its gradient
+    finite (one far above the kept ones would overflow, and inf * 0 is NaN), also in a row that keeps nothing.
     """
     logits32 = logits.float()
-    keep_mask32 = keep_mask.float()
-    shift = logits32.masked_fill(keep_mask32 == 0, float("-inf")).amax(dim=dim, keepdim=True)
+    kept = keep_mask != 0
+    if not keep_mask.requires_grad:
+        weights = torch.softmax(logits32.masked_fill(~kept, float("-inf")), dim=dim)
+        if not bool(kept.any(dim=dim).all()):
+            weights = weights.nan_to_num(0.0)  # a row that keeps nothing: softmax of -inf only
+        return weights.to(logits.dtype)
+    shift = logits32.masked_fill(~kept, float("-inf")).amax(dim=dim, keepdim=True)
     shift = torch.where(torch.isfinite(shift), shift, torch.zeros_like(shift)).detach()
-    weights = torch.exp((logits32 - shift).clamp_max(0)) * keep_mask32
-    return (weights / weights.sum(dim=dim, keepdim=True).clamp_min(1e-12)).to(logits.dtype)
+    weights = torch.exp((logits32 - shift).clamp_max(0)) * keep_mask.float()
+    total = weights.sum(dim=dim, keepdim=True)  # >= 1 (the kept maximum) unless the row keeps nothing
+    return (weights / torch.where(total > 0, total, torch.ones_like(total))).to(logits.dtype)
 
 
 def top_k_keep_mask(scores: torch.Tensor, k: int) -> torch.Tensor:
