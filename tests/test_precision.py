@@ -277,3 +277,18 @@ def test_training_script_runs_in_bf16_on_cpu(tmp_path):
     assert result.returncode == 0, result.stderr[-4000:]
     history = json.loads((tmp_path / "run" / "dev_history.json").read_text())
     assert len(history) == 1 and 0 <= history[0]["rsum"] <= 600
+
+
+@pytest.mark.slow
+def test_bench_similarity_reports_bfloat16_against_the_float32_reference():
+    command = [
+        sys.executable, "bench_similarity.py", "--dtype", "bfloat16", "--images", "4", "--captions", "6",
+        "--reference_captions", "2", "--embed_dim", "64",
+    ]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(command, cwd=SCRIPT.parents[1] / "benchmarks", capture_output=True, text=True, env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "bfloat16" in result.stdout.splitlines()[0]
+    rows = {line.split("|")[1].strip(): line.split("|")[-2] for line in result.stdout.splitlines() if "| " in line}
+    for variant in ("official", "paper"):
+        assert float(rows[variant]) < TOLERANCE[torch.bfloat16], result.stdout
