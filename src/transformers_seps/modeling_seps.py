@@ -45,7 +45,9 @@ def masked_softmax(logits: torch.Tensor, keep_mask: torch.Tensor, dim: int = -1)
     logits32 = logits.float()
     kept = keep_mask != 0
     if not keep_mask.requires_grad:
-        weights = torch.softmax(logits32.masked_fill(~kept, float("-inf")), dim=dim)
+        # -inf added where dropped: one pass over the broadcast shape (masked_fill would copy, then fill).
+        dropped_bias = torch.zeros(kept.shape, device=kept.device).masked_fill(~kept, float("-inf"))
+        weights = torch.softmax(logits32 + dropped_bias, dim=dim)
         if not bool(kept.any(dim=dim).all()):
             weights = weights.nan_to_num(0.0)  # a row that keeps nothing: softmax of -inf only
         return weights.to(logits.dtype)
@@ -84,7 +86,7 @@ def masked_mean(values: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor
     if mask is None:
         return values.mean(dim=-1)
     mask = mask.bool()
-    return values.masked_fill(~mask, 0).sum(dim=-1) / mask.sum(dim=-1).clamp_min(1)
+    return torch.where(mask, values, 0).sum(dim=-1) / mask.sum(dim=-1).clamp_min(1)
 
 
 def top_k_padded(values: torch.Tensor, mask: torch.Tensor | None, k: int) -> torch.Tensor:
@@ -483,7 +485,7 @@ class SepsModel(SepsPreTrainedModel):
     def _prepare_texts(text_embeds: torch.Tensor, attention_mask: torch.Tensor, paired: bool = False) -> _TextSide:
         mask = attention_mask.bool()
         # Padding never reaches a score, whatever it holds (NaN included).
-        text_embeds = text_embeds.masked_fill(~mask.unsqueeze(-1), 0)
+        text_embeds = torch.where(mask.unsqueeze(-1), text_embeds, 0)
         global_embeds = masked_mean(text_embeds.transpose(1, 2), mask.unsqueeze(1))
         side = _TextSide(F.normalize(text_embeds, dim=-1), mask, F.normalize(global_embeds, dim=-1))
         if paired:
