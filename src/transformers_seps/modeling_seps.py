@@ -572,7 +572,8 @@ class SepsModel(SepsPreTrainedModel):
             image_embeds, text_embeds, text_attention_mask, dense_embeds, dense_attention_mask
         )
         # The head computes in float32 whatever precision the backbones ran in (`model.half()`, autocast): in
-        # 16-bit floats the Gram-matrix norms of `_cosine_with_words` lose most of their digits.
+        # 16-bit floats the Gram-matrix norms of `_cosine_with_words` (sums of large terms of both signs) and
+        # the softmax exponentials lose their precision or underflow.
         with torch.autocast(image_embeds.device.type, enabled=False):
             return self._score_in_float32(
                 image_embeds.float(),
