@@ -8,7 +8,10 @@ one-caption-at-a-time reference loop (tests/reference_seps.py) on a subset of ca
 Part 2: per-query time of exhaustive scoring against the two-stage search (mean-pooled cosine shortlist, then
 SEPS re-ranking of `--shortlist` images) as the gallery grows.
 
-    .venv/bin/python benchmarks/bench_eval.py [--images 1000 --captions 5000] [--skip_scaling]
+With `--dtype bfloat16` the model and the embeddings are cast (the reference loop runs in float32 on the same
+rounded embeddings).
+
+    .venv/bin/python benchmarks/bench_eval.py [--images 1000 --captions 5000] [--skip_scaling] [--dtype bfloat16]
 """
 
 import argparse
@@ -21,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from bench_similarity import build_model
+from bench_similarity import DTYPES, build_model
 
 from transformers_seps.allocator import reuse_freed_cpu_memory
 from transformers_seps.evaluation import EncodedSplit, score_split
@@ -33,13 +36,15 @@ from reference_seps import reference_similarity  # noqa: E402
 EMBED_DIM = 512
 
 
-def random_split(num_images: int, num_captions: int, caption_tokens: int, dense_tokens: int) -> EncodedSplit:
+def random_split(
+    num_images: int, num_captions: int, caption_tokens: int, dense_tokens: int, dtype: torch.dtype
+) -> EncodedSplit:
     generator = torch.Generator().manual_seed(0)
     return EncodedSplit(
-        image_embeds=torch.randn(num_images, 197, EMBED_DIM, generator=generator),
-        text_embeds=torch.randn(num_captions, caption_tokens, EMBED_DIM, generator=generator),
+        image_embeds=torch.randn(num_images, 197, EMBED_DIM, generator=generator).to(dtype),
+        text_embeds=torch.randn(num_captions, caption_tokens, EMBED_DIM, generator=generator).to(dtype),
         text_mask=torch.ones(num_captions, caption_tokens, dtype=torch.long),
-        dense_embeds=torch.randn(num_images, dense_tokens, EMBED_DIM, generator=generator),
+        dense_embeds=torch.randn(num_images, dense_tokens, EMBED_DIM, generator=generator).to(dtype),
         dense_mask=torch.ones(num_images, dense_tokens, dtype=torch.long),
         caption_to_image=np.arange(num_captions) % num_images,
     )
@@ -48,8 +53,9 @@ def random_split(num_images: int, num_captions: int, caption_tokens: int, dense_
 def measure_variant(variant: str, args: argparse.Namespace) -> dict:
     """Runs in its own process: exhaustive scoring time and peak memory, and the reference loop's rate."""
     reuse_freed_cpu_memory()
-    model = build_model(variant, EMBED_DIM)
-    split = random_split(args.images, args.captions, args.caption_tokens, args.dense_tokens)
+    dtype = getattr(torch, args.dtype)
+    model = build_model(variant, EMBED_DIM).to(dtype)
+    split = random_split(args.images, args.captions, args.caption_tokens, args.dense_tokens, dtype)
     start = time.perf_counter()
     similarity = score_split(model, split, "image", args.images_per_block, progress=False)
     seconds = time.perf_counter() - start
@@ -58,8 +64,8 @@ def measure_variant(variant: str, args: argparse.Namespace) -> dict:
     start = time.perf_counter()
     with torch.no_grad():
         reference = reference_similarity(
-            model, split.image_embeds, split.text_embeds[subset], split.text_mask[subset], split.dense_embeds,
-            split.dense_mask,
+            build_model(variant, EMBED_DIM), split.image_embeds.float(), split.text_embeds[subset].float(),
+            split.text_mask[subset], split.dense_embeds.float(), split.dense_mask,
         )  # fmt: skip
     reference_seconds = time.perf_counter() - start
     pairs = args.images * args.captions
@@ -77,10 +83,11 @@ def measure_variant(variant: str, args: argparse.Namespace) -> dict:
 
 def scaling(args: argparse.Namespace) -> list[dict]:
     """Per-query seconds of exhaustive and two-stage scoring for growing galleries."""
-    model = build_model("paper", EMBED_DIM)
+    dtype = getattr(torch, args.dtype)
+    model = build_model("paper", EMBED_DIM).to(dtype)
     rows = []
     for gallery in args.gallery_sizes:
-        split = random_split(gallery, args.queries, args.caption_tokens, args.dense_tokens)
+        split = random_split(gallery, args.queries, args.caption_tokens, args.dense_tokens, dtype)
         with torch.no_grad():
             start = time.perf_counter()
             model.similarity(
@@ -111,6 +118,7 @@ def main() -> None:
     parser.add_argument("--queries", type=int, default=20)
     parser.add_argument("--shortlist", type=int, default=100)
     parser.add_argument("--skip_scaling", action="store_true")
+    parser.add_argument("--dtype", choices=DTYPES, default="float32", help="precision of the model and embeddings")
     parser.add_argument("--variant", help=argparse.SUPPRESS)  # internal: measure one variant and print JSON
     args = parser.parse_args()
     if args.variant:
@@ -118,8 +126,9 @@ def main() -> None:
         return
 
     print(
-        f"torch {torch.__version__}, {torch.get_num_threads()} threads; {args.images} images x {args.captions} "
-        f"captions, dense captions on (honest pairing); reference loop on {args.reference_captions} captions"
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, {args.dtype}; {args.images} images x "
+        f"{args.captions} captions, dense captions on (honest pairing); reference loop on {args.reference_captions} "
+        "captions"
     )
     print("| variant | time | pairs/s | peak memory | reference pairs/s | speed-up | max abs diff |")
     print("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")

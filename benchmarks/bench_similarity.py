@@ -2,8 +2,11 @@
 
 Flickr30K / ViT-224 shapes: embed 512, 196 patches + [CLS], 16-token captions, 128-token dense captions
 (one per image), random weights. Both variants; prints a markdown table with the max abs difference.
+`--dtype bfloat16` casts the model and the embeddings; the reference loop then runs in float32 on the same
+(rounded) embeddings, so the difference is the bfloat16 model's error.
 
     .venv/bin/python benchmarks/bench_similarity.py [--images 100 --captions 100 --reference_captions 20]
+        [--dtype bfloat16]
 """
 
 import argparse
@@ -19,6 +22,8 @@ from transformers_seps.allocator import reuse_freed_cpu_memory
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from reference_seps import reference_similarity  # noqa: E402
+
+DTYPES = ("float32", "bfloat16")
 
 
 def build_model(variant: str, embed_dim: int) -> SepsModel:
@@ -51,25 +56,28 @@ def main() -> None:
     parser.add_argument("--dense_tokens", type=int, default=128)
     parser.add_argument("--embed_dim", type=int, default=512)
     parser.add_argument("--chunk_size", type=int, default=None)
+    parser.add_argument("--dtype", choices=DTYPES, default="float32", help="precision of the model and embeddings")
     args = parser.parse_args()
+    dtype = getattr(torch, args.dtype)
 
     reuse_freed_cpu_memory()
     generator = torch.Generator().manual_seed(0)
-    images = torch.randn(args.images, 197, args.embed_dim, generator=generator)
-    texts = torch.randn(args.captions, args.caption_tokens, args.embed_dim, generator=generator)
+    images = torch.randn(args.images, 197, args.embed_dim, generator=generator).to(dtype)
+    texts = torch.randn(args.captions, args.caption_tokens, args.embed_dim, generator=generator).to(dtype)
     text_mask = torch.ones(args.captions, args.caption_tokens, dtype=torch.long)
-    dense = torch.randn(args.images, args.dense_tokens, args.embed_dim, generator=generator)
+    dense = torch.randn(args.images, args.dense_tokens, args.embed_dim, generator=generator).to(dtype)
     dense_mask = torch.ones(args.images, args.dense_tokens, dtype=torch.long)
     subset = slice(0, args.reference_captions)
 
     print(
-        f"torch {torch.__version__}, {torch.get_num_threads()} threads; {args.images} images x "
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, {args.dtype}; {args.images} images x "
         f"{args.captions} captions (reference: {args.reference_captions} captions), dense captions on"
     )
     print("| variant | similarity pairs/s | reference pairs/s | speed-up | max abs diff |")
     print("| --- | ---: | ---: | ---: | ---: |")
     for variant in ("official", "paper"):
-        model = build_model(variant, args.embed_dim)
+        reference_model = build_model(variant, args.embed_dim)
+        model = reference_model if dtype == torch.float32 else build_model(variant, args.embed_dim).to(dtype)
         with torch.no_grad():
             model.similarity(images[:2], texts[:2], text_mask[:2], dense[:2], dense_mask[:2])  # warm-up
             fast, fast_seconds = timed(
@@ -78,8 +86,8 @@ def main() -> None:
                 )
             )
             slow, slow_seconds = timed(
-                lambda model=model: reference_similarity(
-                    model, images, texts[subset], text_mask[subset], dense, dense_mask
+                lambda model=reference_model: reference_similarity(
+                    model, images.float(), texts[subset].float(), text_mask[subset], dense.float(), dense_mask
                 )
             )
         fast_rate = args.images * args.captions / fast_seconds

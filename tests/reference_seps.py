@@ -4,6 +4,7 @@ It follows the spec step by step with sort/gather on the kept patches (as the au
 serves as the ground truth that `SepsModel.similarity` must match.
 """
 
+from contextlib import nullcontext
 from functools import partial
 
 import torch
@@ -37,17 +38,20 @@ def official_branch(
     """f(I, T) of spec section 3 for all images and ONE caption (W, C), real tokens only -> (I,).
 
     `aggregator_mlp` (LayerNorm, Linear, GELU, Linear) and `aggregator_scale` may be a `SepsModel`'s or the
-    authors' own `cross_net.aggr_net.weight` / `.scale`.
+    authors' own `cross_net.aggr_net.weight` / `.scale`. Gradients as in the authors' training: the selection
+    scores carry none, and with `config.detach_selected_patches` neither do the kept and fused patches.
     """
     cls, patches = _split(image_embeds, config.vision_cls_token)
-    self_scores = _cosine_to_patches(patches.mean(1), patches)
-    text_scores = _cosine_to_patches(caption.mean(0, keepdim=True), patches)
-    scores = self_scores + text_scores
-    sorted_scores, order = torch.sort(scores, dim=1, descending=True)
+    with torch.no_grad():
+        self_scores = _cosine_to_patches(patches.mean(1), patches)
+        text_scores = _cosine_to_patches(caption.mean(0, keepdim=True), patches)
+        scores = self_scores + text_scores
+        sorted_scores, order = torch.sort(scores, dim=1, descending=True)
     k = config.num_kept_patches
-    kept = _gather(patches, order[:, :k])
-    dropped = _gather(patches, order[:, k:])
-    extra = (F.softmax(sorted_scores[:, k:], dim=1).unsqueeze(-1) * dropped).sum(1, keepdim=True)
+    with torch.no_grad() if config.detach_selected_patches else nullcontext():
+        kept = _gather(patches, order[:, :k])
+        dropped = _gather(patches, order[:, k:])
+        extra = (F.softmax(sorted_scores[:, k:], dim=1).unsqueeze(-1) * dropped).sum(1, keepdim=True)
     weights = F.softmax((aggregator_mlp(kept) * aggregator_scale).transpose(1, 2), dim=2)
     pieces = [weights @ kept, extra]
     if cls is not None:

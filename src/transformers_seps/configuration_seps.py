@@ -107,7 +107,7 @@ _FIELD_RULES: tuple[tuple[tuple[str, ...], type, str, Callable[[Any], bool], boo
         lambda v: v >= 0,
         False,
     ),
-    (("keep_cls_and_extra_token",), bool, "True or False", lambda v: True, False),
+    (("keep_cls_and_extra_token", "detach_selected_patches"), bool, "True or False", lambda v: True, False),
     (("num_patches", "vision_hidden_size"), int, "an integer >= 1 or None", lambda v: v >= 1, True),
     (("vision_cls_token",), bool, "True, False or None", lambda v: True, True),
 )
@@ -157,6 +157,12 @@ class SepsConfig(PreTrainedConfig):
             the aggregated tokens, as the official code does. The official variant always does.
         leaky_relu_slope (`float`, defaults to 0.1):
             Negative slope of the LeakyReLU on the official variant's patch-word similarities.
+        detach_selected_patches (`bool`, defaults to `True`):
+            Official variant, training only: the spatial patches enter the kept, aggregated and fused tokens
+            detached from the graph, as the authors build those tokens under `torch.no_grad()` (their
+            `lib/cross_net.py`): the aggregation MLP still learns, [CLS] carries the vision backbone's gradient.
+            `False` lets the gradient reach the patches through them too (an experiment). No effect on scores
+            or weights; the paper variant ignores it.
         margin (`float`, defaults to 0.2):
             Margin of the bidirectional triplet loss (Eq. 6).
         max_violation_warmup_epochs (`int`, defaults to 1):
@@ -196,6 +202,7 @@ class SepsConfig(PreTrainedConfig):
     gumbel_tau: float = 1.0
     keep_cls_and_extra_token: bool = True
     leaky_relu_slope: float = 0.1
+    detach_selected_patches: bool = True
     margin: float = 0.2
     max_violation_warmup_epochs: int = 1
     ratio_weight: float = 2.0

@@ -27,23 +27,38 @@ from .processing_seps import check_pretrained_location
 
 
 def min_max_normalize(values: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
-    """Rescale the last dimension to [0, 1] (Eq. 2); a constant row becomes 0."""
-    low = values.amin(dim=-1, keepdim=True)
-    high = values.amax(dim=-1, keepdim=True)
-    return (values - low) / (high - low + eps)
+    """Rescale the last dimension to [0, 1] (Eq. 2); a constant row becomes 0. Computes in float32 (`eps` is
+    below half precision's resolution) and returns the input's dtype."""
+    values32 = values.float()
+    low = values32.amin(dim=-1, keepdim=True)
+    high = values32.amax(dim=-1, keepdim=True)
+    return ((values32 - low) / (high - low + eps)).to(values.dtype)
 
 
 def masked_softmax(logits: torch.Tensor, keep_mask: torch.Tensor, dim: int = -1) -> torch.Tensor:
-    """Softmax over the entries where `keep_mask` is 1; the others get weight 0.
+    """Softmax over the entries where `keep_mask` is nonzero; the others get weight 0. Computed in float32,
+    returned in the logits' dtype. An all-zero mask gives all-zero weights.
 
-    `keep_mask` may be a straight-through float mask (values 0/1 carrying a gradient): it multiplies the
-    exponentials, so the gradient reaches the selection scores. An all-zero mask gives all-zero weights.
+    The exponentials are shifted by the largest KEPT logit, so no kept entry underflows however far below the
+    dropped ones it lies. `keep_mask` may be a straight-through float mask (values 0/1 carrying a gradient): it
+    then multiplies the exponentials, so the gradient reaches the selection scores; a dropped entry's
+    exponential is capped at the kept maximum's (1), which leaves the weights unchanged and keeps its gradient
+    finite (one far above the kept ones would overflow, and inf * 0 is NaN), also in a row that keeps nothing.
     """
-    keep_mask = keep_mask.to(logits.dtype)
-    shift = logits.masked_fill(keep_mask == 0, float("-inf")).amax(dim=dim, keepdim=True)
+    logits32 = logits.float()
+    kept = keep_mask != 0
+    if not keep_mask.requires_grad:
+        # -inf added where dropped: one pass over the broadcast shape (masked_fill would copy, then fill).
+        dropped_bias = torch.zeros(kept.shape, device=kept.device).masked_fill(~kept, float("-inf"))
+        weights = torch.softmax(logits32 + dropped_bias, dim=dim)
+        if not bool(kept.any(dim=dim).all()):
+            weights = weights.nan_to_num(0.0)  # a row that keeps nothing: softmax of -inf only
+        return weights.to(logits.dtype)
+    shift = logits32.masked_fill(~kept, float("-inf")).amax(dim=dim, keepdim=True)
     shift = torch.where(torch.isfinite(shift), shift, torch.zeros_like(shift)).detach()
-    weights = torch.exp(logits - shift) * keep_mask
-    return weights / weights.sum(dim=dim, keepdim=True).clamp_min(1e-12)
+    weights = torch.exp((logits32 - shift).clamp_max(0)) * keep_mask.float()
+    total = weights.sum(dim=dim, keepdim=True)  # >= 1 (the kept maximum) unless the row keeps nothing
+    return (weights / torch.where(total > 0, total, torch.ones_like(total))).to(logits.dtype)
 
 
 def top_k_keep_mask(scores: torch.Tensor, k: int) -> torch.Tensor:
@@ -56,23 +71,25 @@ def gumbel_keep_mask(keep_probability: torch.Tensor, tau: float) -> torch.Tensor
     """Per-patch keep/drop decisions sampled with a binary Gumbel-softmax (spec 4.4).
 
     The forward value is a hard 0/1 mask, so the number kept varies from sample to sample; the backward pass
-    uses the relaxed sample sigmoid((logit + logistic noise) / tau) (straight-through estimator).
+    uses the relaxed sample sigmoid((logit + logistic noise) / tau) (straight-through estimator). The logits
+    are computed in float32 (in 16-bit floats the clamp 1 - 1e-6 rounds to 1 and a saturated probability has
+    an infinite logit); the mask is returned in the probabilities' dtype.
     """
-    probability = keep_probability.clamp(1e-6, 1 - 1e-6)
+    probability = keep_probability.float().clamp(1e-6, 1 - 1e-6)
     logits = torch.log(probability) - torch.log1p(-probability)
     uniform = torch.rand_like(logits).clamp(1e-6, 1 - 1e-6)
     noise = torch.log(uniform) - torch.log1p(-uniform)
     soft = torch.sigmoid((logits + noise) / tau)
     hard = (soft > 0.5).to(soft.dtype)
-    return hard - soft.detach() + soft
+    return (hard - soft.detach() + soft).to(keep_probability.dtype)
 
 
 def masked_mean(values: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-    """Mean over the last dimension, counting only entries where `mask` is true."""
+    """Mean over the last dimension, counting only entries where `mask` is true (whatever the others hold)."""
     if mask is None:
         return values.mean(dim=-1)
-    mask = mask.to(values.dtype)
-    return (values * mask).sum(dim=-1) / mask.sum(dim=-1).clamp_min(1.0)
+    mask = mask.bool()
+    return torch.where(mask, values, 0).sum(dim=-1) / mask.sum(dim=-1).clamp_min(1)
 
 
 def top_k_padded(values: torch.Tensor, mask: torch.Tensor | None, k: int) -> torch.Tensor:
@@ -164,9 +181,10 @@ def vse_triplet_loss(
     return cost_caption.sum() + cost_image.sum()
 
 
-def _shifted_exp(logits: torch.Tensor) -> torch.Tensor:
-    """exp(logits - max) over the last axis: softmax numerators that any subset of entries can share."""
-    return torch.exp(logits - logits.amax(dim=-1, keepdim=True).detach())
+def _run_head(head: nn.Module, *inputs: torch.Tensor) -> torch.Tensor:
+    """A small head (MLP) in its own parameters' dtype (16-bit after `model.half()`); its output in float32."""
+    dtype = next(head.parameters()).dtype
+    return head(*(x.to(dtype) if x.is_floating_point() else x for x in inputs)).float()
 
 
 def _einsum_with_text(equation: str, image_side: torch.Tensor, text_side: torch.Tensor) -> torch.Tensor:
@@ -198,7 +216,8 @@ def _cosine_with_words(weights: torch.Tensor, patch_words: torch.Tensor, gram: t
     dots = torch.matmul(weights, patch_words)
     weighted_gram = torch.bmm(weights.flatten(1, 2), gram).view_as(weights)
     squared_norms = (weighted_gram * weights).sum(dim=-1, keepdim=True)
-    return dots / squared_norms.clamp_min(1e-24).sqrt()
+    # An all-zero weight row (no dropped patch to fuse) is a zero token: cosine 0, not 0 / 0.
+    return dots / squared_norms.clamp_min(torch.finfo(squared_norms.dtype).tiny).sqrt()
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -245,7 +264,7 @@ class _ImageSide:
     gram: torch.Tensor  # (I, N, N) P P^T
     cls: torch.Tensor | None  # (I, C)
     self_scores: torch.Tensor  # (I, N) official: cos(mean P, P_n); paper: its min-max rescaling s_im
-    aggregation_exp: torch.Tensor  # (I, N_c, N) exp of the aggregation logits, shifted by their max per image
+    aggregation_logits: torch.Tensor  # (I, N_c, N) per-image logits; each pair's softmax runs over its kept patches
     patch_scores: torch.Tensor | None = None  # (I, N) s_p (paper)
     dense_scores: torch.Tensor | None = None  # (I, N) s_dt (paper, with a dense caption)
     dense_weights: torch.Tensor | None = None  # (I, N_c, N) W_d softmax weights of the dense view (paper)
@@ -480,6 +499,10 @@ class SepsModel(SepsPreTrainedModel):
             cls, patches = image_embeds[:, 0], image_embeds[:, 1:]
         else:
             cls, patches = None, image_embeds
+        if config.variant == "official" and config.detach_selected_patches:
+            # The authors select the kept patches and fuse the dropped ones under torch.no_grad() (their
+            # lib/cross_net.py): the aggregation MLP learns from detached patches, [CLS] carries the gradient.
+            patches = patches.detach()
         patches_norm = F.normalize(patches, dim=-1)
         gram = patches @ patches.transpose(1, 2)
         image_global = F.normalize(patches.mean(dim=1), dim=-1)
@@ -488,7 +511,7 @@ class SepsModel(SepsPreTrainedModel):
         if config.variant == "official":
             # Spec 3.1: the selection scores carry no gradient in the authors' code.
             return _ImageSide(
-                patches, patches_norm, gram, cls, self_similarity.detach(), _shifted_exp(self.aggregator(patches))
+                patches, patches_norm, gram, cls, self_similarity.detach(), _run_head(self.aggregator, patches)
             )
 
         side = _ImageSide(
@@ -497,8 +520,8 @@ class SepsModel(SepsPreTrainedModel):
             gram,
             cls,
             min_max_normalize(self_similarity),
-            _shifted_exp(self.sparse_aggregator(patches)),
-            patch_scores=self.patch_scorer(patches),
+            _run_head(self.sparse_aggregator, patches),
+            patch_scores=_run_head(self.patch_scorer, patches),
         )
         if dense is not None:
             beta = config.beta
@@ -510,12 +533,16 @@ class SepsModel(SepsPreTrainedModel):
                 1 + 2 * beta
             )
             side.dense_keep_mask = self._decide(dense_view, sample_decisions)
-            side.dense_weights = masked_softmax(self.dense_aggregator(patches), side.dense_keep_mask.unsqueeze(1))
+            side.dense_weights = masked_softmax(
+                _run_head(self.dense_aggregator, patches), side.dense_keep_mask.unsqueeze(1)
+            )
         return side
 
     @staticmethod
     def _prepare_texts(text_embeds: torch.Tensor, attention_mask: torch.Tensor, paired: bool = False) -> _TextSide:
         mask = attention_mask.bool()
+        # Padding never reaches a score, whatever it holds (NaN included).
+        text_embeds = torch.where(mask.unsqueeze(-1), text_embeds, 0)
         global_embeds = masked_mean(text_embeds.transpose(1, 2), mask.unsqueeze(1))
         side = _TextSide(F.normalize(text_embeds, dim=-1), mask, F.normalize(global_embeds, dim=-1))
         if paired:
@@ -553,8 +580,7 @@ class SepsModel(SepsPreTrainedModel):
 
         # Eq. 4 / spec 3.4: each token is a softmax over the kept patches of per-image logits; with a dense
         # caption, plus the dense view's token (spec 4.4), i.e. one weight matrix per pair on the same patches.
-        weights = image.aggregation_exp.unsqueeze(1) * keep_mask.unsqueeze(2)  # (I, T, N_c, N)
-        weights = weights / weights.sum(dim=-1, keepdim=True).clamp_min(1e-12)
+        weights = masked_softmax(image.aggregation_logits.unsqueeze(1), keep_mask.unsqueeze(2))  # (I, T, N_c, N)
         if image.dense_weights is not None:
             weights = weights + image.dense_weights.unsqueeze(1)
         patch_words = _einsum_with_text("inc,twc->itnw", image.patches, text.words_norm)
@@ -578,8 +604,8 @@ class SepsModel(SepsPreTrainedModel):
             scores = masked_mean(best_per_word, text.word_mask) + best_per_token.mean(dim=-1)
         else:
             # Eq. 5 (HRPA), over the sparse caption's words only.
-            scores = self.word_relevance(best_per_word, text.word_mask.expand_as(best_per_word))
-            scores = scores + self.token_relevance(best_per_token)
+            scores = _run_head(self.word_relevance, best_per_word, text.word_mask.expand_as(best_per_word))
+            scores = scores + _run_head(self.token_relevance, best_per_token)
         return scores, keep_mask
 
     def _pair_block_size(self, num_texts: int, chunk_size: int | None) -> tuple[int, int]:
@@ -600,6 +626,30 @@ class SepsModel(SepsPreTrainedModel):
         self._check_similarity_inputs(
             image_embeds, text_embeds, text_attention_mask, dense_embeds, dense_attention_mask
         )
+        # The head computes in float32 whatever precision the backbones ran in (`model.half()`, autocast): in
+        # 16-bit floats the Gram-matrix norms of `_cosine_with_words` (sums of large terms of both signs) and
+        # the softmax exponentials lose their precision or underflow.
+        with torch.autocast(image_embeds.device.type, enabled=False):
+            return self._score_in_float32(
+                image_embeds.float(),
+                text_embeds.float(),
+                text_attention_mask,
+                None if dense_embeds is None else dense_embeds.float(),
+                dense_attention_mask,
+                chunk_size,
+                return_masks,
+            )
+
+    def _score_in_float32(
+        self,
+        image_embeds: torch.Tensor,
+        text_embeds: torch.Tensor,
+        text_attention_mask: torch.Tensor,
+        dense_embeds: torch.Tensor | None,
+        dense_attention_mask: torch.Tensor | None,
+        chunk_size: int | None,
+        return_masks: bool,
+    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
         sample = self.training and self.config.variant == "paper"
         dense = None
         if dense_embeds is not None:
@@ -732,6 +782,7 @@ class SepsModel(SepsPreTrainedModel):
         image_ids: torch.Tensor | None = None,
         return_loss: bool = False,
         max_violation: bool = True,
+        token_type_ids: torch.Tensor | None = None,
     ) -> SepsOutput:
         """Score every image of the batch against every caption.
 
@@ -744,6 +795,8 @@ class SepsModel(SepsPreTrainedModel):
             return_loss: compute the loss; needs paired batches (N_img == N_txt, caption k describes image k).
             max_violation: hardest negative (True) or sum over negatives (the first
                 `config.max_violation_warmup_epochs` epochs).
+            token_type_ids: accepted and ignored (BERT tokenizers emit it, generic Transformers code passes it on;
+                SEPS encodes every caption as one segment).
         """
         # Every input is checked before the encoders run.
         self._check_pixel_values(pixel_values)

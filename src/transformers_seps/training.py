@@ -549,7 +549,7 @@ class RetrievalTrainingArguments:
         default=AUTHORS_LR_DECAY_RATE, metadata={"help": "Factor of each lr decay (the authors' code: 0.3)."}
     )
     max_grad_norm: float = field(default=2.0, metadata={"help": "Gradient clipping (the authors' code: 2.0)."})
-    mixed_precision: str = field(default="no", metadata={"help": "no | fp16 | bf16"})
+    mixed_precision: str = field(default="no", metadata={"help": "no | fp16 (GPU only) | bf16 (GPU or CPU)"})
     checkpointing_steps: str | None = field(
         default=None, metadata={"help": "Save the training state every N optimizer steps, or 'epoch'."}
     )
@@ -608,6 +608,13 @@ def validate_training_arguments(
     """Check every argument's type and range, and the paths, before any work; a `UsageError` names the flag."""
     check_choice("variant", model_args.variant, ("paper", "official"))
     check_choice("dataset", data_args.dataset, ("synthetic", "f30k", "coco"))
+    check_choice("mixed_precision", args.mixed_precision, ("no", "fp16", "bf16"))
+    if args.mixed_precision == "fp16" and not torch.cuda.is_available():
+        # Accelerate autocasts fp16 on accelerators only: on CPU it would train in float32 without a word.
+        raise UsageError(
+            "--mixed_precision fp16 needs a GPU; on CPU Accelerate would silently train in float32: use "
+            "--mixed_precision bf16 (CPU autocast) or no"
+        )
     for flag, value in (
         ("embed_dim", model_args.embed_dim),
         ("patch_size", model_args.patch_size),
