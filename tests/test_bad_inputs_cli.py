@@ -64,7 +64,7 @@ def places(tmp_path_factory, tiny_synthetic) -> dict[str, str]:
         "synthetic": str(tiny_synthetic),
         "no_dense": str(no_dense),
         "f30k": str(FIXTURES / "f30k_test_subset"),
-        "coco": str(FIXTURES / "coco_testall_subset"),
+        "coco": str(FIXTURES / "authors_layout" / "coco"),
     }
 
 
