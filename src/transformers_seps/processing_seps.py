@@ -29,7 +29,6 @@ SEPS_IMAGE_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
 #: Token limit of captions when neither the tokenizer nor the text model states one (BERT's).
 DEFAULT_TEXT_MAX_LENGTH = 512
 
-_UNSET = object()
 # `from_pretrained` arguments saying where files come from, forwarded when the image processor is reloaded.
 _HUB_KWARGS = ("cache_dir", "force_download", "local_files_only", "token", "revision", "subfolder", "proxies")
 # A processor folder needs one of these for its tokenizer (the fast tokenizer's file, or the WordPiece vocabulary).
