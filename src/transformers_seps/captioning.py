@@ -10,6 +10,9 @@ SEPS pairs every image with a *dense caption*, a long description written by a m
 - [`write_dense_captions`] captions a list of image files into a jsonl file in the SEPS authors' format, one record
   per line, resumable after a crash or a kill, and split across processes under `accelerate launch` / `torchrun`.
 - [`read_dense_captions`] reads such a file (and the authors' published files).
+- [`load_dense_captioner`] and [`caption_for_processor`] run the captioner a `SepsProcessor` names (its
+  `dense_caption_*` settings, checked by [`check_dense_caption_settings`]): `processor(images=...,
+  generate_dense=True)` calls the latter.
 
 Record format (one JSON object per line, in image order):
 
@@ -27,6 +30,7 @@ import hashlib
 import json
 import logging
 import os
+import weakref
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,8 +52,6 @@ from transformers import (
     TopPLogitsWarper,
 )
 
-from .processing_seps import DENSE_CAPTION_GENERATION_KWARGS, DENSE_CAPTION_PROMPT
-
 if TYPE_CHECKING:
     from accelerate import PartialState
 
@@ -58,13 +60,26 @@ __all__ = [
     "DENSE_CAPTION_PROMPT",
     "DenseCaptionSummary",
     "SepsDenseCaptioner",
+    "caption_for_processor",
+    "check_dense_caption_settings",
     "is_error_record",
     "list_images",
+    "load_dense_captioner",
     "read_dense_captions",
     "write_dense_captions",
 ]
 
 logger = logging.getLogger(__name__)
+
+#: The instruction the SEPS paper gives its multimodal LLM (LLaVA-13B) to write a dense caption.
+DENSE_CAPTION_PROMPT = "Provide a comprehensive description of this image"
+#: The paper's sampling settings for dense captions (copy before changing).
+DENSE_CAPTION_GENERATION_KWARGS: dict[str, Any] = {
+    "do_sample": True,
+    "temperature": 0.2,
+    "top_p": 0.9,
+    "max_new_tokens": 500,
+}
 
 # Sampling settings that the per-image sampler applies itself (same order as `generate`: temperature first).
 _SAMPLING_KEYS = ("temperature", "top_k", "top_p", "min_p")
@@ -294,6 +309,93 @@ def _batches(items: list[Any], size: int) -> Iterator[list[Any]]:
     """Consecutive slices of `items` of length `size` (the last one may be shorter)."""
     for start in range(0, len(items), size):
         yield items[start : start + size]
+
+
+# ------------------------------------------------------------------------------------- a processor's captioner
+
+
+def check_dense_caption_settings(
+    model: str | os.PathLike | None, prompt: str | None, generation_kwargs: Mapping[str, Any] | None
+) -> tuple[str | None, str, dict[str, Any]]:
+    """
+    Checks the captioner settings a `SepsProcessor` saves with a model (`dense_caption_model`,
+    `dense_caption_prompt`, `dense_caption_generation_kwargs`) and returns them as it saves them: the model as a
+    string, and `None` prompt or generation arguments as the paper's (`DENSE_CAPTION_PROMPT`, a copy of
+    `DENSE_CAPTION_GENERATION_KWARGS`).
+
+    Raises:
+        ValueError: naming the setting, if `model` is neither None nor a Hub id or folder, `prompt` is blank, or
+            `generation_kwargs` is not a JSON-serializable dict (it is saved in `processor_config.json`).
+    """
+    if isinstance(model, os.PathLike):
+        model = os.fspath(model)
+    if model is not None and (not isinstance(model, str) or not model.strip()):
+        raise ValueError(f"`dense_caption_model` must be a Hub id or a folder, got {model!r}.")
+    prompt = DENSE_CAPTION_PROMPT if prompt is None else prompt
+    if not isinstance(prompt, str) or not prompt.strip():
+        raise ValueError(f"`dense_caption_prompt` must be a non-empty string, got {prompt!r}.")
+    generation_kwargs = DENSE_CAPTION_GENERATION_KWARGS if generation_kwargs is None else generation_kwargs
+    if not isinstance(generation_kwargs, Mapping):
+        raise ValueError(f"`dense_caption_generation_kwargs` must be a dict, got {type(generation_kwargs).__name__}.")
+    try:
+        json.dumps(dict(generation_kwargs))
+    except TypeError as error:
+        raise ValueError(f"`dense_caption_generation_kwargs` must be JSON-serializable: {error}.") from error
+    return model, prompt, dict(generation_kwargs)
+
+
+# The captioner loaded for each processor, with the model it was loaded from; freed with the processor.
+_PROCESSOR_CAPTIONERS: weakref.WeakKeyDictionary[Any, tuple[str, SepsDenseCaptioner]] = weakref.WeakKeyDictionary()
+
+
+def load_dense_captioner(processor: Any, **kwargs: Any) -> SepsDenseCaptioner:
+    r"""
+    Loads the captioner a `SepsProcessor` names (`dense_caption_model`), with its prompt and generation arguments,
+    and keeps it for that processor's `generate_dense=True` calls, as long as the processor lives and names that
+    model. [`caption_for_processor`] calls it with no argument (so on the CPU) when nothing is loaded yet: call it
+    first to choose where and how the model is loaded.
+
+    Args:
+        processor ([`SepsProcessor`]):
+            The processor whose `dense_caption_*` settings name the captioner.
+        kwargs:
+            Passed to [`SepsDenseCaptioner.from_pretrained`], e.g. `device="cuda"`, `dtype=torch.float16`,
+            `device_map="auto"`, `batch_size=16`, `seed=0`.
+
+    Raises:
+        ValueError: if the processor names no captioner model, or its `dense_caption_*` settings are invalid.
+    """
+    model, prompt, generation_kwargs = _processor_settings(processor)
+    captioner = SepsDenseCaptioner.from_pretrained(model, prompt=prompt, generation_kwargs=generation_kwargs, **kwargs)
+    _PROCESSOR_CAPTIONERS[processor] = (model, captioner)
+    return captioner
+
+
+def caption_for_processor(processor: Any, images: Sequence[Any]) -> list[str]:
+    """
+    Writes one dense caption per image (RGB PIL images or arrays) with the captioner `processor` names and its
+    current prompt and generation arguments, loaded by [`load_dense_captioner`] on first use. This is what
+    `processor(images=..., generate_dense=True)` and `processor.generate_dense_captions(images)` call.
+    """
+    model, prompt, generation_kwargs = _processor_settings(processor)
+    loaded_model, captioner = _PROCESSOR_CAPTIONERS.get(processor, (None, None))
+    if captioner is None or loaded_model != model:
+        captioner = load_dense_captioner(processor)
+    captioner.prompt, captioner.generation_kwargs = prompt, generation_kwargs
+    return captioner(images)
+
+
+def _processor_settings(processor: Any) -> tuple[str, str, dict[str, Any]]:
+    """The checked `dense_caption_*` settings of `processor`, which must name a captioner model."""
+    model, prompt, generation_kwargs = check_dense_caption_settings(
+        processor.dense_caption_model, processor.dense_caption_prompt, processor.dense_caption_generation_kwargs
+    )
+    if model is None:
+        raise ValueError(
+            "This processor has no dense-caption model: set `processor.dense_caption_model` (e.g. "
+            '"llava-hf/llava-1.5-13b-hf") to generate dense captions, or pass `dense_text`.'
+        )
+    return model, prompt, generation_kwargs
 
 
 # ------------------------------------------------------------------------------------------------- jsonl records

@@ -19,7 +19,7 @@ from transformers import initialization as init
 from transformers.utils import ModelOutput
 
 from .configuration_seps import SepsConfig, check_positive_int, infer_patch_layout, paper_ratios, vision_image_size
-from .processing_seps import check_pretrained_location
+from .inputs import check_pretrained_location
 
 # --------------------------------------------------------------------------------------------------------------
 # Small building blocks

@@ -9,8 +9,9 @@ from PIL import Image
 
 from .configuration_seps import check_positive_int
 from .evaluation import pad_and_stack
+from .inputs import as_caption_batch, as_image_batch, check_one_caption, check_one_image
 from .modeling_seps import SepsModel, masked_mean
-from .processing_seps import SepsProcessor, _as_caption_batch, _as_image_batch, _check_one_caption, _check_one_image
+from .processing_seps import SepsProcessor
 
 
 @dataclass
@@ -34,9 +35,9 @@ def score_pairs(
     A single image, caption or dense caption (a `str`) counts as a list of one.
     """
     model.eval()
-    texts = _as_caption_batch(texts, "texts")
+    texts = as_caption_batch(texts, "texts")
     if dense_captions is not None:
-        dense_captions = _as_caption_batch(dense_captions, "dense_captions")
+        dense_captions = as_caption_batch(dense_captions, "dense_captions")
     inputs = processor(images=images, text=texts, dense_text=dense_captions, return_tensors="pt").to(model.device)
     return model(**inputs).logits_per_image.cpu()
 
@@ -123,9 +124,9 @@ class SepsRetriever:
         A gallery either has dense captions for every image or for none. One image (and its dense caption, a `str`)
         counts as a list of one.
         """
-        images = _as_image_batch(images)
+        images = as_image_batch(images)
         if dense_captions is not None:
-            dense_captions = _as_caption_batch(dense_captions, "dense_captions")
+            dense_captions = as_caption_batch(dense_captions, "dense_captions")
             if len(dense_captions) != len(images):
                 raise ValueError(
                     f"dense_captions must hold one dense caption per image: got {len(images)} images and "
@@ -164,7 +165,7 @@ class SepsRetriever:
         """
         check_positive_int("top_k", top_k)
         images, dense, dense_mask = self._gallery()
-        texts = _as_caption_batch(text, "text")
+        texts = as_caption_batch(text, "text")
         inputs = self.processor(text=texts, return_tensors="pt").to(self.model.device)
         words = self.model.get_text_features(inputs["input_ids"], inputs["attention_mask"]).cpu()
         word_mask = inputs["attention_mask"].cpu()
@@ -189,10 +190,10 @@ class SepsRetriever:
         A single caption (a `str`) counts as a list of one.
         """
         check_positive_int("top_k", top_k)
-        _check_one_image(image, "image")  # score_pairs ranks several
-        texts = _as_caption_batch(texts, "texts")
+        check_one_image(image, "image")  # score_pairs ranks several
+        texts = as_caption_batch(texts, "texts")
         if dense_caption is not None:
-            _check_one_caption(dense_caption, "dense_caption")
+            check_one_caption(dense_caption, "dense_caption")
         scores = score_pairs(self.model, self.processor, image, texts, dense_caption)
         best = scores.topk(min(top_k, len(texts)), dim=1)
         return RetrievalResult(best.values, best.indices)

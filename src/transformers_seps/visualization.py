@@ -18,8 +18,9 @@ import torch
 import torch.nn.functional as F
 
 from .configuration_seps import check_positive_int
+from .inputs import check_one_caption, check_one_image
 from .modeling_seps import SepsModel
-from .processing_seps import SepsProcessor, _check_one_caption, _check_one_image
+from .processing_seps import SepsProcessor
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -98,10 +99,10 @@ def _model_view(pixel_values: torch.Tensor, processor: SepsProcessor) -> np.ndar
 
 def _check_pair(image: Any, text: Any, dense_text: Any = None) -> None:
     """A picture shows one image with one caption (and the image's one dense caption)."""
-    _check_one_image(image, "image")
-    _check_one_caption(text, "text")
+    check_one_image(image, "image")
+    check_one_caption(text, "text")
     if dense_text is not None:
-        _check_one_caption(dense_text, "dense_text")
+        check_one_caption(dense_text, "dense_text")
 
 
 def _check_opacity(name: str, value: Any) -> None:
