@@ -13,8 +13,9 @@ from collections.abc import Sequence
 def main(argv: Sequence[str] | None = None) -> dict:
     """Parse `argv` (default: the command line), evaluate, and return the report; a bad argument exits with
     status 2 and a one-line message."""
-    from transformers_seps.cli import run_cli
-    from transformers_seps.evaluation import EvaluationArguments, run_evaluation
+    from transformers_seps.train.arguments import EvaluationArguments
+    from transformers_seps.train.cli import run_cli
+    from transformers_seps.train.evaluation import run_evaluation
 
     return run_cli(lambda arguments: run_evaluation(*arguments), (EvaluationArguments,), argv, __doc__, __file__)
 

@@ -20,8 +20,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from transformers_seps.data import build_caption_dataset, load_retrieval_split, synthetic
-from transformers_seps.data.synthetic import (
+from transformers_seps.train.data import build_caption_dataset, load_retrieval_split, synthetic
+from transformers_seps.train.data.synthetic import (
     Scene,
     SyntheticBenchmarkConfig,
     caption_holds,
