@@ -8,6 +8,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import datasets
 import torch
 from accelerate import Accelerator
 from accelerate.utils import set_seed
@@ -16,13 +17,14 @@ from tqdm.auto import tqdm
 
 from ..loss import SepsForRetrievalTraining
 from ..metrics import FOLD_SIZE, fold_metrics, markdown_table, mean_metrics, retrieval_metrics
-from ..modeling_seps import SepsModel
+from ..modeling_seps import SepsModel, SepsOutput
 from ..processing_seps import SepsProcessor
 from .arguments import DEFAULT_SYNTHETIC_ROOT, VIT_SCRATCH, DataArguments, ModelArguments, RetrievalTrainingArguments
 from .backbones import build_processor, load_text_backbone, load_vision_backbone
 from .checkpoints import (
     CHECKPOINT_PREFIX,
     RUN_RECORD,
+    RunPlan,
     plan_run,
     publish_checkpoint,
     run_arguments,
@@ -80,7 +82,7 @@ class TrainingProgress:
         self.history = list(state["history"])
 
 
-def epoch_order(caption_to_image: list[int], epoch: int, seed: int, one_caption_per_image: bool) -> list[int]:
+def epoch_order(caption_to_image: list[int], epoch: int, seed: int, *, one_caption_per_image: bool) -> list[int]:
     """Caption rows of one epoch, shuffled; a function of (seed, epoch) only, so a resumed run replays it.
 
     With `one_caption_per_image`, each image appears once with one of its captions drawn at random.
@@ -200,7 +202,9 @@ def _synthetic_mismatch(root: Path, config: SyntheticBenchmarkConfig) -> UsageEr
     )
 
 
-def _load_data(data_args: DataArguments, use_dense: bool, image_size: int, accelerator: Accelerator) -> dict:
+def _load_data(
+    data_args: DataArguments, image_size: int, accelerator: Accelerator, *, use_dense: bool
+) -> dict[str, RetrievalSplit]:
     if data_args.dataset == "synthetic":
         config = SyntheticBenchmarkConfig(
             num_train=data_args.synthetic_num_train,
@@ -288,9 +292,10 @@ def evaluate_model(
     model: SepsModel,
     processor: SepsProcessor,
     split: RetrievalSplit,
-    use_dense: bool,
     batch_size: int,
     accelerator: Accelerator,
+    *,
+    use_dense: bool,
 ) -> dict[str, float]:
     """Metrics of `model` on a split (honest dense pairing); COCO's 5K test also gets the mean of its 1K folds
     (a smaller testall, not a whole number of folds, gets the whole-matrix metrics only).
@@ -316,6 +321,65 @@ def _save_pretrained_atomically(model: SepsModel, processor: SepsProcessor, dire
     replace_folder(temporary, directory)
 
 
+@dataclass
+class TrainingSchedule:
+    """How many pairs, optimizer steps and epochs a run trains (`plan_schedule`)."""
+
+    rows_per_epoch: int
+    steps_per_epoch: int
+    max_steps: int
+    num_epochs: int
+
+
+def plan_schedule(
+    args: RetrievalTrainingArguments,
+    caption_to_image: list[int],
+    num_processes: int,
+    num_train_epochs: int,
+    *,
+    one_caption_per_image: bool,
+) -> TrainingSchedule:
+    """Steps per epoch from the epoch's pairs and the global batch; `max_steps` (if set) or the epochs bound the run."""
+    rows_per_epoch = len(epoch_order(caption_to_image, 0, args.seed, one_caption_per_image=one_caption_per_image))
+    global_batch = args.per_device_train_batch_size * num_processes
+    micro_steps_per_epoch = rows_per_epoch // global_batch
+    if micro_steps_per_epoch == 0:
+        raise ValueError(f"{rows_per_epoch} training pairs cannot fill one global batch of {global_batch}")
+    steps_per_epoch = max(1, micro_steps_per_epoch // args.gradient_accumulation_steps)
+    max_steps = args.max_steps if args.max_steps not in (None, -1) else steps_per_epoch * num_train_epochs
+    return TrainingSchedule(rows_per_epoch, steps_per_epoch, max_steps, -(-max_steps // steps_per_epoch))
+
+
+@dataclass
+class TrainingRun:
+    """What the steps of one training run share (`run_training`). `objective`, `optimizer` and `scheduler` are
+    the ones `accelerator.prepare` returned; `model` is the bare `SepsModel` inside the objective."""
+
+    model_args: ModelArguments
+    data_args: DataArguments
+    args: RetrievalTrainingArguments
+    defaults: ResolvedDefaults
+    plan: RunPlan
+    accelerator: Accelerator
+    model: SepsModel
+    processor: SepsProcessor
+    splits: dict[str, RetrievalSplit]
+    train_rows: datasets.Dataset
+    objective: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    schedule: TrainingSchedule
+    progress: TrainingProgress
+
+    @property
+    def output_dir(self) -> Path:
+        return Path(self.args.output_dir)
+
+    @property
+    def use_dense(self) -> bool:
+        return self.model_args.use_dense_captions
+
+
 def run_training(
     model_args: ModelArguments, data_args: DataArguments, args: RetrievalTrainingArguments
 ) -> dict[str, float]:
@@ -326,6 +390,31 @@ def run_training(
     arguments, so that `resume_from_checkpoint` only continues the same run from its own checkpoints (`plan_run`).
     """
     validate_training_arguments(model_args, data_args, args)
+    run = prepare_run(model_args, data_args, args)
+    progress, schedule = run.progress, run.schedule
+    bar = tqdm(
+        total=schedule.max_steps,
+        initial=progress.step,
+        desc="training",
+        disable=not run.accelerator.is_local_main_process,
+    )
+    checkpoint_every = None if args.checkpointing_steps in (None, "epoch") else int(args.checkpointing_steps)
+    for epoch in range(progress.step // schedule.steps_per_epoch, schedule.num_epochs):
+        train_one_epoch(run, epoch, bar, checkpoint_every)
+        validate_and_keep_best(run, epoch)
+        if args.checkpointing_steps == "epoch" or (checkpoint_every and progress.step % checkpoint_every == 0):
+            save_checkpoint(run)
+        if progress.step >= schedule.max_steps:
+            break
+    bar.close()
+    results = evaluate_test_and_push(run)
+    run.accelerator.end_training()
+    return results
+
+
+def prepare_run(model_args: ModelArguments, data_args: DataArguments, args: RetrievalTrainingArguments) -> TrainingRun:
+    """Plan the run folder, build the model and load the data, then write the run record (only once the data is
+    known to load, so that a refused run leaves its output_dir untouched), and prepare the objective."""
     output_dir = Path(args.output_dir)
     arguments = run_arguments(model_args, data_args, args)
     plan = plan_run(output_dir, arguments, args.resume_from_checkpoint, args.overwrite_output_dir)
@@ -338,172 +427,254 @@ def run_training(
     )
     set_seed(args.seed)
     defaults = resolve_defaults(model_args, data_args, args)
-    num_train_epochs = defaults.num_train_epochs
-    freeze_text, freeze_vision = defaults.freeze_text_model, defaults.freeze_vision_model
-    one_caption = defaults.one_caption_per_image
-    use_dense = model_args.use_dense_captions
     model, processor = _build_model(model_args, defaults.max_violation_warmup_epochs)
     # The synthetic benchmark is rendered at the input side the processor resizes to.
-    splits = _load_data(data_args, use_dense, processor.image_processor.size["height"], accelerator)
-    # Written once the data is known to load, so that a run refused so far leaves its output_dir untouched, and
-    # after every process has planned its run (`plan_run` reads the folder).
+    image_size = processor.image_processor.size["height"]
+    splits = _load_data(data_args, image_size, accelerator, use_dense=model_args.use_dense_captions)
+    # After every process has planned its run (`plan_run` reads the folder).
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         start_run_folder(output_dir, plan, arguments)
     accelerator.wait_for_everyone()
-    if freeze_text:
-        model.text_model.requires_grad_(False)
-    if freeze_vision:
-        model.vision_model.requires_grad_(False)
-    objective = SepsForRetrievalTraining(model, cache_dense_hidden_states=freeze_text and use_dense)
-    if objective.dense_cache is not None:
-        model.text_model.eval()
-        dense_inputs = processor(dense_text=splits["train"].dense_captions)
-        objective.fill_dense_cache(
-            splits["train"].image_ids,
-            dense_inputs["dense_input_ids"],
-            dense_inputs["dense_attention_mask"],
-            progress=accelerator.is_local_main_process,
-        )
+    return _prepare_objective(model_args, data_args, args, defaults, plan, accelerator, model, processor, splits)
+
+
+def _prepare_objective(
+    model_args: ModelArguments,
+    data_args: DataArguments,
+    args: RetrievalTrainingArguments,
+    defaults: ResolvedDefaults,
+    plan: RunPlan,
+    accelerator: Accelerator,
+    model: SepsModel,
+    processor: SepsProcessor,
+    splits: dict[str, RetrievalSplit],
+) -> TrainingRun:
+    """Freeze what the defaults freeze, cache the dense captions of a frozen text encoder, build the optimizer and
+    schedule, and resume the training state of `plan.resume`."""
+    use_dense = model_args.use_dense_captions
+    objective = _build_objective(
+        model, processor, splits["train"], defaults, use_dense=use_dense, progress=accelerator.is_local_main_process
+    )
     pretrained = ("text_model",) if model_args.vision_model == VIT_SCRATCH else ("vision_model", "text_model")
     optimizer = build_optimizer(model, args.learning_rate, args.backbone_lr_ratio, args.weight_decay, pretrained)
-
-    train_rows = build_caption_dataset(splits["train"])
-    if not use_dense:
-        train_rows = train_rows.remove_columns(["dense_caption"])
-    batch_size = args.per_device_train_batch_size
-    global_batch = batch_size * accelerator.num_processes
-    caption_to_image = splits["train"].caption_to_image
-    rows_per_epoch = len(epoch_order(caption_to_image, 0, args.seed, one_caption))
-    micro_steps_per_epoch = rows_per_epoch // global_batch
-    if micro_steps_per_epoch == 0:
-        raise ValueError(f"{rows_per_epoch} training pairs cannot fill one global batch of {global_batch}")
-    steps_per_epoch = max(1, micro_steps_per_epoch // args.gradient_accumulation_steps)
-    max_steps = args.max_steps if args.max_steps not in (None, -1) else steps_per_epoch * num_train_epochs
-    num_epochs = -(-max_steps // steps_per_epoch)
+    schedule = plan_schedule(
+        args,
+        splits["train"].caption_to_image,
+        accelerator.num_processes,
+        defaults.num_train_epochs,
+        one_caption_per_image=defaults.one_caption_per_image,
+    )
     scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, step_decay(args.lr_decay_epochs, args.lr_decay_rate, steps_per_epoch)
+        optimizer, step_decay(args.lr_decay_epochs, args.lr_decay_rate, schedule.steps_per_epoch)
     )
     objective, optimizer, scheduler = accelerator.prepare(objective, optimizer, scheduler)
     progress = TrainingProgress()
     accelerator.register_for_checkpointing(progress)
-    checkpoints = output_dir / "checkpoints"
+    train_rows = build_caption_dataset(splits["train"])
+    if not use_dense:
+        train_rows = train_rows.remove_columns(["dense_caption"])
+    run = TrainingRun(
+        model_args=model_args,
+        data_args=data_args,
+        args=args,
+        defaults=defaults,
+        plan=plan,
+        accelerator=accelerator,
+        model=model,
+        processor=processor,
+        splits=splits,
+        train_rows=train_rows,
+        objective=objective,
+        optimizer=optimizer,
+        scheduler=scheduler,
+        schedule=schedule,
+        progress=progress,
+    )
+    _resume_or_start(run)
+    return run
+
+
+def _build_objective(
+    model: SepsModel,
+    processor: SepsProcessor,
+    train: RetrievalSplit,
+    defaults: ResolvedDefaults,
+    *,
+    use_dense: bool,
+    progress: bool,
+) -> SepsForRetrievalTraining:
+    """Freeze what the defaults freeze; with a frozen text encoder, encode each training image's dense caption once."""
+    if defaults.freeze_text_model:
+        model.text_model.requires_grad_(False)
+    if defaults.freeze_vision_model:
+        model.vision_model.requires_grad_(False)
+    objective = SepsForRetrievalTraining(model, cache_dense_hidden_states=defaults.freeze_text_model and use_dense)
+    if objective.dense_cache is not None:
+        model.text_model.eval()
+        dense_inputs = processor(dense_text=train.dense_captions)
+        objective.fill_dense_cache(
+            train.image_ids, dense_inputs["dense_input_ids"], dense_inputs["dense_attention_mask"], progress=progress
+        )
+    return objective
+
+
+def _resume_or_start(run: TrainingRun) -> None:
+    """Load the checkpoint the run resumes (if any), start the trackers, and say what the run trains."""
+    accelerator, plan, progress, defaults = run.accelerator, run.plan, run.progress, run.defaults
     if plan.resume is not None:
         accelerator.load_state(str(plan.resume))
         accelerator.print(f"run {plan.run_id}: resumed from {plan.resume} at step {progress.step}")
     else:
         state = "new run" if plan.new_run else "no checkpoint yet, starting from scratch"
-        accelerator.print(f"run {plan.run_id} in {output_dir}: {state}")
-    if args.report_to:
-        accelerator.init_trackers("seps", config={**asdict(model_args), **asdict(data_args), **asdict(args)})
-    checkpoint_every = None if args.checkpointing_steps in (None, "epoch") else int(args.checkpointing_steps)
-
-    def save_checkpoint() -> None:
-        temporary = checkpoints / f".tmp-{CHECKPOINT_PREFIX}{progress.step}"
-        accelerator.save_state(str(temporary))
-        accelerator.wait_for_everyone()
-        if accelerator.is_main_process:
-            (temporary / RUN_RECORD).write_text(json.dumps({"run_id": plan.run_id, "step": progress.step}))
-            publish_checkpoint(temporary, checkpoints / f"{CHECKPOINT_PREFIX}{progress.step}", run_id=plan.run_id)
-        accelerator.wait_for_everyone()
-
-    collator = SepsRetrievalCollator(processor)
-    unwrapped = accelerator.unwrap_model(objective).model
+        accelerator.print(f"run {plan.run_id} in {run.output_dir}: {state}")
+    if run.args.report_to:
+        config = {**asdict(run.model_args), **asdict(run.data_args), **asdict(run.args)}
+        accelerator.init_trackers("seps", config=config)
+    schedule = run.schedule
     accelerator.print(
-        f"{rows_per_epoch} pairs per epoch, {steps_per_epoch} steps per epoch, {max_steps} steps; vision backbone "
-        f"{'frozen' if freeze_vision else 'trained'}, text encoder {'frozen' if freeze_text else 'trained'}; dense "
-        f"captions {'on' if use_dense else 'off'}; triplet loss over all negatives for "
+        f"{schedule.rows_per_epoch} pairs per epoch, {schedule.steps_per_epoch} steps per epoch, "
+        f"{schedule.max_steps} steps; vision backbone "
+        f"{'frozen' if defaults.freeze_vision_model else 'trained'}, text encoder "
+        f"{'frozen' if defaults.freeze_text_model else 'trained'}; dense "
+        f"captions {'on' if run.use_dense else 'off'}; triplet loss over all negatives for "
         f"{defaults.max_violation_warmup_epochs} epoch(s), then "
         "over the hardest negative"
     )
-    bar = tqdm(total=max_steps, initial=progress.step, desc="training", disable=not accelerator.is_local_main_process)
-    start_epoch = progress.step // steps_per_epoch
-    for epoch in range(start_epoch, num_epochs):
-        objective.train()
-        if freeze_text:
-            unwrapped.text_model.eval()  # no dropout in a frozen encoder
-        if freeze_vision:
-            unwrapped.vision_model.eval()  # BatchNorm keeps its pretrained statistics
-        loader = DataLoader(
-            train_rows.select(epoch_order(caption_to_image, epoch, args.seed, one_caption)),
-            batch_size=batch_size,
-            drop_last=True,
-            collate_fn=collator,
-            num_workers=data_args.num_workers,
-            generator=torch.Generator().manual_seed(args.seed),
-        )
-        loader = accelerator.prepare_data_loader(loader)
-        done_in_epoch = progress.step - epoch * steps_per_epoch
-        if done_in_epoch:
-            loader = accelerator.skip_first_batches(loader, done_in_epoch * args.gradient_accumulation_steps)
-        max_violation = epoch >= unwrapped.config.max_violation_warmup_epochs
-        if max_violation and epoch == unwrapped.config.max_violation_warmup_epochs > 0:
-            accelerator.print(
-                f"epoch {epoch}: the triplet loss switches from the sum over all negatives to the hardest negative "
-                f"(after {epoch} warm-up epochs, --max_violation_warmup_epochs)"
-            )
-        epoch_end_step = min(max_steps, (epoch + 1) * steps_per_epoch)
-        micro_step = done_in_epoch * args.gradient_accumulation_steps
-        for batch in loader:
-            with accelerator.accumulate(objective):
-                seed = (args.seed * 1_000_003 + epoch * 100_003 + micro_step) % 2**63
-                output = objective(**batch, max_violation=max_violation, selection_seed=seed)
-                accelerator.backward(output.loss)
-                if accelerator.sync_gradients and args.max_grad_norm > 0:
-                    accelerator.clip_grad_norm_(objective.parameters(), args.max_grad_norm)
-                optimizer.step()
-                scheduler.step()
-                optimizer.zero_grad()
-            micro_step += 1
-            if not accelerator.sync_gradients:
-                continue
-            progress.step += 1
-            bar.update(1)
-            learning_rate = scheduler.get_last_lr()[0]
-            bar.set_postfix(loss=f"{output.loss.item():.3f}", lr=f"{learning_rate:.2e}", epoch=epoch)
-            if progress.step % args.logging_steps == 0:
-                accelerator.log(
-                    {
-                        "train/loss": output.loss.item(),
-                        "train/alignment_loss": output.alignment_loss.item(),
-                        "train/ratio_loss": output.ratio_loss.item(),
-                        "train/kept_fraction": output.sparse_keep_mask.mean().item(),
-                        "train/lr": learning_rate,
-                    },
-                    step=progress.step,
-                )
-            if progress.step >= epoch_end_step:
-                break
-            if checkpoint_every and progress.step % checkpoint_every == 0:
-                save_checkpoint()
-        metrics = evaluate_model(
-            unwrapped, processor, splits["dev"], use_dense, args.per_device_eval_batch_size, accelerator
-        )
-        progress.history.append({"epoch": epoch, "step": progress.step, **metrics})
-        accelerator.log({f"dev/{key}": value for key, value in metrics.items()}, step=progress.step)
-        accelerator.print(
-            f"epoch {epoch}: dev rsum {metrics['rsum']:.1f} (R@1 i2t {metrics['i2t_r1']:.1f}, "
-            f"t2i {metrics['t2i_r1']:.1f})"
-        )
-        if metrics["rsum"] > progress.best_rsum:
-            progress.best_rsum, progress.best_epoch = metrics["rsum"], epoch
-            if accelerator.is_main_process:
-                _save_pretrained_atomically(unwrapped, processor, output_dir / "best")
-        if accelerator.is_main_process:
-            (output_dir / "dev_history.json").write_text(json.dumps(progress.history, indent=2))
-        accelerator.wait_for_everyone()
-        if args.checkpointing_steps == "epoch" or (checkpoint_every and progress.step % checkpoint_every == 0):
-            save_checkpoint()
-        if progress.step >= max_steps:
-            break
-    bar.close()
 
-    results = {"best_epoch": progress.best_epoch, "best_dev_rsum": progress.best_rsum}
+
+def _epoch_loader(run: TrainingRun, epoch: int, done_in_epoch: int) -> DataLoader:
+    """The epoch's shuffled pairs (`epoch_order`), split over the processes, without the `done_in_epoch` optimizer
+    steps a resumed run already took."""
+    args = run.args
+    order = epoch_order(
+        run.splits["train"].caption_to_image,
+        epoch,
+        args.seed,
+        one_caption_per_image=run.defaults.one_caption_per_image,
+    )
+    loader = DataLoader(
+        run.train_rows.select(order),
+        batch_size=args.per_device_train_batch_size,
+        drop_last=True,
+        collate_fn=SepsRetrievalCollator(run.processor),
+        num_workers=run.data_args.num_workers,
+        generator=torch.Generator().manual_seed(args.seed),
+    )
+    loader = run.accelerator.prepare_data_loader(loader)
+    if done_in_epoch:
+        loader = run.accelerator.skip_first_batches(loader, done_in_epoch * args.gradient_accumulation_steps)
+    return loader
+
+
+def train_one_epoch(run: TrainingRun, epoch: int, bar: tqdm, checkpoint_every: int | None) -> None:
+    """Optimizer steps of `epoch` (the rest of it, for a resumed run), checkpointing every `checkpoint_every`."""
+    accelerator, args, progress, model = run.accelerator, run.args, run.progress, run.model
+    run.objective.train()
+    if run.defaults.freeze_text_model:
+        model.text_model.eval()  # no dropout in a frozen encoder
+    if run.defaults.freeze_vision_model:
+        model.vision_model.eval()  # BatchNorm keeps its pretrained statistics
+    done_in_epoch = progress.step - epoch * run.schedule.steps_per_epoch
+    max_violation = epoch >= model.config.max_violation_warmup_epochs
+    if max_violation and epoch == model.config.max_violation_warmup_epochs > 0:
+        accelerator.print(
+            f"epoch {epoch}: the triplet loss switches from the sum over all negatives to the hardest negative "
+            f"(after {epoch} warm-up epochs, --max_violation_warmup_epochs)"
+        )
+    epoch_end_step = min(run.schedule.max_steps, (epoch + 1) * run.schedule.steps_per_epoch)
+    micro_step = done_in_epoch * args.gradient_accumulation_steps
+    for batch in _epoch_loader(run, epoch, done_in_epoch):
+        with accelerator.accumulate(run.objective):
+            seed = (args.seed * 1_000_003 + epoch * 100_003 + micro_step) % 2**63
+            output = run.objective(**batch, max_violation=max_violation, selection_seed=seed)
+            accelerator.backward(output.loss)
+            if accelerator.sync_gradients and args.max_grad_norm > 0:
+                accelerator.clip_grad_norm_(run.objective.parameters(), args.max_grad_norm)
+            run.optimizer.step()
+            run.scheduler.step()
+            run.optimizer.zero_grad()
+        micro_step += 1
+        if not accelerator.sync_gradients:
+            continue
+        progress.step += 1
+        _log_step(run, output, epoch, bar)
+        if progress.step >= epoch_end_step:
+            break
+        if checkpoint_every and progress.step % checkpoint_every == 0:
+            save_checkpoint(run)
+
+
+def _log_step(run: TrainingRun, output: SepsOutput, epoch: int, bar: tqdm) -> None:
+    learning_rate = run.scheduler.get_last_lr()[0]
+    bar.update(1)
+    bar.set_postfix(loss=f"{output.loss.item():.3f}", lr=f"{learning_rate:.2e}", epoch=epoch)
+    if run.progress.step % run.args.logging_steps == 0:
+        run.accelerator.log(
+            {
+                "train/loss": output.loss.item(),
+                "train/alignment_loss": output.alignment_loss.item(),
+                "train/ratio_loss": output.ratio_loss.item(),
+                "train/kept_fraction": output.sparse_keep_mask.mean().item(),
+                "train/lr": learning_rate,
+            },
+            step=run.progress.step,
+        )
+
+
+def save_checkpoint(run: TrainingRun) -> None:
+    """Every process writes the training state to a temporary folder; the main process then publishes it as
+    `checkpoint-<step>` with the run's id (`publish_checkpoint`)."""
+    accelerator, step = run.accelerator, run.progress.step
+    checkpoints = run.output_dir / "checkpoints"
+    temporary = checkpoints / f".tmp-{CHECKPOINT_PREFIX}{step}"
+    accelerator.save_state(str(temporary))
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        (temporary / RUN_RECORD).write_text(json.dumps({"run_id": run.plan.run_id, "step": step}))
+        publish_checkpoint(temporary, checkpoints / f"{CHECKPOINT_PREFIX}{step}", run_id=run.plan.run_id)
+    accelerator.wait_for_everyone()
+
+
+def validate_and_keep_best(run: TrainingRun, epoch: int) -> None:
+    """Dev metrics of the epoch, logged and added to `dev_history.json`; a better dev rSum replaces `best/`."""
+    accelerator, progress = run.accelerator, run.progress
+    metrics = evaluate_model(
+        run.model,
+        run.processor,
+        run.splits["dev"],
+        run.args.per_device_eval_batch_size,
+        accelerator,
+        use_dense=run.use_dense,
+    )
+    progress.history.append({"epoch": epoch, "step": progress.step, **metrics})
+    accelerator.log({f"dev/{key}": value for key, value in metrics.items()}, step=progress.step)
+    accelerator.print(
+        f"epoch {epoch}: dev rsum {metrics['rsum']:.1f} (R@1 i2t {metrics['i2t_r1']:.1f}, t2i {metrics['t2i_r1']:.1f})"
+    )
+    if metrics["rsum"] > progress.best_rsum:
+        progress.best_rsum, progress.best_epoch = metrics["rsum"], epoch
+        if accelerator.is_main_process:
+            _save_pretrained_atomically(run.model, run.processor, run.output_dir / "best")
+    if accelerator.is_main_process:
+        (run.output_dir / "dev_history.json").write_text(json.dumps(progress.history, indent=2))
+    accelerator.wait_for_everyone()
+
+
+def evaluate_test_and_push(run: TrainingRun) -> dict[str, float]:
+    """The best model's test metrics (written to `eval_results.json`, with the best dev epoch) and its upload."""
+    accelerator, args, output_dir = run.accelerator, run.args, run.output_dir
+    results = {"best_epoch": run.progress.best_epoch, "best_dev_rsum": run.progress.best_rsum}
     if args.eval_test:
         best = SepsModel.from_pretrained(output_dir / "best").to(accelerator.device)
-        test_name = "testall" if data_args.dataset == "coco" else "test"
+        test_name = "testall" if run.data_args.dataset == "coco" else "test"
         test = evaluate_model(
-            best, processor, splits[test_name], use_dense, args.per_device_eval_batch_size, accelerator
+            best,
+            run.processor,
+            run.splits[test_name],
+            args.per_device_eval_batch_size,
+            accelerator,
+            use_dense=run.use_dense,
         )
         results.update(test)
         if accelerator.is_main_process:
@@ -512,6 +683,5 @@ def run_training(
     if args.push_to_hub and accelerator.is_main_process:
         best = SepsModel.from_pretrained(output_dir / "best")
         best.push_to_hub(args.hub_model_id)
-        processor.push_to_hub(args.hub_model_id)
-    accelerator.end_training()
+        run.processor.push_to_hub(args.hub_model_id)
     return results
