@@ -16,10 +16,14 @@ def main(argv: Sequence[str] | None = None) -> dict[str, float]:
     status 2 and a one-line message."""
     from transformers_seps.train.arguments import DataArguments, ModelArguments, RetrievalTrainingArguments
     from transformers_seps.train.cli import run_cli
-    from transformers_seps.train.training import run_training
+
+    def train(arguments: list) -> dict[str, float]:
+        from transformers_seps.train.training import run_training  # after parsing: `--help` needs no torch
+
+        return run_training(*arguments)
 
     return run_cli(
-        lambda arguments: run_training(*arguments),
+        train,
         (ModelArguments, DataArguments, RetrievalTrainingArguments),
         argv,
         description=__doc__,

@@ -169,3 +169,70 @@ def test_import_transformers_seps_imports_no_data_evaluation_plotting_or_acceler
     added = set(json.loads(result.stdout.splitlines()[-1]))
     assert PACKAGE in added  # the check ran after the package's own import
     assert not added & {"datasets", "evaluate", "matplotlib", "accelerate"}
+
+
+HELP_IMPORTS = """
+import runpy, sys
+sys.argv = [sys.argv[1], "--help"]
+try:
+    runpy.run_path(sys.argv[0], run_name="__main__")
+except SystemExit as exit:
+    assert exit.code in (0, None), exit.code
+print("torch imported" if "torch" in sys.modules else "torch not imported")
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("script", ["train_retrieval.py", "evaluate_retrieval.py"])
+def test_help_of_the_runners_does_not_import_torch(script):
+    example = Path(__file__).resolve().parents[1] / "examples" / script
+    result = subprocess.run(
+        [sys.executable, "-c", HELP_IMPORTS, str(example)], capture_output=True, text=True, timeout=600
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "--output_dir" in result.stdout or "--data_root" in result.stdout  # the help was printed
+    assert result.stdout.splitlines()[-1] == "torch not imported"
+
+
+AUTO_AFTER_PLAIN_IMPORT = """
+import sys
+import transformers_seps
+assert "torch" not in sys.modules, "import transformers_seps imported torch"
+from transformers import AutoConfig, AutoModel, AutoProcessor
+folder = sys.argv[1]
+print(type(AutoProcessor.from_pretrained(folder)).__name__, type(AutoModel.from_pretrained(folder)).__name__,
+      type(AutoConfig.from_pretrained(folder)).__name__)
+"""
+
+
+@pytest.mark.slow
+def test_auto_classes_load_a_saved_model_after_a_plain_import(tmp_path):
+    """`import transformers_seps` registers nothing yet imports no torch, and the Auto classes still load a saved
+    SEPS folder with this package's classes (no `trust_remote_code`)."""
+    from conftest import tiny_model_with_processor
+
+    model, processor = tiny_model_with_processor()
+    model.save_pretrained(tmp_path)
+    processor.save_pretrained(tmp_path)
+    result = subprocess.run(
+        [sys.executable, "-c", AUTO_AFTER_PLAIN_IMPORT, str(tmp_path)], capture_output=True, text=True, timeout=600
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.split() == ["SepsProcessor", "SepsModel", "SepsConfig"]
+
+
+RUNNER_REGISTERS = """
+import transformers_seps.train.training
+from transformers_seps.modeling_seps import SepsModel
+from transformers_seps.processing_seps import SepsProcessor
+print(SepsModel._auto_class, SepsProcessor._auto_class)
+"""
+
+
+@pytest.mark.slow
+def test_the_runners_register_the_auto_classes_so_that_saved_folders_carry_auto_map():
+    """The Auto classes are registered on the first use of the package's model names, not on `import
+    transformers_seps`: the training runner takes them from the package, so the `best/` it saves has `auto_map`."""
+    result = subprocess.run([sys.executable, "-c", RUNNER_REGISTERS], capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.split() == ["AutoModel", "AutoProcessor"]

@@ -23,8 +23,8 @@ from typing import Any
 import torch
 from transformers import BertConfig, PreTrainedConfig, SwinConfig, ViTConfig
 
-from ..configuration_seps import SepsConfig
-from ..modeling_seps import SepsModel
+# From the package, not its modules: the first use registers the Auto classes, so saved folders get `auto_map`.
+from .. import SepsConfig, SepsModel
 
 # Prefix in the authors' checkpoint -> prefix in SepsModel.
 _PREFIXES = (

@@ -12,7 +12,8 @@ from pathlib import Path
 
 from transformers import AutoConfig, PreTrainedConfig
 
-from ..processing_seps import SepsProcessor
+# From the package, not its modules: the first use registers the Auto classes, so saved folders get `auto_map`.
+from .. import SepsProcessor
 from ..train.cli import (
     UsageError,
     check_choice,

@@ -15,10 +15,10 @@ from accelerate.utils import set_seed
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+# From the package, not its modules: the first use registers the Auto classes, so saved folders get `auto_map`.
+from .. import SepsModel, SepsOutput, SepsProcessor
 from ..loss import SepsForRetrievalTraining
 from ..metrics import FOLD_SIZE, fold_metrics, markdown_table, mean_metrics, retrieval_metrics
-from ..modeling_seps import SepsModel, SepsOutput
-from ..processing_seps import SepsProcessor
 from .arguments import DEFAULT_SYNTHETIC_ROOT, VIT_SCRATCH, DataArguments, ModelArguments, RetrievalTrainingArguments
 from .backbones import build_processor, load_text_backbone, load_vision_backbone
 from .checkpoints import (
