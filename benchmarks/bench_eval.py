@@ -2,7 +2,7 @@
 
 Part 1 (each variant in a fresh subprocess, so peak memory is its own): the exhaustive 1000 x 5000 similarity
 matrix at ViT-224 shapes (C = 512, 196 patches + [CLS], 16-token captions, 128-token dense captions, one per
-image, honest pairing), random weights, through `transformers_seps.evaluation.score_split`; and the
+image, honest pairing), random weights, through `transformers_seps.train.evaluation.score_split`; and the
 one-caption-at-a-time reference loop (tests/reference_seps.py) on a subset of captions in the same run.
 
 Part 2: per-query time of exhaustive scoring against the two-stage search (mean-pooled cosine shortlist, then
@@ -26,9 +26,9 @@ import numpy as np
 import torch
 from bench_similarity import DTYPES, build_model
 
-from transformers_seps.allocator import reuse_freed_cpu_memory
-from transformers_seps.evaluation import EncodedSplit, score_split
 from transformers_seps.retrieval import shortlist_and_rerank
+from transformers_seps.train.allocator import reuse_freed_cpu_memory
+from transformers_seps.train.evaluation import EncodedSplit, score_split
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from reference_seps import reference_similarity  # noqa: E402

@@ -18,7 +18,7 @@ import torch
 from transformers import BertConfig, ViTConfig
 
 from transformers_seps import SepsConfig, SepsModel
-from transformers_seps.allocator import reuse_freed_cpu_memory
+from transformers_seps.train.allocator import reuse_freed_cpu_memory
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from reference_seps import reference_similarity  # noqa: E402

@@ -15,10 +15,11 @@ import time
 import torch
 
 from transformers_seps import SepsModel, SepsProcessor
-from transformers_seps.allocator import reuse_freed_cpu_memory
-from transformers_seps.data import load_retrieval_split
-from transformers_seps.evaluation import encode_split, retrieval_metrics, score_split
+from transformers_seps.metrics import retrieval_metrics
 from transformers_seps.retrieval import shortlist_and_rerank
+from transformers_seps.train.allocator import reuse_freed_cpu_memory
+from transformers_seps.train.data import load_retrieval_split
+from transformers_seps.train.evaluation import encode_split, score_split
 
 
 def text_to_image_row(name: str, similarity: torch.Tensor, caption_to_image, seconds: float, in_shortlist: float):

@@ -5,7 +5,7 @@ A synthetic caption ("a red circle and a blue star") is usually true of several 
 reader knows every scene and ranks the images a caption is true of (or the captions true of an image) first, in
 random order among themselves; it cannot tell its ground-truth image from another image the caption also fits.
 Its expected R@K is printed next to chance (a random ranking), for both directions, from the split's scene file
-(`transformers_seps.data.synthetic.caption_holds`).
+(`transformers_seps.train.data.synthetic.caption_holds`).
 
 With `--model`, the model's own row, its text-to-image recall by caption template (position, pair, relation),
 and how well its scores separate, for each caption, the images that have every colour (or every shape) the
@@ -20,9 +20,10 @@ from math import comb
 import numpy as np
 
 from transformers_seps import SepsModel, SepsProcessor
-from transformers_seps.data import load_retrieval_split
-from transformers_seps.data.synthetic import COLORS, SHAPES, caption_holds, caption_kind, read_scenes
-from transformers_seps.evaluation import encode_split, retrieval_metrics, retrieval_ranks, score_split
+from transformers_seps.metrics import retrieval_metrics, retrieval_ranks
+from transformers_seps.train.data import load_retrieval_split
+from transformers_seps.train.data.synthetic import COLORS, SHAPES, caption_holds, caption_kind, read_scenes
+from transformers_seps.train.evaluation import encode_split, score_split
 
 RECALL_AT = (1, 5, 10)
 KINDS = ("position", "pair", "relation")

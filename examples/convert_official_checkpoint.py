@@ -5,7 +5,7 @@
 
 The checkpoint is read with `torch.load(weights_only=True)`; the backbone comes from its options (`vit_type`,
 `img_res`); the folder holds the model (safetensors), its code, the processor and a model card. See
-`transformers_seps.convert_official`.
+`transformers_seps.tools.publish`.
 """
 
 from collections.abc import Sequence
@@ -15,8 +15,8 @@ from pathlib import Path
 def main(argv: Sequence[str] | None = None) -> Path:
     """Parse `argv` (default: the command line), convert, and return the written folder; a bad argument exits with
     status 2 and a one-line message."""
-    from transformers_seps.cli import run_cli
-    from transformers_seps.convert_official import ConversionArguments, run_conversion
+    from transformers_seps.tools.publish import ConversionArguments, run_conversion
+    from transformers_seps.train.cli import run_cli
 
     return run_cli(lambda arguments: run_conversion(*arguments), (ConversionArguments,), argv, __doc__, __file__)
 

@@ -13,10 +13,15 @@ from collections.abc import Sequence
 def main(argv: Sequence[str] | None = None) -> dict:
     """Parse `argv` (default: the command line), evaluate, and return the report; a bad argument exits with
     status 2 and a one-line message."""
-    from transformers_seps.cli import run_cli
-    from transformers_seps.evaluation import EvaluationArguments, run_evaluation
+    from transformers_seps.train.arguments import EvaluationArguments
+    from transformers_seps.train.cli import run_cli
 
-    return run_cli(lambda arguments: run_evaluation(*arguments), (EvaluationArguments,), argv, __doc__, __file__)
+    def evaluate(arguments: list) -> dict:
+        from transformers_seps.train.evaluation import run_evaluation  # after parsing: `--help` needs no torch
+
+        return run_evaluation(*arguments)
+
+    return run_cli(evaluate, (EvaluationArguments,), argv, __doc__, __file__)
 
 
 if __name__ == "__main__":

@@ -25,7 +25,7 @@ from transformers_seps.captioning import (
     list_images,
     write_dense_captions,
 )
-from transformers_seps.cli import (
+from transformers_seps.train.cli import (
     UsageError,
     check_existing,
     check_float,

@@ -5,7 +5,7 @@
         --text_model bert-base-uncased --output_dir runs/seps-vit-f30k
 
 With no argument it trains on the synthetic benchmark (generated under --data_root on first use) with
-backbones that need no download. See `transformers_seps.training` for every option.
+backbones that need no download. See `transformers_seps.train.arguments` for every option.
 """
 
 from collections.abc import Sequence
@@ -14,11 +14,16 @@ from collections.abc import Sequence
 def main(argv: Sequence[str] | None = None) -> dict[str, float]:
     """Parse `argv` (default: the command line), train, and return the test metrics; a bad argument exits with
     status 2 and a one-line message."""
-    from transformers_seps.cli import run_cli
-    from transformers_seps.training import DataArguments, ModelArguments, RetrievalTrainingArguments, run_training
+    from transformers_seps.train.arguments import DataArguments, ModelArguments, RetrievalTrainingArguments
+    from transformers_seps.train.cli import run_cli
+
+    def train(arguments: list) -> dict[str, float]:
+        from transformers_seps.train.training import run_training  # after parsing: `--help` needs no torch
+
+        return run_training(*arguments)
 
     return run_cli(
-        lambda arguments: run_training(*arguments),
+        train,
         (ModelArguments, DataArguments, RetrievalTrainingArguments),
         argv,
         description=__doc__,

@@ -92,7 +92,7 @@ def tiny_model_with_processor(variant: str = "paper", seed: int = 0):
 @pytest.fixture(scope="session")
 def tiny_synthetic(tmp_path_factory):
     """A tiny synthetic benchmark in the authors' layout: 10 train, 6 dev, 8 test images (5 captions each)."""
-    from transformers_seps.data.synthetic import SyntheticBenchmarkConfig, generate_synthetic_benchmark
+    from transformers_seps.train.data.synthetic import SyntheticBenchmarkConfig, generate_synthetic_benchmark
 
     config = SyntheticBenchmarkConfig(num_train=10, num_dev=6, num_test=8, image_size=32, seed=1)
     return generate_synthetic_benchmark(tmp_path_factory.mktemp("synthetic"), config)

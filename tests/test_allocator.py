@@ -2,7 +2,7 @@ import platform
 
 import pytest
 
-from transformers_seps.allocator import reuse_freed_cpu_memory
+from transformers_seps.train.allocator import reuse_freed_cpu_memory
 
 
 def test_allocator_settings_apply_on_glibc_and_refuse_bad_values():

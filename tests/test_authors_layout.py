@@ -18,8 +18,9 @@ from PIL import Image
 from transformers import AutoTokenizer, BertModel, ViTModel
 
 from transformers_seps import SepsModel
-from transformers_seps.data import RetrievalDataError, RetrievalFileNotFoundError, load_retrieval_split
-from transformers_seps.training import DataArguments, ModelArguments, RetrievalTrainingArguments, run_training
+from transformers_seps.train.arguments import DataArguments, ModelArguments, RetrievalTrainingArguments
+from transformers_seps.train.data import RetrievalDataError, RetrievalFileNotFoundError, load_retrieval_split
+from transformers_seps.train.training import run_training
 
 FIXTURES = Path(__file__).parent / "fixtures"
 LAYOUT = FIXTURES / "authors_layout"

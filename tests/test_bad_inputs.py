@@ -21,8 +21,8 @@ from conftest import EMBED_DIM, tiny_config, tiny_model_with_processor
 from PIL import Image
 
 from transformers_seps import SepsConfig, SepsModel, SepsProcessor
-from transformers_seps.evaluation import fold_metrics, mean_metrics, recall_metrics, retrieval_metrics
 from transformers_seps.inputs import check_pretrained_location
+from transformers_seps.metrics import fold_metrics, mean_metrics, recall_metrics, retrieval_metrics
 from transformers_seps.retrieval import SepsRetriever, score_pairs, shortlist_and_rerank
 from transformers_seps.visualization import patch_selection, plot_patch_selection, plot_patch_word_alignment
 

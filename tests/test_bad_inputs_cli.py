@@ -16,21 +16,19 @@ import torch
 from conftest import tiny_bert_config
 from transformers import AutoTokenizer, BertModel
 
-from transformers_seps.backbones import minilm_path
-from transformers_seps.cli import USAGE_ERROR_STATUS, UsageError
-from transformers_seps.evaluation import infer_dataset
-from transformers_seps.training import (
+from transformers_seps.train.arguments import DataArguments, ModelArguments, RetrievalTrainingArguments
+from transformers_seps.train.backbones import minilm_path
+from transformers_seps.train.checkpoints import (
     CHECKPOINT_PREFIX,
     RUN_RECORD,
-    DataArguments,
-    ModelArguments,
-    RetrievalTrainingArguments,
     latest_checkpoint,
     plan_run,
     publish_checkpoint,
     run_arguments,
-    run_training,
 )
+from transformers_seps.train.cli import USAGE_ERROR_STATUS, UsageError
+from transformers_seps.train.evaluation import infer_dataset
+from transformers_seps.train.training import run_training
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
@@ -331,12 +329,12 @@ def test_a_synthetic_benchmark_of_another_size_names_the_flags_that_fit_it(tiny_
 
 
 def test_converter_replaces_a_used_folder_only_when_asked_and_keeps_no_old_file(tmp_path, monkeypatch):
-    import transformers_seps.convert_official as convert_official
+    import transformers_seps.tools.publish as publish
 
     def fake_conversion(checkpoint, output_dir, **_):
         (Path(output_dir) / "model.safetensors").write_text(f"converted from {checkpoint}")
 
-    monkeypatch.setattr(convert_official, "convert_official_checkpoint", fake_conversion)
+    monkeypatch.setattr(publish, "convert_official_checkpoint", fake_conversion)
     checkpoint = tmp_path / "model_best.pth"
     checkpoint.write_text("weights")
     output = tmp_path / "seps"

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from transformers_seps.data.synthetic import caption_holds, read_scenes
+from transformers_seps.train.data.synthetic import caption_holds, read_scenes
 
 pytestmark = pytest.mark.slow
 

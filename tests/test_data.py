@@ -1,4 +1,4 @@
-"""Tests for the retrieval data layer (src/transformers_seps/data/retrieval.py).
+"""Tests for the retrieval data layer (src/transformers_seps/train/data/authors_layout.py).
 
 The real data is a 10-image excerpt of the SEPS authors' Flickr30K test split (tests/fixtures/f30k_test_subset,
 see its README). Images are tiny PNGs written here; the tokenizer is the bert-base-uncased vocabulary shipped by
@@ -18,7 +18,8 @@ import pytest
 import torch
 from PIL import Image
 
-from transformers_seps.data import (
+from transformers_seps.processing_seps import SepsProcessor
+from transformers_seps.train.data import (
     RetrievalDataError,
     RetrievalFileNotFoundError,
     SepsRetrievalCollator,
@@ -27,7 +28,6 @@ from transformers_seps.data import (
     build_image_dataset,
     load_retrieval_split,
 )
-from transformers_seps.processing_seps import SepsProcessor
 
 FIXTURE = Path(__file__).parent / "fixtures" / "f30k_test_subset"
 FIXTURE_IMAGE_IDS = [25, 34, 51, 89, 97, 124, 133, 134, 137, 199]
@@ -167,7 +167,7 @@ def test_missing_dense_file_is_an_error_for_test_and_train(data_root: Path):
 def test_missing_dense_file_for_dev_gives_no_dense_captions(data_root: Path, caplog):
     for name in ("test_caps.txt", "test_ids.txt"):
         shutil.copy(data_root / name, data_root / name.replace("test", "dev"))
-    with caplog.at_level(logging.WARNING, logger="transformers_seps.data.retrieval"):
+    with caplog.at_level(logging.WARNING, logger="transformers_seps.train.data.authors_layout"):
         split = load_retrieval_split(data_root, "f30k", "dev", require_images=False)
     assert split.dense_captions is None and not split.has_dense_captions
     assert "f30k_dev.jsonl" in caplog.text
@@ -217,7 +217,7 @@ def test_dense_file_with_one_row_per_caption_is_reduced_to_one_per_image(data_ro
     per_image = read_lines(path)
     write_lines(path, [line for line in per_image for _ in range(5)])
     expected = load_retrieval_split(FIXTURE, "f30k", "test", require_images=False).dense_captions
-    with caplog.at_level(logging.WARNING, logger="transformers_seps.data.retrieval"):
+    with caplog.at_level(logging.WARNING, logger="transformers_seps.train.data.authors_layout"):
         split = load_retrieval_split(data_root, "f30k", "test", require_images=False)
     assert split.dense_captions == expected
     assert "0 of 10 images had differing rows" in caplog.text
@@ -227,7 +227,7 @@ def test_dense_file_with_one_row_per_caption_is_reduced_to_one_per_image(data_ro
     rows[6] = json.dumps({"text": "another description of image 34"})
     write_lines(path, rows)
     caplog.clear()
-    with caplog.at_level(logging.WARNING, logger="transformers_seps.data.retrieval"):
+    with caplog.at_level(logging.WARNING, logger="transformers_seps.train.data.authors_layout"):
         split = load_retrieval_split(data_root, "f30k", "test", require_images=False)
     assert split.dense_captions == expected
     assert "1 of 10 images had differing rows" in caplog.text

@@ -12,7 +12,7 @@ from conftest import tiny_bert_config, tiny_vit_config
 from torch.nn.parallel import DistributedDataParallel
 
 from transformers_seps import SepsConfig, SepsModel
-from transformers_seps.training import SepsForRetrievalTraining
+from transformers_seps.loss import SepsForRetrievalTraining
 
 pytestmark = pytest.mark.slow
 

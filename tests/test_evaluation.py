@@ -10,18 +10,17 @@ import pytest
 import torch
 from conftest import tiny_model_with_processor
 
-from transformers_seps.data import load_retrieval_split
-from transformers_seps.evaluation import (
+from transformers_seps.metrics import (
     METRIC_KEYS,
     check_five_captions_per_image,
-    encode_split,
     fold_metrics,
     mean_metrics,
     recall_metrics,
     retrieval_metrics,
     retrieval_ranks,
-    score_split,
 )
+from transformers_seps.train.data import load_retrieval_split
+from transformers_seps.train.evaluation import encode_split, score_split
 
 
 def test_ranks_hand_computed():

@@ -15,8 +15,8 @@ import torch
 from test_convert_checkpoint import CAPTIONS, authors_options, convert_tiny, random_images
 
 from transformers_seps import SepsModel, SepsProcessor
-from transformers_seps.convert_official import OfficialCheckpoint, official_seps_config
-from transformers_seps.model_card import AUTHORS_REPORTED, planned_releases, release_name, render_model_card
+from transformers_seps.tools.convert_official import OfficialCheckpoint, official_seps_config
+from transformers_seps.tools.model_card import AUTHORS_REPORTED, planned_releases, release_name, render_model_card
 
 REPO_ID = "org/seps-vit-f30k"
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
@@ -121,7 +121,8 @@ def test_hub_id_resolves_from_the_cache_offline(converted, tmp_path):
 
 
 def test_committed_cards_are_the_generated_ones():
-    """`model_cards/` holds one card per planned release, as `python -m transformers_seps.model_card` writes them."""
+    """`model_cards/` holds one card per planned release, as `python -m transformers_seps.tools.model_card` writes
+    them."""
     expected = {
         f"{release_name(backbone, dataset)}.md": render_model_card(
             backbone, dataset, repo_id=f"<org>/{release_name(backbone, dataset)}"
@@ -132,7 +133,7 @@ def test_committed_cards_are_the_generated_ones():
     committed = {path.name: path.read_text(encoding="utf-8") for path in MODEL_CARDS.glob("seps-*.md")}
     assert committed.keys() == expected.keys()
     for name, card in expected.items():
-        assert committed[name] == card, f"{name} is stale: python -m transformers_seps.model_card"
+        assert committed[name] == card, f"{name} is stale: python -m transformers_seps.tools.model_card"
 
 
 def _results_section(card: str) -> str:

@@ -22,7 +22,8 @@ from reference_seps import official_branch
 from torch import nn
 from transformers import AutoModel, BertModel, SwinModel, ViTModel
 
-from transformers_seps import SepsConfig, SepsModel, convert_official_state_dict
+from transformers_seps import SepsConfig, SepsModel
+from transformers_seps.tools.convert_official import convert_official_state_dict
 
 
 def scores_of(model: SepsModel, seed: int = 0) -> torch.Tensor:

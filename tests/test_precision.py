@@ -243,7 +243,8 @@ SCRIPT = Path(__file__).resolve().parents[1] / "examples" / "train_retrieval.py"
 
 
 def test_fp16_training_on_cpu_is_refused_before_any_work(tmp_path):
-    from transformers_seps.training import DataArguments, ModelArguments, RetrievalTrainingArguments, run_training
+    from transformers_seps.train.arguments import DataArguments, ModelArguments, RetrievalTrainingArguments
+    from transformers_seps.train.training import run_training
 
     with pytest.raises(ValueError, match="--mixed_precision fp16 needs a GPU"):
         run_training(
@@ -260,7 +261,7 @@ def test_training_script_runs_in_bf16_on_cpu(tmp_path):
         sys.executable, str(SCRIPT),
         "--mixed_precision", "bf16",
         "--output_dir", str(tmp_path / "run"),
-        "--data_root", str(tmp_path / "data"),
+        "--data_root", str(tmp_path / "data"), "--generate_synthetic",
         "--synthetic_num_train", "16",
         "--synthetic_num_dev", "8",
         "--synthetic_num_test", "8",

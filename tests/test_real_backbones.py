@@ -10,7 +10,7 @@ from transformers import BertConfig, BertModel, ConvNextConfig, ResNetConfig, Sw
 from tests.conftest import EMBED_DIM, tiny_bert_config, tiny_swin_config, tiny_vit_config
 from transformers_seps import SepsConfig, SepsModel, modeling_seps
 from transformers_seps.configuration_seps import infer_patch_layout, paper_ratios, vision_image_size
-from transformers_seps.training import build_optimizer
+from transformers_seps.train.training import build_optimizer
 
 
 def vit_base_16(image_size: int, **overrides) -> ViTConfig:

@@ -9,7 +9,7 @@ import torch
 from conftest import tiny_model_with_processor
 from PIL import Image
 
-from transformers_seps.evaluation import retrieval_metrics
+from transformers_seps.metrics import retrieval_metrics
 from transformers_seps.retrieval import SepsRetriever, score_pairs
 
 METRIC_PATH = str(Path(__file__).resolve().parents[1] / "metrics" / "seps_retrieval")

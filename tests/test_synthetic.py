@@ -1,4 +1,4 @@
-"""Tests for the synthetic fine-grained benchmark (src/transformers_seps/data/synthetic.py).
+"""Tests for the synthetic fine-grained benchmark (src/transformers_seps/train/data/synthetic.py).
 
 Captions and dense captions are checked against the scene files the generator writes, with a parser written
 here from the caption grammar (not with the generator's own code).
@@ -20,8 +20,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from transformers_seps.data import build_caption_dataset, load_retrieval_split, synthetic
-from transformers_seps.data.synthetic import (
+from transformers_seps.train.data import build_caption_dataset, load_retrieval_split, synthetic
+from transformers_seps.train.data.synthetic import (
     Scene,
     SyntheticBenchmarkConfig,
     caption_holds,

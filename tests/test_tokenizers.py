@@ -10,8 +10,9 @@ from transformers import BertTokenizer, PreTrainedTokenizerFast, RobertaConfig
 
 from tests.conftest import EMBED_DIM, tiny_bert_config, tiny_vit_config
 from transformers_seps import SepsConfig, SepsModel, SepsProcessor
-from transformers_seps.backbones import VIT_SCRATCH, build_processor, load_vision_backbone
 from transformers_seps.processing_seps import DEFAULT_TEXT_MAX_LENGTH
+from transformers_seps.train.arguments import VIT_SCRATCH
+from transformers_seps.train.backbones import build_processor, load_vision_backbone
 
 # Position embeddings of the tiny text model: far fewer than a long caption's tokens.
 TINY_POSITIONS = 24

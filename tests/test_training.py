@@ -12,12 +12,8 @@ import pytest
 from safetensors.torch import load_file
 
 from transformers_seps import SepsModel
-from transformers_seps.training import (
-    CHECKPOINT_PREFIX,
-    epoch_order,
-    latest_checkpoint,
-    publish_checkpoint,
-)
+from transformers_seps.train.checkpoints import CHECKPOINT_PREFIX, latest_checkpoint, publish_checkpoint
+from transformers_seps.train.training import epoch_order
 
 SCRIPT = Path(__file__).resolve().parents[1] / "examples" / "train_retrieval.py"
 
@@ -145,7 +141,7 @@ def test_cached_dense_hidden_states_give_the_same_loss_and_gradients():
     import torch
     from conftest import random_captions, tiny_model
 
-    from transformers_seps.training import SepsForRetrievalTraining
+    from transformers_seps.loss import SepsForRetrievalTraining
 
     torch.manual_seed(0)
     pixels = torch.randn(4, 3, 40, 40)
@@ -178,7 +174,8 @@ def test_cached_dense_hidden_states_give_the_same_loss_and_gradients():
 def test_default_run_keeps_the_pretrained_cnn_frozen(tmp_path):
     """The default vision backbone (EfficientNet-Lite0's first five stages, ImageNet weights) on the synthetic
     benchmark: trained around, never changed, BatchNorm statistics included."""
-    from transformers_seps.backbones import EFFICIENTNET_LITE0_STRIDE16, load_vision_backbone
+    from transformers_seps.train.arguments import EFFICIENTNET_LITE0_STRIDE16
+    from transformers_seps.train.backbones import load_vision_backbone
 
     command = [
         sys.executable, str(SCRIPT),
@@ -205,7 +202,8 @@ def test_default_run_keeps_the_pretrained_cnn_frozen(tmp_path):
 
 
 def test_freezing_a_backbone_trained_from_scratch_is_refused(tmp_path):
-    from transformers_seps.training import DataArguments, ModelArguments, RetrievalTrainingArguments, run_training
+    from transformers_seps.train.arguments import DataArguments, ModelArguments, RetrievalTrainingArguments
+    from transformers_seps.train.training import run_training
 
     with pytest.raises(ValueError, match="random initialisation"):
         run_training(

@@ -5,15 +5,8 @@ import pytest
 from transformers import HfArgumentParser, SwinModel
 
 from tests.conftest import tiny_swin_config
-from transformers_seps.backbones import MINILM
-from transformers_seps.training import (
-    DataArguments,
-    ModelArguments,
-    RetrievalTrainingArguments,
-    _build_model,
-    resolve_defaults,
-    step_decay,
-)
+from transformers_seps.train.arguments import MINILM, DataArguments, ModelArguments, RetrievalTrainingArguments
+from transformers_seps.train.training import _build_model, resolve_defaults, step_decay
 
 # The synthetic default run: 6000 one-caption pairs in batches of 32 per epoch (README, "Measured on the synthetic
 # benchmark").

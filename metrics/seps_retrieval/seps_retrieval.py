@@ -4,7 +4,7 @@ import datasets
 import evaluate
 import numpy as np
 
-from transformers_seps.evaluation import retrieval_metrics
+from transformers_seps.metrics import retrieval_metrics
 
 _DESCRIPTION = """
 Recall@1/5/10 of image-to-text (i2t) and text-to-image (t2i) retrieval, median and mean rank, and rSum (the

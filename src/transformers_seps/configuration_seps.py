@@ -1,4 +1,4 @@
-"""SEPS model configuration (spec: SEPS_SPEC.md, paper arXiv 2511.01390)."""
+"""SEPS model configuration (docs/model.md, paper arXiv 2511.01390)."""
 
 import math
 import numbers
@@ -125,8 +125,8 @@ class SepsConfig(PreTrainedConfig):
         embed_dim (`int`, defaults to 512):
             Joint embedding size C; backbones are projected to it (identity when their hidden size is C).
         variant (`str`, defaults to `"paper"`):
-            `"paper"`: equations 1-7 of the paper (spec section 4). `"official"`: the authors' released code
-            (spec section 3), needed to load their checkpoints.
+            `"paper"`: equations 1-7 of the paper (docs/model.md, section 4). `"official"`: the authors' released code
+            (docs/model.md, section 3), needed to load their checkpoints.
         sparse_ratio (`float`, defaults to 0.5):
             rho, the fraction of spatial patches kept, K = ceil(rho * N). In (0, 1]. The paper uses 0.5 on ViT
             and 0.8 on Swin; `SepsModel.from_backbones` picks that value for its backbone (`paper_ratios`).

@@ -843,7 +843,7 @@ class SepsModel(SepsPreTrainedModel):
         """The second half of `forward`: scores, selection masks and loss from embeddings.
 
         Shapes as in [`~SepsModel.similarity`]; `image_ids` (N_img,). A distributed trainer calls it on the
-        gathered global batch (see `transformers_seps.training`).
+        gathered global batch (see `transformers_seps.loss`).
         """
         _check_pairing(image_embeds.shape[0], text_embeds.shape[0], image_ids, return_loss)
         scores, sparse_keep_mask, dense_keep_mask = self._score(

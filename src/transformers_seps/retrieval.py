@@ -8,10 +8,17 @@ import torch.nn.functional as F
 from PIL import Image
 
 from .configuration_seps import check_positive_int
-from .evaluation import pad_and_stack
 from .inputs import as_caption_batch, as_image_batch, check_one_caption, check_one_image
 from .modeling_seps import SepsModel, masked_mean
 from .processing_seps import SepsProcessor
+
+
+def pad_and_stack(chunks: list[torch.Tensor], masks: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Concatenate (B, L, C) embedding chunks and their (B, L) masks, right-padded to the longest L."""
+    length = max(chunk.shape[1] for chunk in chunks)
+    embeds = torch.cat([F.pad(chunk, (0, 0, 0, length - chunk.shape[1])) for chunk in chunks])
+    mask = torch.cat([F.pad(mask, (0, length - mask.shape[1])) for mask in masks])
+    return embeds, mask
 
 
 @dataclass

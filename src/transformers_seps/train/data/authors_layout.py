@@ -15,7 +15,7 @@ One dataset folder `data_root` (the authors' `data/f30k`, `data/coco`) holds, fo
 Splits are train/dev/test (Flickr30K) and train/dev/testall (COCO). The authors ship no dense-caption file for
 dev: such a split loads with `dense_captions=None` (the model's dense terms drop out).
 
-A dense caption belongs to the image it describes, always (spec section 2): every caption row carries the dense
+A dense caption belongs to the image it describes, always (docs/model.md, section 2): every caption row carries the dense
 caption of ITS OWN image, and every image row the dense caption of that image.
 """
 
@@ -33,10 +33,10 @@ import datasets
 import torch
 from PIL import Image
 
-from ..evaluation import CAPTIONS_PER_IMAGE
+from ...metrics import CAPTIONS_PER_IMAGE
 
 if TYPE_CHECKING:
-    from ..processing_seps import SepsProcessor
+    from ...processing_seps import SepsProcessor
 
 logger = logging.getLogger(__name__)
 
@@ -115,7 +115,7 @@ class RetrievalSplit:
         image_files (`list[str]`): `(num_images,)` file of each image, relative to `image_root`.
         captions (`list[str]`): `(num_captions,)` captions, stripped, in file order.
         caption_to_image (`list[int]`): `(num_captions,)` index into `image_ids` of each caption's image (the
-            `caption_to_image` argument of `transformers_seps.evaluation.retrieval_metrics`).
+            `caption_to_image` argument of `transformers_seps.metrics.retrieval_metrics`).
         dense_captions (`list[str]` or `None`): `(num_images,)` dense caption of each image, or None when the
             split has none (or they were ignored).
         image_root (`Path` or `None`): folder the image files are relative to; None when images were not

@@ -16,8 +16,6 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from .data import RetrievalDataError, RetrievalFileNotFoundError
-
 USAGE_ERROR_STATUS = 2
 
 
@@ -25,8 +23,12 @@ class UsageError(ValueError):
     """A bad command-line or run argument; the message names the flag (or path) and the value."""
 
 
-# Errors that describe the user's input, with the file or flag named: printed as one line by `run_cli`.
-EXPECTED_ERRORS = (UsageError, RetrievalDataError, RetrievalFileNotFoundError)
+def expected_errors() -> tuple[type[Exception], ...]:
+    """Errors that describe the user's input, with the file or flag named: printed as one line by `run_cli`.
+    (Imported when a command runs: `--help` needs neither the data loaders nor torch.)"""
+    from .data import RetrievalDataError, RetrievalFileNotFoundError
+
+    return UsageError, RetrievalDataError, RetrievalFileNotFoundError
 
 
 @dataclasses.dataclass
@@ -75,7 +77,7 @@ def run_cli(
     script: str | None = None,
 ) -> Any:
     """Parse `argv` into `dataclass_types`, call `main(list_of_dataclasses)` and return its result. An expected error
-    (`EXPECTED_ERRORS`) becomes a one-line message on stderr and `SystemExit(2)`, unless `--debug` is given.
+    (`expected_errors`) becomes a one-line message on stderr and `SystemExit(2)`, unless `--debug` is given.
     Messages start with the name of `script` (the example's `__file__`; default: the running program)."""
     parser = build_parser(dataclass_types, description, Path(script).name if script else None)
     *arguments, options, unknown = parser.parse_args_into_dataclasses(
@@ -85,7 +87,7 @@ def run_cli(
         parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     try:
         return main(arguments)
-    except EXPECTED_ERRORS as error:
+    except expected_errors() as error:
         if options.debug:
             raise
         message = " ".join(str(error).split())  # one line, whatever the message's own line breaks

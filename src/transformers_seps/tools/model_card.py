@@ -4,18 +4,18 @@
 trained on Flickr30K or MS-COCO. `convert_official_checkpoint` puts it in every folder it writes, with the facts of
 the converted checkpoint; the planned releases' cards are committed in `model_cards/`, written by
 
-    python -m transformers_seps.model_card --output_dir model_cards
+    python -m transformers_seps.tools.model_card --output_dir model_cards
 
 The cards quote no number of ours until one is measured. The authors' reported numbers are quoted as theirs, with
 the protocol that produced them (their evaluation pairs every text query with the dense caption of its
-ground-truth image: a label leak, SEPS_SPEC.md section 2).
+ground-truth image: a label leak, docs/model.md, section 2).
 """
 
 import argparse
 import textwrap
 from pathlib import Path
 
-from .configuration_seps import SepsConfig
+from ..configuration_seps import SepsConfig
 from .convert_official import OFFICIAL_TEXT_BACKBONE, OFFICIAL_VISION_BACKBONES, OfficialCheckpoint
 
 _WIDTH = 115  # line width of the cards' paragraphs

@@ -33,7 +33,7 @@ Layout of `output_dir` (the authors' files, plus the scene descriptions and the 
 
 Read it with `load_retrieval_split(output_dir, "synthetic", split)`. Command line:
 
-    python -m transformers_seps.data.synthetic --output_dir data/synthetic [--num_train 2000 --num_dev 200
+    python -m transformers_seps.train.data.synthetic --output_dir data/synthetic [--num_train 2000 --num_dev 200
         --num_test 200 --image_size 224 --seed 0 --overwrite]
 """
 
@@ -54,7 +54,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 from transformers import HfArgumentParser
 
-from .retrieval import RetrievalFiles
+from .authors_layout import RetrievalFiles
 
 logger = logging.getLogger(__name__)
 
@@ -614,7 +614,7 @@ def _publish(partial: Path, output_dir: Path, config: SyntheticBenchmarkConfig, 
 
 
 def main(argv: list[str] | None = None) -> Path:
-    """Command-line entry point: `python -m transformers_seps.data.synthetic --output_dir DIR [options]`."""
+    """Command-line entry point: `python -m transformers_seps.train.data.synthetic --output_dir DIR [options]`."""
     parser = HfArgumentParser((_OutputArguments, SyntheticBenchmarkConfig))
     output_args, config = parser.parse_args_into_dataclasses(args=argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")

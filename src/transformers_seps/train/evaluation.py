@@ -1,16 +1,12 @@
-"""Image-text retrieval metrics, computed the standard way (spec section 5: VSE++, SCAN, LAPS).
-
-i2t: for each image, the rank of the best-ranked of its captions among all captions.
-t2i: for each caption, the rank of its image among all images.
-R@K in percent, medr/meanr 1-based, rSum the sum of the six recalls. Ties count against the query: a
-candidate scoring exactly as much as the right answer ranks ahead of it, so a constant model gets no credit.
+"""Evaluation of a SEPS model on a split (`examples/evaluate_retrieval.py`): encode every image and caption once,
+score the similarity matrix in blocks (split over processes under Accelerate), and report the protocol's metrics
+(`transformers_seps.metrics`; docs/model.md, section 5).
 """
 
 import json
 import os
 import warnings
-from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -20,153 +16,38 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from ..metrics import (
+    METRIC_KEYS,
+    check_five_captions_per_image,
+    fold_metrics,
+    markdown_table,
+    mean_metrics,
+    retrieval_metrics,
+)
+from ..modeling_seps import SepsModel
+from ..processing_seps import SepsProcessor
+from ..retrieval import pad_and_stack
 from .allocator import reuse_freed_cpu_memory
+from .arguments import DATASETS, DENSE_PAIRINGS, SPLITS, EvaluationArguments
+from .cli import UsageError, check_choice, check_existing, check_int, check_model_location, check_writable_file
+from .data import (
+    RetrievalFiles,
+    RetrievalSplit,
+    SepsRetrievalCollator,
+    build_caption_dataset,
+    build_image_dataset,
+    load_retrieval_split,
+)
+from .data.synthetic import INFO_FILE
 
 if TYPE_CHECKING:
     from accelerate import Accelerator
 
-    from .data import RetrievalSplit
-    from .modeling_seps import SepsModel
-    from .processing_seps import SepsProcessor
-
-DENSE_PAIRINGS = ("image", "query_ground_truth", "none")
 LEAK_WARNING = (
     "dense_pairing='query_ground_truth' reproduces the SEPS authors' evaluation: every caption carries the dense "
     "caption of its ground-truth image, which hands the answer to the model (a label leak; see the README, Evaluate). "
     "Use its numbers only to measure the leak, never as retrieval results."
 )
-
-RECALL_KS = (1, 5, 10)
-METRIC_KEYS = ("i2t_r1", "i2t_r5", "i2t_r10", "t2i_r1", "t2i_r5", "t2i_r10", "rsum")
-
-
-def _as_tensor(values: np.ndarray | torch.Tensor, name: str) -> torch.Tensor:
-    try:
-        tensor = torch.as_tensor(values)
-    except (TypeError, ValueError, RuntimeError) as error:
-        raise ValueError(f"{name} must be a matrix of numbers, got {type(values).__name__} ({error})") from error
-    if not torch.is_floating_point(tensor):
-        tensor = tensor.float()
-    if not torch.isfinite(tensor).all():
-        bad = (~torch.isfinite(tensor)).nonzero()[:5].tolist()
-        raise ValueError(f"{name} holds NaN or infinite values, e.g. at {bad}")
-    return tensor
-
-
-def _check_similarity_shape(shape: tuple[int, ...]) -> None:
-    if 0 in shape:
-        raise ValueError(f"similarity is empty (shape {shape}): the metrics need at least one image and one caption")
-    if len(shape) != 2:
-        raise ValueError(f"similarity must be a (N_img, N_txt) matrix, got shape {shape}")
-
-
-def retrieval_ranks(
-    similarity: np.ndarray | torch.Tensor, caption_to_image: Sequence[int] | np.ndarray | torch.Tensor
-) -> tuple[np.ndarray, np.ndarray]:
-    """Ranks (1-based) of the right answers: i2t per image (N_img,) and t2i per caption (N_txt,).
-
-    A query's rank is 1 + the number of WRONG candidates scoring at least as much as its best right answer.
-
-    Args:
-        similarity: (N_img, N_txt) scores, higher is better.
-        caption_to_image: (N_txt,) the row of each caption's image.
-    """
-    sims = _as_tensor(similarity, "similarity").double()
-    _check_similarity_shape(tuple(sims.shape))
-    targets_array = np.asarray(caption_to_image)
-    if targets_array.size and not np.issubdtype(targets_array.dtype, np.integer):
-        raise ValueError(f"caption_to_image must hold integer image indices, got dtype {targets_array.dtype}")
-    targets = torch.as_tensor(targets_array, dtype=torch.long)
-    num_images, num_captions = sims.shape
-    if targets.shape != (num_captions,):
-        raise ValueError(
-            f"caption_to_image must have {num_captions} entries (one per caption), got {tuple(targets.shape)}"
-        )
-    if num_captions and (targets.min() < 0 or targets.max() >= num_images):
-        raise ValueError(
-            f"caption_to_image must index the {num_images} images; got values in "
-            f"[{targets.min().item()}, {targets.max().item()}]"
-        )
-    counts = torch.bincount(targets, minlength=num_images)
-    if (counts == 0).any():
-        missing = (counts == 0).nonzero().flatten()[:5].tolist()
-        raise ValueError(f"every image needs at least one caption; images {missing} have none")
-
-    right = torch.zeros(num_images, num_captions, dtype=torch.bool)
-    right[targets, torch.arange(num_captions)] = True
-    # i2t: the image's best-scoring own caption against the other images' captions.
-    best_own = sims.masked_fill(~right, float("-inf")).amax(dim=1, keepdim=True)
-    i2t = ((sims >= best_own) & ~right).sum(dim=1) + 1
-    # t2i: the caption's image against the other images.
-    own_score = sims.gather(0, targets[None]).squeeze(0)
-    t2i = ((sims >= own_score[None]) & ~right).sum(dim=0) + 1
-    return i2t.numpy(), t2i.numpy()
-
-
-def recall_metrics(i2t_ranks: np.ndarray, t2i_ranks: np.ndarray) -> dict[str, float]:
-    """R@1/5/10 (percent), medr and meanr both ways, and rSum from 1-based ranks."""
-    metrics: dict[str, float] = {}
-    for direction, ranks in (("i2t", np.asarray(i2t_ranks)), ("t2i", np.asarray(t2i_ranks))):
-        if ranks.size == 0:
-            raise ValueError(f"{direction}_ranks is empty: the metrics need at least one query")
-        for k in RECALL_KS:
-            metrics[f"{direction}_r{k}"] = 100.0 * float(np.mean(ranks <= k))
-        metrics[f"{direction}_medr"] = float(np.floor(np.median(ranks)))
-        metrics[f"{direction}_meanr"] = float(np.mean(ranks))
-    metrics["rsum"] = sum(metrics[f"{d}_r{k}"] for d in ("i2t", "t2i") for k in RECALL_KS)
-    return metrics
-
-
-def retrieval_metrics(
-    similarity: np.ndarray | torch.Tensor, caption_to_image: Sequence[int] | np.ndarray | torch.Tensor
-) -> dict[str, float]:
-    """All metrics of one similarity matrix (N_img, N_txt) with its caption -> image map (N_txt,)."""
-    return recall_metrics(*retrieval_ranks(similarity, caption_to_image))
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Protocols (spec section 5)
-# ---------------------------------------------------------------------------------------------------------------
-
-CAPTIONS_PER_IMAGE = 5
-FOLD_SIZE = 1000
-
-
-def check_five_captions_per_image(caption_to_image: Sequence[int] | np.ndarray, num_images: int) -> None:
-    """The 1K/5K protocols assume 5 captions per image, stored image-major (captions 5j..5j+4 of image j)."""
-    targets = np.asarray(caption_to_image)
-    counts = np.bincount(targets, minlength=num_images)
-    if len(targets) != CAPTIONS_PER_IMAGE * num_images or (counts != CAPTIONS_PER_IMAGE).any():
-        bad = np.nonzero(counts != CAPTIONS_PER_IMAGE)[0][:5].tolist()
-        raise ValueError(
-            f"the 5-caption protocols need exactly {CAPTIONS_PER_IMAGE} captions per image; got {len(targets)} "
-            f"captions for {num_images} images (images {bad} have {counts[bad].tolist()})"
-        )
-    if not np.array_equal(targets, np.repeat(np.arange(num_images), CAPTIONS_PER_IMAGE)):
-        raise ValueError("the 5-caption protocols need captions in image-major order (5 per image, in image order)")
-
-
-def fold_metrics(similarity: np.ndarray | torch.Tensor, caption_to_image: Sequence[int] | np.ndarray) -> list[dict]:
-    """MS-COCO 1K: metrics of each fold of 1000 consecutive images and their 5000 captions."""
-    sims = np.asarray(similarity)
-    _check_similarity_shape(sims.shape)
-    num_images = sims.shape[0]
-    check_five_captions_per_image(caption_to_image, num_images)
-    if num_images % FOLD_SIZE:
-        raise ValueError(f"the 1K protocol splits the images into folds of {FOLD_SIZE}; got {num_images} images")
-    folds = []
-    for start in range(0, num_images, FOLD_SIZE):
-        rows = slice(start, start + FOLD_SIZE)
-        columns = slice(start * CAPTIONS_PER_IMAGE, (start + FOLD_SIZE) * CAPTIONS_PER_IMAGE)
-        targets = np.repeat(np.arange(FOLD_SIZE), CAPTIONS_PER_IMAGE)
-        folds.append(retrieval_metrics(sims[rows, columns], targets))
-    return folds
-
-
-def mean_metrics(metrics: Sequence[dict[str, float]]) -> dict[str, float]:
-    if not metrics:
-        raise ValueError("mean_metrics needs at least one metrics dict, got none")
-    return {key: float(np.mean([m[key] for m in metrics])) for key in metrics[0]}
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -190,13 +71,6 @@ class EncodedSplit:
     caption_to_image: np.ndarray
 
 
-def pad_and_stack(chunks: list[torch.Tensor], masks: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-    length = max(chunk.shape[1] for chunk in chunks)
-    embeds = torch.cat([F.pad(chunk, (0, 0, 0, length - chunk.shape[1])) for chunk in chunks])
-    mask = torch.cat([F.pad(mask, (0, length - mask.shape[1])) for mask in masks])
-    return embeds, mask
-
-
 @torch.no_grad()
 def encode_split(
     model: "SepsModel",
@@ -212,8 +86,6 @@ def encode_split(
 
     Under Accelerate the batches are split over the processes and the embeddings gathered in order.
     """
-    from .data import SepsRetrievalCollator, build_caption_dataset, build_image_dataset
-
     if use_dense and not split.has_dense_captions:
         raise ValueError(
             f"{split.dataset}/{split.split} has no dense captions but dense captions were asked for; "
@@ -347,22 +219,13 @@ def _leaky_similarity(
     return scores
 
 
-def markdown_table(metrics: dict[str, float], title: str = "") -> str:
-    """A one-row markdown table of the standard metrics (and medr/meanr when present)."""
-    keys = [key for key in (*METRIC_KEYS[:3], "i2t_medr", *METRIC_KEYS[3:6], "t2i_medr", "rsum") if key in metrics]
-    header = "| " + " | ".join(([""] if title else []) + keys) + " |"
-    rule = "|" + " --- |" * (len(keys) + bool(title))
-    row = "| " + " | ".join(([title] if title else []) + [f"{metrics[key]:.1f}" for key in keys]) + " |"
-    return "\n".join([header, rule, row])
-
-
 # ---------------------------------------------------------------------------------------------------------------
 # The evaluation run behind examples/evaluate_retrieval.py
 # ---------------------------------------------------------------------------------------------------------------
 
 
 def protocol_metrics(similarity: np.ndarray, split: "RetrievalSplit") -> dict:
-    """Metrics under the standard protocol of the split (spec section 5).
+    """Metrics under the standard protocol of the split (docs/model.md, section 5).
 
     Flickr30K test: the 1K protocol (1000 images x 5000 captions). MS-COCO testall: 5K on the whole matrix
     (top-level keys) plus the mean of the five 1K folds (`coco_1k`) and each fold (`coco_1k_folds`). Other
@@ -397,44 +260,9 @@ def audit_table(audit: dict) -> str:
     return "\n".join(lines)
 
 
-DATASETS = ("f30k", "coco", "synthetic")
-SPLITS = ("train", "dev", "test", "testall")
-
-
-@dataclass
-class EvaluationArguments:
-    model: str = field(metadata={"help": "A saved SepsModel folder (with its processor) or a hub id."})
-    data_root: str = field(metadata={"help": "Annotation folder in the SEPS authors' layout."})
-    dataset: str | None = field(
-        default=None,
-        metadata={
-            "help": "f30k | coco | synthetic (default: inferred from the files in --data_root).",
-            "choices": DATASETS,
-        },
-    )
-    split: str | None = field(
-        default=None, metadata={"help": "test | testall | dev (default: testall for coco, test otherwise)."}
-    )
-    image_root: str | None = field(default=None, metadata={"help": "Image folder (default: see the loader)."})
-    dense_pairing: str = field(
-        default="image",
-        metadata={
-            "help": "image: each image uses its own dense caption (honest). none: no dense caption. "
-            "query_ground_truth: the SEPS authors' pairing, a label leak; reports both side by side.",
-            "choices": DENSE_PAIRINGS,
-        },
-    )
-    batch_size: int = field(default=64, metadata={"help": "Images or captions per encoding batch."})
-    images_per_block: int = field(default=50, metadata={"help": "Images per scoring block."})
-    output_json: str | None = field(default=None, metadata={"help": "Write the metrics here."})
-    save_sims: str | None = field(default=None, metadata={"help": "Write the similarity matrix here (.npy)."})
-
-
 def infer_dataset(data_root: str | os.PathLike) -> tuple[str, str] | None:
     """The dataset of an annotation folder and the file that tells it, or None: a synthetic benchmark has
     `synthetic_info.json`, MS-COCO `testall_*` files or `coco_*.jsonl`, Flickr30K `f30k_*.jsonl` or `test_*` files."""
-    from .data.synthetic import INFO_FILE
-
     root = Path(data_root)
     patterns = (
         ("synthetic", INFO_FILE),
@@ -453,9 +281,6 @@ def infer_dataset(data_root: str | os.PathLike) -> tuple[str, str] | None:
 def resolve_evaluation_arguments(args: EvaluationArguments) -> EvaluationArguments:
     """Check every argument before any work (a `UsageError` names the flag) and fill in `dataset` (inferred from
     the folder) and `split` (the dataset's test split)."""
-    from .cli import UsageError, check_choice, check_existing, check_int, check_model_location, check_writable_file
-    from .data import RetrievalFiles
-
     check_model_location("model", args.model)
     check_existing("data_root", args.data_root, "folder")
     check_choice("dense_pairing", args.dense_pairing, DENSE_PAIRINGS)
@@ -496,10 +321,6 @@ def run_evaluation(args: EvaluationArguments) -> dict:
     """Encode a split once, score it in blocks (split over processes under Accelerate), report the protocol's
     metrics (markdown on stdout, JSON to `output_json`) and optionally save the similarity matrix."""
     from accelerate import Accelerator
-
-    from .data import load_retrieval_split
-    from .modeling_seps import SepsModel
-    from .processing_seps import SepsProcessor
 
     args = resolve_evaluation_arguments(args)
     reuse_freed_cpu_memory()

@@ -1,10 +1,10 @@
 """Retrieval data for SEPS: the SEPS authors' layout (Flickr30K, MS-COCO), `datasets` builders and a collator.
 
-The synthetic fine-grained benchmark, written in the same layout, lives in `transformers_seps.data.synthetic`
-(also a command line: `python -m transformers_seps.data.synthetic --output_dir DIR`).
+The synthetic fine-grained benchmark, written in the same layout, lives in `transformers_seps.train.data.synthetic`
+(also a command line: `python -m transformers_seps.train.data.synthetic --output_dir DIR`).
 """
 
-from .retrieval import (
+from .authors_layout import (
     DENSE_CAPTION_MODES,
     RetrievalDataError,
     RetrievalFileNotFoundError,

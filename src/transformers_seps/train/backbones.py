@@ -13,14 +13,11 @@ Any other name is a hub id or a local folder, loaded as it is.
 
 from transformers import AutoModel, PreTrainedModel, ViTConfig, ViTModel
 
-from .configuration_seps import vision_image_size
-from .efficientnet_lite import EfficientNetLiteConfig, EfficientNetLiteModel, load_efficientnet_lite0_weights
-from .processing_seps import SepsProcessor
+from ..configuration_seps import vision_image_size
+from ..efficientnet_lite import EfficientNetLiteConfig, EfficientNetLiteModel, load_efficientnet_lite0_weights
+from ..processing_seps import SepsProcessor
+from .arguments import EFFICIENTNET_LITE0, EFFICIENTNET_LITE0_STRIDE16, MINILM, VIT_SCRATCH
 
-MINILM = "all-minilm-l6-v2"
-EFFICIENTNET_LITE0 = "efficientnet-lite0"
-EFFICIENTNET_LITE0_STRIDE16 = "efficientnet-lite0-stride16"
-VIT_SCRATCH = "vit-scratch"
 # Stages kept and default input side of each pretrained EfficientNet-Lite0 backbone.
 EFFICIENTNET_LITE0_VARIANTS = {EFFICIENTNET_LITE0: (7, 224), EFFICIENTNET_LITE0_STRIDE16: (5, 128)}
 LOCAL_BACKBONES = (MINILM, *EFFICIENTNET_LITE0_VARIANTS, VIT_SCRATCH)

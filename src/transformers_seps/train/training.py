@@ -1,0 +1,694 @@
+"""The training run behind `examples/train_retrieval.py`, in named steps: resolve the defaults, build the model and
+the loaders, train one epoch, validate and keep the best model, test and push. Works in one process and under
+`accelerate launch` (any number of processes); the objective is `transformers_seps.loss`."""
+
+import json
+import shutil
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import datasets
+import torch
+from accelerate import Accelerator
+from accelerate.utils import set_seed
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+# From the package, not its modules: the first use registers the Auto classes, so saved folders get `auto_map`.
+from .. import SepsModel, SepsOutput, SepsProcessor
+from ..loss import SepsForRetrievalTraining
+from ..metrics import FOLD_SIZE, fold_metrics, markdown_table, mean_metrics, retrieval_metrics
+from .arguments import DEFAULT_SYNTHETIC_ROOT, VIT_SCRATCH, DataArguments, ModelArguments, RetrievalTrainingArguments
+from .backbones import build_processor, load_text_backbone, load_vision_backbone
+from .checkpoints import (
+    CHECKPOINT_PREFIX,
+    RUN_RECORD,
+    RunPlan,
+    plan_run,
+    publish_checkpoint,
+    run_arguments,
+    start_run_folder,
+)
+from .cli import UsageError, check_choice, check_float, check_int, check_writable_folder, replace_folder
+from .data import RetrievalFiles, RetrievalSplit, SepsRetrievalCollator, build_caption_dataset, load_retrieval_split
+from .data.synthetic import GENERATOR_VERSION, SyntheticBenchmarkConfig, generate_synthetic_benchmark
+from .data.synthetic import _is_complete as synthetic_benchmark_is_complete
+from .data.synthetic import _read_info as read_synthetic_info
+from .evaluation import encode_split, score_split
+
+
+def build_optimizer(
+    model: SepsModel,
+    learning_rate: float,
+    backbone_lr_ratio: float = 0.1,
+    weight_decay: float = 1e-4,
+    pretrained_backbones: tuple[str, ...] = ("vision_model", "text_model"),
+) -> torch.optim.AdamW:
+    """AdamW with the paper's groups: pretrained backbones at `backbone_lr_ratio` * lr, everything else
+    (projections, selection, aggregation, alignment heads, and a backbone trained from scratch) at lr."""
+    slow = [p for name in pretrained_backbones for p in getattr(model, name).parameters() if p.requires_grad]
+    slow_ids = {id(p) for p in slow}
+    fast = [p for p in model.parameters() if p.requires_grad and id(p) not in slow_ids]
+    groups = [{"params": fast, "lr": learning_rate}, {"params": slow, "lr": learning_rate * backbone_lr_ratio}]
+    return torch.optim.AdamW([g for g in groups if g["params"]], lr=learning_rate, weight_decay=weight_decay)
+
+
+def step_decay(decay_epochs: list[int], decay_rate: float, steps_per_epoch: int) -> Callable[[int], float]:
+    """LR multiplier for `LambdaLR`: times `decay_rate` at each epoch in `decay_epochs` (the authors decay by 0.3
+    at epochs 9, 15, 20 and 25: `AUTHORS_LR_DECAY_EPOCHS`, `AUTHORS_LR_DECAY_RATE`)."""
+
+    def factor(step: int) -> float:
+        epoch = step // max(1, steps_per_epoch)
+        return decay_rate ** sum(epoch >= boundary for boundary in decay_epochs)
+
+    return factor
+
+
+class TrainingProgress:
+    """The loop's own state, saved with every checkpoint (`accelerator.register_for_checkpointing`)."""
+
+    def __init__(self) -> None:
+        self.step = 0
+        self.best_rsum = -1.0
+        self.best_epoch = -1
+        self.history: list[dict] = []
+
+    def state_dict(self) -> dict:
+        return {"step": self.step, "best_rsum": self.best_rsum, "best_epoch": self.best_epoch, "history": self.history}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.step, self.best_rsum, self.best_epoch = state["step"], state["best_rsum"], state["best_epoch"]
+        self.history = list(state["history"])
+
+
+def epoch_order(caption_to_image: list[int], epoch: int, seed: int, *, one_caption_per_image: bool) -> list[int]:
+    """Caption rows of one epoch, shuffled; a function of (seed, epoch) only, so a resumed run replays it.
+
+    With `one_caption_per_image`, each image appears once with one of its captions drawn at random.
+    """
+    generator = torch.Generator().manual_seed(seed * 1000 + epoch)
+    rows = torch.arange(len(caption_to_image))
+    if one_caption_per_image:
+        images = torch.as_tensor(caption_to_image)
+        keys = torch.rand(len(rows), generator=generator)
+        # The caption with the smallest random key of each image.
+        best = torch.full((int(images.max()) + 1,), 2.0).scatter_reduce(0, images, keys, reduce="amin")
+        rows = rows[keys == best[images]]
+    return rows[torch.randperm(len(rows), generator=generator)].tolist()
+
+
+def validate_training_arguments(
+    model_args: ModelArguments, data_args: DataArguments, args: RetrievalTrainingArguments
+) -> None:
+    """Check every argument's type and range, and the paths, before any work; a `UsageError` names the flag."""
+    check_choice("variant", model_args.variant, ("paper", "official"))
+    check_choice("dataset", data_args.dataset, ("synthetic", "f30k", "coco"))
+    check_choice("mixed_precision", args.mixed_precision, ("no", "fp16", "bf16"))
+    if args.mixed_precision == "fp16" and not torch.cuda.is_available():
+        # Accelerate autocasts fp16 on accelerators only: on CPU it would train in float32 without a word.
+        raise UsageError(
+            "--mixed_precision fp16 needs a GPU; on CPU Accelerate would silently train in float32: use "
+            "--mixed_precision bf16 (CPU autocast) or no"
+        )
+    for flag, value in (
+        ("embed_dim", model_args.embed_dim),
+        ("patch_size", model_args.patch_size),
+        ("per_device_train_batch_size", args.per_device_train_batch_size),
+        ("per_device_eval_batch_size", args.per_device_eval_batch_size),
+        ("gradient_accumulation_steps", args.gradient_accumulation_steps),
+        ("logging_steps", args.logging_steps),
+        ("synthetic_num_train", data_args.synthetic_num_train),
+        ("synthetic_num_dev", data_args.synthetic_num_dev),
+        ("synthetic_num_test", data_args.synthetic_num_test),
+    ):
+        check_int(flag, value, 1)
+    check_int("image_size", model_args.image_size, 1, allow_none=True)
+    check_int("synthetic_image_size", data_args.synthetic_image_size, 32, allow_none=True)
+    check_int("num_train_epochs", args.num_train_epochs, 1, allow_none=True)
+    check_int("max_violation_warmup_epochs", model_args.max_violation_warmup_epochs, 0, allow_none=True)
+    check_int("num_workers", data_args.num_workers, 0)
+    if args.max_steps not in (None, -1):
+        check_int("max_steps", args.max_steps, 1, meaning=" (or -1: train --num_train_epochs epochs)")
+    check_float("learning_rate", args.learning_rate, 0.0, low_inclusive=False)
+    check_float("backbone_lr_ratio", args.backbone_lr_ratio, 0.0)
+    check_float("weight_decay", args.weight_decay, 0.0)
+    check_float("lr_decay_rate", args.lr_decay_rate, 0.0, low_inclusive=False)
+    check_float("max_grad_norm", args.max_grad_norm, 0.0)
+    for epoch in args.lr_decay_epochs:
+        check_int("lr_decay_epochs", epoch, 0)
+    steps = args.checkpointing_steps
+    if steps is not None and steps != "epoch" and not (steps.isdigit() and int(steps) > 0):
+        raise UsageError(f"--checkpointing_steps must be a positive number of steps or 'epoch', got {steps!r}")
+    if model_args.freeze_vision_model and model_args.vision_model == VIT_SCRATCH:
+        raise UsageError(f"--freeze_vision_model true would keep '{VIT_SCRATCH}' at its random initialisation")
+    if args.push_to_hub and not args.hub_model_id:
+        raise UsageError("--push_to_hub needs --hub_model_id (the Hub repository, org/name)")
+    check_writable_folder("output_dir", Path(args.output_dir))
+    _check_data_root(data_args, model_args.use_dense_captions)
+
+
+def _check_data_root(data_args: DataArguments, use_dense: bool) -> None:
+    """A real dataset's folder must exist, with its splits' caption files and (with dense captions) the train and
+    test dense-caption files; the synthetic benchmark is only generated into a missing or empty folder when it is
+    the default one or `--generate_synthetic` asks for it (a misspelled path is an error)."""
+    root = Path(data_args.data_root)
+    if data_args.dataset != "synthetic" and not root.is_dir():
+        raise UsageError(f"--data_root {root}: no such folder (the {data_args.dataset} annotation folder)")
+    if root.is_dir() and any(root.iterdir()):
+        test_split = "testall" if data_args.dataset == "coco" else "test"
+        for split in ("train", "dev", test_split):
+            files = RetrievalFiles.in_folder(root, data_args.dataset, split)
+            if not files.captions.is_file():
+                raise UsageError(f"--data_root {root} has no {files.captions.name} (the {split} split)")
+            if use_dense and split != "dev" and not files.dense_captions.is_file():
+                raise UsageError(
+                    f"--use_dense_captions needs {files.dense_captions}, which does not exist: pass "
+                    "--no_use_dense_captions to train without dense captions, or write them with "
+                    "examples/generate_dense_captions.py"
+                )
+        return  # a synthetic benchmark of another configuration is refused once the image size is known
+    if root.exists() and not root.is_dir():
+        raise UsageError(f"--data_root {root} is a file, not a folder")
+    if data_args.data_root != DEFAULT_SYNTHETIC_ROOT and not data_args.generate_synthetic:
+        raise UsageError(
+            f"--data_root {root}: no such folder (or an empty one); add --generate_synthetic to generate the "
+            "synthetic benchmark there, or check the path"
+        )
+    check_writable_folder("data_root", root)
+
+
+# The fields of `SyntheticBenchmarkConfig` this script sets, each with its flag --synthetic_<field>.
+_SYNTHETIC_FLAG_FIELDS = ("num_train", "num_dev", "num_test", "image_size", "seed")
+
+
+def _synthetic_config_flags(config: dict) -> str:
+    """The flags of this script that select a synthetic benchmark of `config` (its `SyntheticBenchmarkConfig`)."""
+    return " ".join(f"--synthetic_{key} {config.get(key)}" for key in _SYNTHETIC_FLAG_FIELDS)
+
+
+def _synthetic_mismatch(root: Path, config: SyntheticBenchmarkConfig) -> UsageError:
+    """The error for a `--data_root` holding something else than the synthetic benchmark of `config`."""
+    found = read_synthetic_info(root)
+    if not isinstance(found, dict) or not isinstance(found.get("config"), dict):
+        return UsageError(f"--data_root {root} is not empty and holds no synthetic benchmark")
+    found_config = found["config"]
+    defaults = asdict(SyntheticBenchmarkConfig())
+    settable = found.get("version") == GENERATOR_VERSION and all(
+        found_config.get(key) == value for key, value in defaults.items() if key not in _SYNTHETIC_FLAG_FIELDS
+    )
+    hint = (
+        f"to train on it, pass {_synthetic_config_flags(found_config)}"
+        if settable
+        else "it was made with settings (or a generator version) this script cannot ask for"
+    )
+    return UsageError(
+        f"--data_root {root} holds a synthetic benchmark made with {_synthetic_config_flags(found_config)}, not "
+        f"the one this run asks for ({_synthetic_config_flags(asdict(config))}): {hint}; or pass another "
+        "--data_root with --generate_synthetic"
+    )
+
+
+def _load_data(
+    data_args: DataArguments, image_size: int, accelerator: Accelerator, *, use_dense: bool
+) -> dict[str, RetrievalSplit]:
+    if data_args.dataset == "synthetic":
+        config = SyntheticBenchmarkConfig(
+            num_train=data_args.synthetic_num_train,
+            num_dev=data_args.synthetic_num_dev,
+            num_test=data_args.synthetic_num_test,
+            image_size=data_args.synthetic_image_size or image_size,
+            seed=data_args.synthetic_seed,
+        )
+        root = Path(data_args.data_root)
+        if root.is_dir() and any(root.iterdir()) and not synthetic_benchmark_is_complete(root, config):
+            raise _synthetic_mismatch(root, config)
+        if accelerator.is_main_process:
+            generate_synthetic_benchmark(data_args.data_root, config)
+        accelerator.wait_for_everyone()
+    test_split = "testall" if data_args.dataset == "coco" else "test"
+    # "auto": train and test need their dense captions; dev may have none (the authors ship none for dev).
+    dense_mode = "auto" if use_dense else "ignore"
+    splits = {}
+    for name in ("train", "dev", test_split):
+        splits[name] = load_retrieval_split(
+            data_args.data_root, data_args.dataset, name, data_args.image_root, dense_captions=dense_mode
+        )
+    return splits
+
+
+@dataclass
+class ResolvedDefaults:
+    """The options left unset (None) on the command line, resolved for the dataset (README: "Training defaults")."""
+
+    num_train_epochs: int
+    freeze_text_model: bool
+    freeze_vision_model: bool
+    one_caption_per_image: bool
+    max_violation_warmup_epochs: int
+
+
+def resolve_defaults(
+    model_args: ModelArguments, data_args: DataArguments, args: RetrievalTrainingArguments
+) -> ResolvedDefaults:
+    """Real datasets get the paper's and the authors' settings (30 epochs, backbones trained, every caption in every
+    epoch, hardest negatives after one epoch); the synthetic benchmark its own (2 epochs, frozen pretrained
+    backbones, one caption per image and epoch, all negatives in every epoch). The README's "Training defaults"
+    table gives the source of each."""
+    synthetic = data_args.dataset == "synthetic"
+    num_train_epochs = args.num_train_epochs or (2 if synthetic else 30)
+    freeze_vision = model_args.freeze_vision_model
+    if freeze_vision is None:
+        freeze_vision = synthetic and model_args.vision_model != VIT_SCRATCH
+    elif freeze_vision and model_args.vision_model == VIT_SCRATCH:
+        raise ValueError(f"--freeze_vision_model true would keep '{VIT_SCRATCH}' at its random initialisation")
+    warmup_epochs = model_args.max_violation_warmup_epochs
+    if warmup_epochs is None:
+        warmup_epochs = num_train_epochs if synthetic else 1
+    return ResolvedDefaults(
+        num_train_epochs=num_train_epochs,
+        freeze_text_model=synthetic if model_args.freeze_text_model is None else model_args.freeze_text_model,
+        freeze_vision_model=freeze_vision,
+        one_caption_per_image=synthetic if data_args.one_caption_per_image is None else data_args.one_caption_per_image,
+        max_violation_warmup_epochs=warmup_epochs,
+    )
+
+
+def _build_model(model_args: ModelArguments, warmup_epochs: int) -> tuple[SepsModel, SepsProcessor]:
+    vision = load_vision_backbone(model_args.vision_model, model_args.image_size, model_args.patch_size)
+    text = load_text_backbone(model_args.text_model)
+    # Unset ratios are left to `from_backbones`, which takes the paper's for the backbone.
+    ratios = {
+        name: value for name in ("sparse_ratio", "aggr_ratio") if (value := getattr(model_args, name)) is not None
+    }
+    model = SepsModel.from_backbones(
+        vision,
+        text,
+        variant=model_args.variant,
+        embed_dim=model_args.embed_dim,
+        max_violation_warmup_epochs=warmup_epochs,
+        **ratios,
+    )
+    processor = build_processor(
+        model_args.vision_model, model_args.text_model, vision, text_model_max_length=model.config.max_text_length
+    )
+    return model, processor
+
+
+def evaluate_model(
+    model: SepsModel,
+    processor: SepsProcessor,
+    split: RetrievalSplit,
+    batch_size: int,
+    accelerator: Accelerator,
+    *,
+    use_dense: bool,
+) -> dict[str, float]:
+    """Metrics of `model` on a split (honest dense pairing); COCO's 5K test also gets the mean of its 1K folds
+    (a smaller testall, not a whole number of folds, gets the whole-matrix metrics only).
+
+    A split without dense captions (the authors' dev split) is scored without them: the dense terms drop out."""
+    use_dense = use_dense and split.has_dense_captions
+    encoded = encode_split(model, processor, split, batch_size, use_dense=use_dense, accelerator=accelerator)
+    pairing = "image" if use_dense else "none"
+    similarity = score_split(model, encoded, dense_pairing=pairing, accelerator=accelerator)
+    metrics = retrieval_metrics(similarity, split.caption_to_image)
+    if split.dataset == "coco" and split.split == "testall" and split.num_images % FOLD_SIZE == 0:
+        folds = fold_metrics(similarity, split.caption_to_image)
+        metrics.update({f"1k_{key}": value for key, value in mean_metrics(folds).items()})
+    return metrics
+
+
+def _save_pretrained_atomically(model: SepsModel, processor: SepsProcessor, directory: Path) -> None:
+    temporary = directory.with_name(f".tmp-{directory.name}")
+    if temporary.exists():
+        shutil.rmtree(temporary)
+    model.save_pretrained(temporary)
+    processor.save_pretrained(temporary)
+    replace_folder(temporary, directory)
+
+
+@dataclass
+class TrainingSchedule:
+    """How many pairs, optimizer steps and epochs a run trains (`plan_schedule`)."""
+
+    rows_per_epoch: int
+    steps_per_epoch: int
+    max_steps: int
+    num_epochs: int
+
+
+def plan_schedule(
+    args: RetrievalTrainingArguments,
+    caption_to_image: list[int],
+    num_processes: int,
+    num_train_epochs: int,
+    *,
+    one_caption_per_image: bool,
+) -> TrainingSchedule:
+    """Steps per epoch from the epoch's pairs and the global batch; `max_steps` (if set) or the epochs bound the run."""
+    rows_per_epoch = len(epoch_order(caption_to_image, 0, args.seed, one_caption_per_image=one_caption_per_image))
+    global_batch = args.per_device_train_batch_size * num_processes
+    micro_steps_per_epoch = rows_per_epoch // global_batch
+    if micro_steps_per_epoch == 0:
+        raise ValueError(f"{rows_per_epoch} training pairs cannot fill one global batch of {global_batch}")
+    steps_per_epoch = max(1, micro_steps_per_epoch // args.gradient_accumulation_steps)
+    max_steps = args.max_steps if args.max_steps not in (None, -1) else steps_per_epoch * num_train_epochs
+    return TrainingSchedule(rows_per_epoch, steps_per_epoch, max_steps, -(-max_steps // steps_per_epoch))
+
+
+@dataclass
+class TrainingRun:
+    """What the steps of one training run share (`run_training`). `objective`, `optimizer` and `scheduler` are
+    the ones `accelerator.prepare` returned; `model` is the bare `SepsModel` inside the objective."""
+
+    model_args: ModelArguments
+    data_args: DataArguments
+    args: RetrievalTrainingArguments
+    defaults: ResolvedDefaults
+    plan: RunPlan
+    accelerator: Accelerator
+    model: SepsModel
+    processor: SepsProcessor
+    splits: dict[str, RetrievalSplit]
+    train_rows: datasets.Dataset
+    objective: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    schedule: TrainingSchedule
+    progress: TrainingProgress
+
+    @property
+    def output_dir(self) -> Path:
+        return Path(self.args.output_dir)
+
+    @property
+    def use_dense(self) -> bool:
+        return self.model_args.use_dense_captions
+
+
+def run_training(
+    model_args: ModelArguments, data_args: DataArguments, args: RetrievalTrainingArguments
+) -> dict[str, float]:
+    """Train, validate on the dev split every epoch, keep the best model by dev rSum in `output_dir/best`, and
+    write its test metrics to `output_dir/eval_results.json`. Returns the test metrics (or the best dev ones).
+
+    A new run needs an empty `output_dir` (or `overwrite_output_dir`); the folder records the run's id and
+    arguments, so that `resume_from_checkpoint` only continues the same run from its own checkpoints (`plan_run`).
+    """
+    validate_training_arguments(model_args, data_args, args)
+    run = prepare_run(model_args, data_args, args)
+    progress, schedule = run.progress, run.schedule
+    bar = tqdm(
+        total=schedule.max_steps,
+        initial=progress.step,
+        desc="training",
+        disable=not run.accelerator.is_local_main_process,
+    )
+    checkpoint_every = None if args.checkpointing_steps in (None, "epoch") else int(args.checkpointing_steps)
+    for epoch in range(progress.step // schedule.steps_per_epoch, schedule.num_epochs):
+        train_one_epoch(run, epoch, bar, checkpoint_every)
+        validate_and_keep_best(run, epoch)
+        if args.checkpointing_steps == "epoch" or (checkpoint_every and progress.step % checkpoint_every == 0):
+            save_checkpoint(run)
+        if progress.step >= schedule.max_steps:
+            break
+    bar.close()
+    results = evaluate_test_and_push(run)
+    run.accelerator.end_training()
+    return results
+
+
+def prepare_run(model_args: ModelArguments, data_args: DataArguments, args: RetrievalTrainingArguments) -> TrainingRun:
+    """Plan the run folder, build the model and load the data, then write the run record (only once the data is
+    known to load, so that a refused run leaves its output_dir untouched), and prepare the objective."""
+    output_dir = Path(args.output_dir)
+    arguments = run_arguments(model_args, data_args, args)
+    plan = plan_run(output_dir, arguments, args.resume_from_checkpoint, args.overwrite_output_dir)
+    accelerator = Accelerator(
+        cpu=not torch.cuda.is_available(),  # lets `torchrun --nproc_per_node N` run N gloo processes on CPU
+        gradient_accumulation_steps=args.gradient_accumulation_steps,
+        mixed_precision=args.mixed_precision,
+        log_with=args.report_to,
+        project_dir=str(output_dir),
+    )
+    set_seed(args.seed)
+    defaults = resolve_defaults(model_args, data_args, args)
+    model, processor = _build_model(model_args, defaults.max_violation_warmup_epochs)
+    # The synthetic benchmark is rendered at the input side the processor resizes to.
+    image_size = processor.image_processor.size["height"]
+    splits = _load_data(data_args, image_size, accelerator, use_dense=model_args.use_dense_captions)
+    # After every process has planned its run (`plan_run` reads the folder).
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        start_run_folder(output_dir, plan, arguments)
+    accelerator.wait_for_everyone()
+    return _prepare_objective(model_args, data_args, args, defaults, plan, accelerator, model, processor, splits)
+
+
+def _prepare_objective(
+    model_args: ModelArguments,
+    data_args: DataArguments,
+    args: RetrievalTrainingArguments,
+    defaults: ResolvedDefaults,
+    plan: RunPlan,
+    accelerator: Accelerator,
+    model: SepsModel,
+    processor: SepsProcessor,
+    splits: dict[str, RetrievalSplit],
+) -> TrainingRun:
+    """Freeze what the defaults freeze, cache the dense captions of a frozen text encoder, build the optimizer and
+    schedule, and resume the training state of `plan.resume`."""
+    use_dense = model_args.use_dense_captions
+    objective = _build_objective(
+        model, processor, splits["train"], defaults, use_dense=use_dense, progress=accelerator.is_local_main_process
+    )
+    pretrained = ("text_model",) if model_args.vision_model == VIT_SCRATCH else ("vision_model", "text_model")
+    optimizer = build_optimizer(model, args.learning_rate, args.backbone_lr_ratio, args.weight_decay, pretrained)
+    schedule = plan_schedule(
+        args,
+        splits["train"].caption_to_image,
+        accelerator.num_processes,
+        defaults.num_train_epochs,
+        one_caption_per_image=defaults.one_caption_per_image,
+    )
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, step_decay(args.lr_decay_epochs, args.lr_decay_rate, schedule.steps_per_epoch)
+    )
+    objective, optimizer, scheduler = accelerator.prepare(objective, optimizer, scheduler)
+    progress = TrainingProgress()
+    accelerator.register_for_checkpointing(progress)
+    train_rows = build_caption_dataset(splits["train"])
+    if not use_dense:
+        train_rows = train_rows.remove_columns(["dense_caption"])
+    run = TrainingRun(
+        model_args=model_args,
+        data_args=data_args,
+        args=args,
+        defaults=defaults,
+        plan=plan,
+        accelerator=accelerator,
+        model=model,
+        processor=processor,
+        splits=splits,
+        train_rows=train_rows,
+        objective=objective,
+        optimizer=optimizer,
+        scheduler=scheduler,
+        schedule=schedule,
+        progress=progress,
+    )
+    _resume_or_start(run)
+    return run
+
+
+def _build_objective(
+    model: SepsModel,
+    processor: SepsProcessor,
+    train: RetrievalSplit,
+    defaults: ResolvedDefaults,
+    *,
+    use_dense: bool,
+    progress: bool,
+) -> SepsForRetrievalTraining:
+    """Freeze what the defaults freeze; with a frozen text encoder, encode each training image's dense caption once."""
+    if defaults.freeze_text_model:
+        model.text_model.requires_grad_(False)
+    if defaults.freeze_vision_model:
+        model.vision_model.requires_grad_(False)
+    objective = SepsForRetrievalTraining(model, cache_dense_hidden_states=defaults.freeze_text_model and use_dense)
+    if objective.dense_cache is not None:
+        model.text_model.eval()
+        dense_inputs = processor(dense_text=train.dense_captions)
+        objective.fill_dense_cache(
+            train.image_ids, dense_inputs["dense_input_ids"], dense_inputs["dense_attention_mask"], progress=progress
+        )
+    return objective
+
+
+def _resume_or_start(run: TrainingRun) -> None:
+    """Load the checkpoint the run resumes (if any), start the trackers, and say what the run trains."""
+    accelerator, plan, progress, defaults = run.accelerator, run.plan, run.progress, run.defaults
+    if plan.resume is not None:
+        accelerator.load_state(str(plan.resume))
+        accelerator.print(f"run {plan.run_id}: resumed from {plan.resume} at step {progress.step}")
+    else:
+        state = "new run" if plan.new_run else "no checkpoint yet, starting from scratch"
+        accelerator.print(f"run {plan.run_id} in {run.output_dir}: {state}")
+    if run.args.report_to:
+        config = {**asdict(run.model_args), **asdict(run.data_args), **asdict(run.args)}
+        accelerator.init_trackers("seps", config=config)
+    schedule = run.schedule
+    accelerator.print(
+        f"{schedule.rows_per_epoch} pairs per epoch, {schedule.steps_per_epoch} steps per epoch, "
+        f"{schedule.max_steps} steps; vision backbone "
+        f"{'frozen' if defaults.freeze_vision_model else 'trained'}, text encoder "
+        f"{'frozen' if defaults.freeze_text_model else 'trained'}; dense "
+        f"captions {'on' if run.use_dense else 'off'}; triplet loss over all negatives for "
+        f"{defaults.max_violation_warmup_epochs} epoch(s), then "
+        "over the hardest negative"
+    )
+
+
+def _epoch_loader(run: TrainingRun, epoch: int, done_in_epoch: int) -> DataLoader:
+    """The epoch's shuffled pairs (`epoch_order`), split over the processes, without the `done_in_epoch` optimizer
+    steps a resumed run already took."""
+    args = run.args
+    order = epoch_order(
+        run.splits["train"].caption_to_image,
+        epoch,
+        args.seed,
+        one_caption_per_image=run.defaults.one_caption_per_image,
+    )
+    loader = DataLoader(
+        run.train_rows.select(order),
+        batch_size=args.per_device_train_batch_size,
+        drop_last=True,
+        collate_fn=SepsRetrievalCollator(run.processor),
+        num_workers=run.data_args.num_workers,
+        generator=torch.Generator().manual_seed(args.seed),
+    )
+    loader = run.accelerator.prepare_data_loader(loader)
+    if done_in_epoch:
+        loader = run.accelerator.skip_first_batches(loader, done_in_epoch * args.gradient_accumulation_steps)
+    return loader
+
+
+def train_one_epoch(run: TrainingRun, epoch: int, bar: tqdm, checkpoint_every: int | None) -> None:
+    """Optimizer steps of `epoch` (the rest of it, for a resumed run), checkpointing every `checkpoint_every`."""
+    accelerator, args, progress, model = run.accelerator, run.args, run.progress, run.model
+    run.objective.train()
+    if run.defaults.freeze_text_model:
+        model.text_model.eval()  # no dropout in a frozen encoder
+    if run.defaults.freeze_vision_model:
+        model.vision_model.eval()  # BatchNorm keeps its pretrained statistics
+    done_in_epoch = progress.step - epoch * run.schedule.steps_per_epoch
+    max_violation = epoch >= model.config.max_violation_warmup_epochs
+    if max_violation and epoch == model.config.max_violation_warmup_epochs > 0:
+        accelerator.print(
+            f"epoch {epoch}: the triplet loss switches from the sum over all negatives to the hardest negative "
+            f"(after {epoch} warm-up epochs, --max_violation_warmup_epochs)"
+        )
+    epoch_end_step = min(run.schedule.max_steps, (epoch + 1) * run.schedule.steps_per_epoch)
+    micro_step = done_in_epoch * args.gradient_accumulation_steps
+    for batch in _epoch_loader(run, epoch, done_in_epoch):
+        with accelerator.accumulate(run.objective):
+            seed = (args.seed * 1_000_003 + epoch * 100_003 + micro_step) % 2**63
+            output = run.objective(**batch, max_violation=max_violation, selection_seed=seed)
+            accelerator.backward(output.loss)
+            if accelerator.sync_gradients and args.max_grad_norm > 0:
+                accelerator.clip_grad_norm_(run.objective.parameters(), args.max_grad_norm)
+            run.optimizer.step()
+            run.scheduler.step()
+            run.optimizer.zero_grad()
+        micro_step += 1
+        if not accelerator.sync_gradients:
+            continue
+        progress.step += 1
+        _log_step(run, output, epoch, bar)
+        if progress.step >= epoch_end_step:
+            break
+        if checkpoint_every and progress.step % checkpoint_every == 0:
+            save_checkpoint(run)
+
+
+def _log_step(run: TrainingRun, output: SepsOutput, epoch: int, bar: tqdm) -> None:
+    learning_rate = run.scheduler.get_last_lr()[0]
+    bar.update(1)
+    bar.set_postfix(loss=f"{output.loss.item():.3f}", lr=f"{learning_rate:.2e}", epoch=epoch)
+    if run.progress.step % run.args.logging_steps == 0:
+        run.accelerator.log(
+            {
+                "train/loss": output.loss.item(),
+                "train/alignment_loss": output.alignment_loss.item(),
+                "train/ratio_loss": output.ratio_loss.item(),
+                "train/kept_fraction": output.sparse_keep_mask.mean().item(),
+                "train/lr": learning_rate,
+            },
+            step=run.progress.step,
+        )
+
+
+def save_checkpoint(run: TrainingRun) -> None:
+    """Every process writes the training state to a temporary folder; the main process then publishes it as
+    `checkpoint-<step>` with the run's id (`publish_checkpoint`)."""
+    accelerator, step = run.accelerator, run.progress.step
+    checkpoints = run.output_dir / "checkpoints"
+    temporary = checkpoints / f".tmp-{CHECKPOINT_PREFIX}{step}"
+    accelerator.save_state(str(temporary))
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        (temporary / RUN_RECORD).write_text(json.dumps({"run_id": run.plan.run_id, "step": step}))
+        publish_checkpoint(temporary, checkpoints / f"{CHECKPOINT_PREFIX}{step}", run_id=run.plan.run_id)
+    accelerator.wait_for_everyone()
+
+
+def validate_and_keep_best(run: TrainingRun, epoch: int) -> None:
+    """Dev metrics of the epoch, logged and added to `dev_history.json`; a better dev rSum replaces `best/`."""
+    accelerator, progress = run.accelerator, run.progress
+    metrics = evaluate_model(
+        run.model,
+        run.processor,
+        run.splits["dev"],
+        run.args.per_device_eval_batch_size,
+        accelerator,
+        use_dense=run.use_dense,
+    )
+    progress.history.append({"epoch": epoch, "step": progress.step, **metrics})
+    accelerator.log({f"dev/{key}": value for key, value in metrics.items()}, step=progress.step)
+    accelerator.print(
+        f"epoch {epoch}: dev rsum {metrics['rsum']:.1f} (R@1 i2t {metrics['i2t_r1']:.1f}, t2i {metrics['t2i_r1']:.1f})"
+    )
+    if metrics["rsum"] > progress.best_rsum:
+        progress.best_rsum, progress.best_epoch = metrics["rsum"], epoch
+        if accelerator.is_main_process:
+            _save_pretrained_atomically(run.model, run.processor, run.output_dir / "best")
+    if accelerator.is_main_process:
+        (run.output_dir / "dev_history.json").write_text(json.dumps(progress.history, indent=2))
+    accelerator.wait_for_everyone()
+
+
+def evaluate_test_and_push(run: TrainingRun) -> dict[str, float]:
+    """The best model's test metrics (written to `eval_results.json`, with the best dev epoch) and its upload."""
+    accelerator, args, output_dir = run.accelerator, run.args, run.output_dir
+    results = {"best_epoch": run.progress.best_epoch, "best_dev_rsum": run.progress.best_rsum}
+    if args.eval_test:
+        best = SepsModel.from_pretrained(output_dir / "best").to(accelerator.device)
+        test_name = "testall" if run.data_args.dataset == "coco" else "test"
+        test = evaluate_model(
+            best,
+            run.processor,
+            run.splits[test_name],
+            args.per_device_eval_batch_size,
+            accelerator,
+            use_dense=run.use_dense,
+        )
+        results.update(test)
+        if accelerator.is_main_process:
+            (output_dir / "eval_results.json").write_text(json.dumps(results, indent=2))
+            accelerator.print(markdown_table(test))
+    if args.push_to_hub and accelerator.is_main_process:
+        best = SepsModel.from_pretrained(output_dir / "best")
+        best.push_to_hub(args.hub_model_id)
+        run.processor.push_to_hub(args.hub_model_id)
+    return results
