@@ -299,8 +299,8 @@ class _TextSide:
         mask = attention_mask.bool()
         # Padding never reaches a score, whatever it holds (NaN included).
         text_embeds = torch.where(mask.unsqueeze(-1), text_embeds, 0)
-        global_embeds = masked_mean(text_embeds.transpose(1, 2), mask.unsqueeze(1))
-        words_norm, global_norm = F.normalize(text_embeds, dim=-1), F.normalize(global_embeds, dim=-1)
+        # The normalised mean of the real tokens: the normalised sum, padding being zero.
+        words_norm, global_norm = F.normalize(text_embeds, dim=-1), F.normalize(text_embeds.sum(dim=1), dim=-1)
         if paired:
             return cls(words_norm[:, None], mask[:, None], global_norm[:, None])
         return cls(words_norm[None], mask[None], global_norm[None])
