@@ -1124,13 +1124,18 @@ def _probe_vision_backbone(vision: PreTrainedModel, image_size: int) -> tuple[in
 
 
 __all__ = [
+    "SEPS_HEADS",
+    "SepsHead",
     "SepsModel",
+    "SepsOfficialHead",
     "SepsOutput",
+    "SepsPaperHead",
     "SepsPreTrainedModel",
     "SepsPatchScorer",
     "SepsRelevanceHead",
     "SepsTokenAggregator",
     "gumbel_keep_mask",
+    "kept_softmax",
     "masked_softmax",
     "min_max_normalize",
     "top_k_keep_mask",
