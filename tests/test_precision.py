@@ -262,6 +262,7 @@ def test_training_script_runs_in_bf16_on_cpu(tmp_path):
         "--mixed_precision", "bf16",
         "--output_dir", str(tmp_path / "run"),
         "--data_root", str(tmp_path / "data"),
+        "--generate_synthetic",
         "--synthetic_num_train", "16",
         "--synthetic_num_dev", "8",
         "--synthetic_num_test", "8",
