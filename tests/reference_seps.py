@@ -82,7 +82,7 @@ def paper_score(model, image_embeds: torch.Tensor, caption: torch.Tensor, dense:
     config = model.config
     beta, k = config.beta, config.num_kept_patches
     cls, patches = _split(image_embeds, config.vision_cls_token)
-    patch_scores = model.patch_scorer(patches)
+    patch_scores = model.head.patch_scorer(patches)
     self_scores = _minmax(_cosine_to_patches(patches.mean(1), patches))
     text_scores = _minmax(_cosine_to_patches(caption.mean(0, keepdim=True), patches))
     if dense is None:
@@ -94,11 +94,11 @@ def paper_score(model, image_embeds: torch.Tensor, caption: torch.Tensor, dense:
             1 + 2 * beta
         )
     sorted_scores, order = torch.sort(scores, dim=1, descending=True)
-    tokens = _aggregate_kept(model.sparse_aggregator, patches, order[:, :k])
+    tokens = _aggregate_kept(model.head.sparse_aggregator, patches, order[:, :k])
     if dense is not None:
         dense_view = ((1 - 2 * beta) * patch_scores + beta * (2 * dense_scores + 2 * self_scores)) / (1 + 2 * beta)
         dense_order = torch.sort(dense_view, dim=1, descending=True).indices
-        tokens = tokens + _aggregate_kept(model.dense_aggregator, patches, dense_order[:, :k])
+        tokens = tokens + _aggregate_kept(model.head.dense_aggregator, patches, dense_order[:, :k])
     pieces = [tokens]
     if config.keep_cls_and_extra_token:
         dropped = _gather(patches, order[:, k:])
@@ -106,8 +106,8 @@ def paper_score(model, image_embeds: torch.Tensor, caption: torch.Tensor, dense:
         pieces = ([cls] if cls is not None else []) + [tokens, extra]
     tokens = F.normalize(torch.cat(pieces, dim=1), dim=-1)
     alignment = torch.einsum("wc,ilc->iwl", F.normalize(caption, dim=-1), tokens)
-    return _relevance(model.word_relevance, alignment.max(dim=2).values) + _relevance(
-        model.token_relevance, alignment.max(dim=1).values
+    return _relevance(model.head.word_relevance, alignment.max(dim=2).values) + _relevance(
+        model.head.token_relevance, alignment.max(dim=1).values
     )
 
 
@@ -120,7 +120,7 @@ def reference_similarity(model, image_embeds, text_embeds, text_mask, dense_embe
     for caption, mask in zip(text_embeds, text_mask, strict=True):
         caption = caption[mask.bool()]
         if model.config.variant == "official":
-            branch = partial(official_branch, model.config, model.aggregator.mlp, model.aggregator.scale)
+            branch = partial(official_branch, model.config, model.head.aggregator.mlp, model.head.aggregator.scale)
             column = branch(image_embeds, caption)
             if dense is not None:
                 own = torch.stack([branch(image_embeds[j : j + 1], d)[0] for j, d in enumerate(dense)])

@@ -249,7 +249,7 @@ def test_official_configs_of_the_four_backbones(
     # The model built from it holds exactly the weights the conversion produces (no download, meta tensors).
     with torch.device("meta"):
         model = SepsModel(config)
-    assert {"vision_projection.weight", "text_projection.weight", "aggregator.scale"} <= set(model.state_dict())
+    assert {"vision_projection.weight", "text_projection.weight", "head.aggregator.scale"} <= set(model.state_dict())
 
 
 def test_options_must_agree_with_an_explicit_backbone():

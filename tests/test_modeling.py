@@ -113,13 +113,13 @@ def test_training_decisions_are_sampled_hard_masks_with_a_ratio_gradient():
     assert counts.unique().numel() > 1, "Gumbel decisions should keep a varying number of patches"
     assert out.dense_keep_mask is not None and out.dense_keep_mask.shape == (4, 25)
     out.ratio_loss.backward(retain_graph=True)
-    scorer_grad = model.patch_scorer.mlp[0].weight.grad
+    scorer_grad = model.head.patch_scorer.mlp[0].weight.grad
     assert scorer_grad is not None and scorer_grad.abs().sum() > 0
     model.zero_grad()
     out.alignment_loss.backward()
     # The alignment loss reaches the selection scores through the straight-through masks.
-    assert model.patch_scorer.mlp[0].weight.grad.abs().sum() > 0
-    assert model.sparse_aggregator.mlp[1].weight.grad.abs().sum() > 0
+    assert model.head.patch_scorer.mlp[0].weight.grad.abs().sum() > 0
+    assert model.head.sparse_aggregator.mlp[1].weight.grad.abs().sum() > 0
 
 
 def test_eval_mode_is_deterministic_top_k():
@@ -143,7 +143,7 @@ def test_official_ratio_loss_is_constant_without_gradient():
     assert out.ratio_loss.item() == pytest.approx(expected, rel=1e-4)
     assert not out.ratio_loss.requires_grad
     out.loss.backward()
-    assert model.aggregator.mlp[1].weight.grad.abs().sum() > 0
+    assert model.head.aggregator.mlp[1].weight.grad.abs().sum() > 0
 
 
 def test_gumbel_mask_straight_through():

@@ -30,10 +30,10 @@ def build_case(variant: str, sparse_ratio: float, case: str):
     with torch.no_grad():
         if case == "sharp_aggregator":  # a learned scale spreads the aggregation logits beyond fp16's exp range
             for name in ("aggregator", "sparse_aggregator", "dense_aggregator"):
-                if hasattr(model, name):
-                    getattr(model, name).scale.fill_(14.0)
+                if hasattr(model.head, name):
+                    getattr(model.head, name).scale.fill_(14.0)
         if case == "saturated_scorer":  # s_p = 1 for every patch: a keep probability of exactly 1
-            model.patch_scorer.mlp[-1].bias.fill_(1e4)
+            model.head.patch_scorer.mlp[-1].bias.fill_(1e4)
     generator = torch.Generator().manual_seed(3)
     pixels = torch.randn(NUM_IMAGES, 3, 40, 40, generator=generator)
     if case == "one_token":
@@ -96,7 +96,7 @@ def test_autocast_training_step_has_finite_loss_and_gradients(variant, sparse_ra
             output = run(model, pixels, captions, dense, return_loss=True)
         output.loss.backward()
         assert torch.isfinite(output.loss), dtype
-        head = model.aggregator if variant == "official" else model.sparse_aggregator
+        head = model.head.aggregator if variant == "official" else model.head.sparse_aggregator
         assert head.mlp[-1].weight.grad.abs().sum() > 0  # the gradient reaches the head ...
         for name, parameter in model.named_parameters():
             if parameter.grad is not None:  # ... and is finite everywhere
@@ -134,7 +134,8 @@ def test_sharp_aggregator_matches_the_one_caption_reference(variant):
     """Aggregation logits spread over ~1000: a softmax shifted by the max over ALL patches underflows for the
     kept ones (even in float32); the reference's softmax over the kept patches does not."""
     model = tiny_model(variant, seed=4)
-    aggregators = [model.aggregator] if variant == "official" else [model.sparse_aggregator, model.dense_aggregator]
+    head = model.head
+    aggregators = [head.aggregator] if variant == "official" else [head.sparse_aggregator, head.dense_aggregator]
     with torch.no_grad():
         for aggregator in aggregators:
             aggregator.scale.fill_(300.0)
@@ -196,7 +197,7 @@ def test_official_gradients_match_the_one_caption_reference(detach_selected_patc
         inputs = [tensor.clone().requires_grad_(True) for tensor in (images, texts, dense)]
         model.zero_grad()
         (score(inputs[0], inputs[1], text_mask, inputs[2], dense_mask) * loss_weights).sum().backward()
-        head = {name: parameter.grad.clone() for name, parameter in model.aggregator.named_parameters()}
+        head = {name: parameter.grad.clone() for name, parameter in model.head.aggregator.named_parameters()}
         gradients.append(([tensor.grad for tensor in inputs], head))
     (model_inputs, model_head), (reference_inputs, reference_head) = gradients
     for name, gradient, expected in zip(("images", "texts", "dense"), model_inputs, reference_inputs, strict=True):
@@ -261,7 +262,8 @@ def test_training_script_runs_in_bf16_on_cpu(tmp_path):
         sys.executable, str(SCRIPT),
         "--mixed_precision", "bf16",
         "--output_dir", str(tmp_path / "run"),
-        "--data_root", str(tmp_path / "data"), "--generate_synthetic",
+        "--data_root", str(tmp_path / "data"),
+        "--generate_synthetic",
         "--synthetic_num_train", "16",
         "--synthetic_num_dev", "8",
         "--synthetic_num_test", "8",

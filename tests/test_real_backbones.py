@@ -99,7 +99,7 @@ def check_forward_and_training_step(model: SepsModel, image_size: int, expected_
     output = model(**batch, return_loss=True, max_violation=False)
     assert torch.isfinite(output.loss)
     output.loss.backward()
-    aggregator = model.aggregator if model.config.variant == "official" else model.sparse_aggregator
+    aggregator = model.head.aggregator if model.config.variant == "official" else model.head.sparse_aggregator
     watched = {
         "text word embeddings": model.text_model.embeddings.word_embeddings.weight,
         "aggregation MLP": aggregator.mlp[1].weight,

@@ -17,7 +17,15 @@ from typing import Any
 # Names imported from their module on first access.
 _LAZY_NAMES = {
     "configuration_seps": ("SepsConfig",),
-    "modeling_seps": ("SepsModel", "SepsOutput", "SepsPreTrainedModel"),
+    "modeling_seps": (
+        "SEPS_HEADS",
+        "SepsHead",
+        "SepsModel",
+        "SepsOfficialHead",
+        "SepsOutput",
+        "SepsPaperHead",
+        "SepsPreTrainedModel",
+    ),
     "processing_seps": ("SepsProcessor",),
     "efficientnet_lite": ("EfficientNetLiteConfig", "EfficientNetLiteModel"),
     "captioning": (

@@ -2,11 +2,12 @@
 
 Shapes: C = `config.embed_dim`, N = `config.num_patches` spatial patches, K = `config.num_kept_patches`,
 N_c = `config.num_aggregated_patches`, L = tokens an image keeps after slimming, W = words of a caption.
-Section numbers refer to SEPS_SPEC.md; equation numbers to the paper (arXiv 2511.01390).
+Section numbers refer to docs/model.md; equation numbers to the paper (arXiv 2511.01390).
 """
 
 import inspect
 import os
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from os import PathLike
 
@@ -50,10 +51,12 @@ def masked_softmax(logits: torch.Tensor, keep_mask: torch.Tensor, dim: int = -1)
     if not keep_mask.requires_grad:
         # -inf added where dropped: one pass over the broadcast shape (masked_fill would copy, then fill).
         dropped_bias = torch.zeros(kept.shape, device=kept.device).masked_fill(~kept, float("-inf"))
-        weights = torch.softmax(logits32 + dropped_bias, dim=dim)
-        if not bool(kept.any(dim=dim).all()):
-            weights = weights.nan_to_num(0.0)  # a row that keeps nothing: softmax of -inf only
-        return weights.to(logits.dtype)
+        keeps_some = kept.any(dim=dim, keepdim=True)
+        if bool(keeps_some.all()):
+            return torch.softmax(logits32 + dropped_bias, dim=dim).to(logits.dtype)
+        # A row that keeps nothing: zero weights and a zero (not NaN) gradient, from a softmax over all its entries.
+        weights = torch.softmax(logits32 + torch.where(keeps_some, dropped_bias, 0), dim=dim)
+        return torch.where(keeps_some, weights, 0).to(logits.dtype)
     shift = logits32.masked_fill(~kept, float("-inf")).amax(dim=dim, keepdim=True)
     shift = torch.where(torch.isfinite(shift), shift, torch.zeros_like(shift)).detach()
     weights = torch.exp((logits32 - shift).clamp_max(0)) * keep_mask.float()
@@ -68,7 +71,7 @@ def top_k_keep_mask(scores: torch.Tensor, k: int) -> torch.Tensor:
 
 
 def gumbel_keep_mask(keep_probability: torch.Tensor, tau: float) -> torch.Tensor:
-    """Per-patch keep/drop decisions sampled with a binary Gumbel-softmax (spec 4.4).
+    """Per-patch keep/drop decisions sampled with a binary Gumbel-softmax (docs/model.md 4.4).
 
     The forward value is a hard 0/1 mask, so the number kept varies from sample to sample; the backward pass
     uses the relaxed sample sigmoid((logit + logistic noise) / tau) (straight-through estimator). The logits
@@ -109,7 +112,7 @@ def top_k_padded(values: torch.Tensor, mask: torch.Tensor | None, k: int) -> tor
 
 
 class SepsTokenAggregator(nn.Module):
-    """Learns N_c aggregation weights per patch (spec 3.4, Eq. 4).
+    """Learns N_c aggregation weights per patch (docs/model.md 3.4, Eq. 4).
 
     MLP = LayerNorm(C) -> Linear(C, int(hidden_ratio*C)) -> GELU -> Linear(., N_c), times a learned scalar.
     The MLP acts on each patch alone, so it runs once per image; pairs only re-normalise its logits over the
@@ -126,6 +129,11 @@ class SepsTokenAggregator(nn.Module):
             nn.Linear(hidden, num_aggregated),
         )
         self.scale = nn.Parameter(torch.ones(1))
+
+    @classmethod
+    def from_config(cls, config: SepsConfig) -> "SepsTokenAggregator":
+        """C -> N_c, with the config's hidden ratio."""
+        return cls(config.embed_dim, config.num_aggregated_patches, config.aggr_hidden_ratio)
 
     def forward(self, patches: torch.Tensor) -> torch.Tensor:
         """(..., N, C) patches -> (..., N_c, N) aggregation logits."""
@@ -265,6 +273,7 @@ class _ImageSide:
     cls: torch.Tensor | None  # (I, C)
     self_scores: torch.Tensor  # (I, N) official: cos(mean P, P_n); paper: its min-max rescaling s_im
     aggregation_logits: torch.Tensor  # (I, N_c, N) per-image logits; each pair's softmax runs over its kept patches
+    aggregation_exp: torch.Tensor  # (I, N_c, N) their exponentials shifted by the image's largest logit
     patch_scores: torch.Tensor | None = None  # (I, N) s_p (paper)
     dense_scores: torch.Tensor | None = None  # (I, N) s_dt (paper, with a dense caption)
     dense_weights: torch.Tensor | None = None  # (I, N_c, N) W_d softmax weights of the dense view (paper)
@@ -282,6 +291,20 @@ class _TextSide:
     word_mask: torch.Tensor  # (T_i, T, W) bool
     global_norm: torch.Tensor  # (T_i, T, C) normalised mean of the caption's tokens
 
+    @classmethod
+    def from_embeddings(
+        cls, text_embeds: torch.Tensor, attention_mask: torch.Tensor, paired: bool = False
+    ) -> "_TextSide":
+        """Captions (T, W, C) with their masks (T, W); `paired`: caption j belongs to image j (a dense caption)."""
+        mask = attention_mask.bool()
+        # Padding never reaches a score, whatever it holds (NaN included).
+        text_embeds = torch.where(mask.unsqueeze(-1), text_embeds, 0)
+        # The normalised mean of the real tokens: the normalised sum, padding being zero.
+        words_norm, global_norm = F.normalize(text_embeds, dim=-1), F.normalize(text_embeds.sum(dim=1), dim=-1)
+        if paired:
+            return cls(words_norm[:, None], mask[:, None], global_norm[:, None])
+        return cls(words_norm[None], mask[None], global_norm[None])
+
     def __getitem__(self, index: slice | torch.Tensor) -> "_TextSide":
         if self.words_norm.shape[0] == 1:
             return _TextSide(self.words_norm[:, index], self.word_mask[:, index], self.global_norm[:, index])
@@ -291,6 +314,296 @@ class _TextSide:
         """Without the padding positions that no caption here uses (blocks of similar lengths pad little)."""
         length = int(self.word_mask.flatten(0, 1).any(dim=0).nonzero().max()) + 1
         return _TextSide(self.words_norm[:, :, :length], self.word_mask[:, :, :length], self.global_norm)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Heads: what each variant computes on top of the encoders (docs/model.md, sections 3 and 4)
+# --------------------------------------------------------------------------------------------------------------
+
+# A pair whose kept exponentials (shifted by the image's largest logit) sum below this (its largest kept logit lies
+# more than 34.5 below the image's largest) recomputes its softmax shifted by its own largest kept logit: below it,
+# float32 loses kept weights to underflow and the gradient of the normalisation (1 / total^2) overflows.
+_SHARED_EXP_FLOOR = 1e-15
+
+
+def _shifted_exp(logits: torch.Tensor) -> torch.Tensor:
+    """exp(logits - max) over the last axis: softmax numerators that any subset of the entries can share."""
+    return torch.exp(logits - logits.amax(dim=-1, keepdim=True).detach())
+
+
+def kept_softmax(logits: torch.Tensor, shifted_exp: torch.Tensor, keep_mask: torch.Tensor) -> torch.Tensor:
+    """`masked_softmax(logits, keep_mask)` for many masks over the same logits (every pair of an image
+    renormalises the image's aggregation logits over the patches it keeps), from `shifted_exp = _shifted_exp(logits)`
+    computed once: per mask only a product and a sum. The rare rows whose kept entries all lie so far below the
+    largest logit that their exponentials underflow (and rows that keep nothing) go through `masked_softmax`, and
+    so does a straight-through mask carrying a gradient (its dropped entries' gradient is bounded there).
+    """
+    if keep_mask.requires_grad:
+        return masked_softmax(logits, keep_mask)
+    weights = shifted_exp * keep_mask
+    total = weights.sum(dim=-1, keepdim=True)
+    underflow = total < _SHARED_EXP_FLOOR
+    if not bool(underflow.any()):
+        return weights / total
+    exact = masked_softmax(logits, keep_mask)
+    return torch.where(underflow, exact, weights / torch.where(underflow, torch.ones_like(total), total))
+
+
+def _image_side(
+    patches: torch.Tensor, cls: torch.Tensor | None, aggregator: SepsTokenAggregator, **fields: torch.Tensor
+) -> _ImageSide:
+    """The per-image quantities both heads share: normalised patches, Gram matrix, cos(mean P, P_n) as
+    `self_scores`, and the aggregation logits of `aggregator` with their shared exponentials."""
+    patches_norm = F.normalize(patches, dim=-1)
+    image_global = F.normalize(patches.mean(dim=1), dim=-1)
+    logits = _run_head(aggregator, patches)
+    return _ImageSide(
+        patches=patches,
+        patches_norm=patches_norm,
+        gram=patches @ patches.transpose(1, 2),
+        cls=cls,
+        self_scores=torch.einsum("ind,id->in", patches_norm, image_global),
+        aggregation_logits=logits,
+        aggregation_exp=_shifted_exp(logits),
+        **fields,
+    )
+
+
+class SepsHead(nn.Module, ABC):
+    """The variant-specific part of SEPS: per-image preparation, per-block scoring of (image, caption) pairs, the
+    dense-caption terms, and what pictures and the leaky-pairing audit need. [`SepsModel`] keeps the encoders,
+    the chunked loop over pairs, the input checks and the loss, and builds one head from `SEPS_HEADS`.
+
+    A block is I images (an [`_ImageSide`]) against T captions (a [`_TextSide`]); decisions are sampled in
+    training mode where the variant samples them, top-K otherwise.
+    """
+
+    # Title of the picture of the dense caption's keep mask ([`dense_caption_keep_mask`]).
+    dense_keep_title: str
+
+    def __init__(self, config: SepsConfig):
+        super().__init__()
+        self.config = config
+
+    @abstractmethod
+    def prepare_images(self, patches: torch.Tensor, cls: torch.Tensor | None, dense: _TextSide | None) -> _ImageSide:
+        """Everything about the images that does not depend on the caption, once per image."""
+
+    @abstractmethod
+    def select_patches(self, image: _ImageSide, text_similarity: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Selection scores and keep masks D_s (I, T, N) of a block from the caption scores cos(t, P_n)."""
+
+    @abstractmethod
+    def fuses_dropped_patches(self) -> bool:
+        """Whether the tokens include [CLS] (if any) and one token fusing the dropped patches."""
+
+    @abstractmethod
+    def align(self, alignment: torch.Tensor, word_mask: torch.Tensor) -> torch.Tensor:
+        """(I, T) scores from the (I, T, L, W) token-word cosines and the (T_i, T, W) word mask."""
+
+    def dense_branch(self, image: _ImageSide, dense: _TextSide, block_size: int) -> torch.Tensor | None:
+        """An (I, 1) score column the dense captions add to every pair, or None."""
+        return None
+
+    @abstractmethod
+    def dense_caption_keep_mask(self, model: "SepsModel", inputs: dict, output: SepsOutput) -> torch.Tensor:
+        """The (N,) patches the dense caption of the first image of `output` (`model(**inputs)`) keeps."""
+
+    @abstractmethod
+    def leaky_pairing_similarity(
+        self,
+        model: "SepsModel",
+        images: torch.Tensor,
+        text_embeds: torch.Tensor,
+        text_mask: torch.Tensor,
+        dense_embeds: torch.Tensor,
+        dense_mask: torch.Tensor,
+        caption_to_image: torch.Tensor,
+        chunk_size: int | None,
+    ) -> torch.Tensor:
+        """S(I_j, T_i) computed with D_gt(i), the dense caption of caption i's ground-truth image
+        `caption_to_image[i]` (the SEPS authors' pairing, docs/model.md section 2: a label leak, for the audit)."""
+
+    def score_block(self, image: _ImageSide, text: _TextSide) -> tuple[torch.Tensor, torch.Tensor]:
+        """Scores (I, T) and sparse keep masks (I, T, N) of a block of pairs."""
+        text_similarity = _einsum_with_text("ind,td->itn", image.patches_norm, text.global_norm).contiguous()
+        selection_scores, keep_mask = self.select_patches(image, text_similarity)
+        # Eq. 4, docs/model.md 3.4: each token is a softmax over the kept patches of per-image logits; with a dense
+        # view (4.5), plus its token, i.e. one weight matrix per pair on the same patches.
+        weights = kept_softmax(
+            image.aggregation_logits.unsqueeze(1), image.aggregation_exp.unsqueeze(1), keep_mask.unsqueeze(2)
+        )  # (I, T, N_c, N)
+        if image.dense_weights is not None:
+            weights = weights + image.dense_weights.unsqueeze(1)
+        patch_words = _einsum_with_text("inc,twc->itnw", image.patches, text.words_norm)
+        pieces = [_cosine_with_words(weights, patch_words, image.gram)]  # (I, T, N_c, W)
+        if self.fuses_dropped_patches():
+            # docs/model.md 3.3: one extra token fuses the dropped patches, weighted by a softmax of their scores.
+            fuse_weights = masked_softmax(selection_scores, 1 - keep_mask).unsqueeze(2)
+            pieces.append(_cosine_with_words(fuse_weights, patch_words, image.gram))
+            if image.cls is not None:
+                cls = F.normalize(image.cls, dim=-1)
+                pieces.insert(0, _einsum_with_text("id,twd->itw", cls, text.words_norm).unsqueeze(2))
+        # (I, T, L, W) token-word cosine similarities.
+        return self.align(torch.cat(pieces, dim=2), text.word_mask), keep_mask
+
+
+def _best_matches(alignment: torch.Tensor, word_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Best token per word (I, T, W) and best real word per token (I, T, L) of token-word similarities."""
+    best_per_word = alignment.amax(dim=2)
+    best_per_token = alignment.masked_fill(~word_mask.unsqueeze(2), float("-inf")).amax(dim=3)
+    return best_per_word, best_per_token
+
+
+class SepsOfficialHead(SepsHead):
+    """The SEPS authors' released computation (docs/model.md, section 3): selection by s_im + s_st, one
+    aggregation MLP, LeakyReLU alignment, and the dense caption as a second caption branch f(I_j, D_j)."""
+
+    dense_keep_title = "dense caption"
+
+    def __init__(self, config: SepsConfig):
+        super().__init__(config)
+        self.aggregator = SepsTokenAggregator.from_config(config)
+
+    def prepare_images(self, patches: torch.Tensor, cls: torch.Tensor | None, dense: _TextSide | None) -> _ImageSide:
+        if self.config.detach_selected_patches:
+            # The authors select the kept patches and fuse the dropped ones under torch.no_grad() (their
+            # lib/cross_net.py): the aggregation MLP learns from detached patches, [CLS] carries the gradient.
+            patches = patches.detach()
+        side = _image_side(patches, cls, self.aggregator)
+        side.self_scores = side.self_scores.detach()  # docs/model.md 3.9: the selection scores carry no gradient
+        return side
+
+    def select_patches(self, image: _ImageSide, text_similarity: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        # docs/model.md 3.1-3.3: s_im + s_st, hard top-K.
+        selection_scores = image.self_scores.unsqueeze(1) + text_similarity.detach()
+        return selection_scores, top_k_keep_mask(selection_scores, self.config.num_kept_patches)
+
+    def fuses_dropped_patches(self) -> bool:
+        return True
+
+    def align(self, alignment: torch.Tensor, word_mask: torch.Tensor) -> torch.Tensor:
+        # docs/model.md 3.6: mean over words of the best token + mean over tokens of the best word.
+        alignment = F.leaky_relu(alignment, negative_slope=self.config.leaky_relu_slope)
+        best_per_word, best_per_token = _best_matches(alignment, word_mask)
+        return masked_mean(best_per_word, word_mask) + best_per_token.mean(dim=-1)
+
+    def dense_branch(self, image: _ImageSide, dense: _TextSide, block_size: int) -> torch.Tensor:
+        # docs/model.md 3.7, honest form: + f(I_j, D_j), each image with its own dense caption.
+        columns = [
+            self.score_block(image[start : start + block_size], dense[start : start + block_size])[0]
+            for start in range(0, image.patches.shape[0], block_size)
+        ]
+        return torch.cat(columns, dim=0)
+
+    def dense_caption_keep_mask(self, model: "SepsModel", inputs: dict, output: SepsOutput) -> torch.Tensor:
+        # The dense branch f(I, D) selects patches for D as for a caption: score D as one.
+        as_caption = model(inputs["pixel_values"], inputs["dense_input_ids"], inputs["dense_attention_mask"])
+        return as_caption.sparse_keep_mask[0, 0]
+
+    def leaky_pairing_similarity(
+        self,
+        model: "SepsModel",
+        images: torch.Tensor,
+        text_embeds: torch.Tensor,
+        text_mask: torch.Tensor,
+        dense_embeds: torch.Tensor,
+        dense_mask: torch.Tensor,
+        caption_to_image: torch.Tensor,
+        chunk_size: int | None,
+    ) -> torch.Tensor:
+        # f(I_j, T_i) + f(I_j, D_gt(i)): the dense branch is the caption branch run on dense captions.
+        sparse = model.similarity(images, text_embeds, text_mask, chunk_size=chunk_size)
+        dense_branch = model.similarity(images, dense_embeds, dense_mask, chunk_size=chunk_size)
+        return sparse + dense_branch[:, caption_to_image]
+
+
+class SepsPaperHead(SepsHead):
+    """The paper's computation (docs/model.md, section 4, Eq. 1-5): a learned patch score, sparse and dense
+    views selected with Gumbel-softmax samples in training, two aggregators, and HRPA alignment."""
+
+    dense_keep_title = "dense view"
+
+    def __init__(self, config: SepsConfig):
+        super().__init__(config)
+        self.patch_scorer = SepsPatchScorer(config.embed_dim, config.scorer_hidden_ratio)
+        self.sparse_aggregator = SepsTokenAggregator.from_config(config)
+        self.dense_aggregator = SepsTokenAggregator.from_config(config)
+        self.word_relevance = SepsRelevanceHead(config.relevance_topk)
+        self.token_relevance = SepsRelevanceHead(config.relevance_topk)
+
+    def decide(self, scores: torch.Tensor) -> torch.Tensor:
+        """Keep decisions over the last (patch) axis: Gumbel samples in training, top-K otherwise."""
+        if self.training:
+            return gumbel_keep_mask(scores, self.config.gumbel_tau)
+        return top_k_keep_mask(scores, self.config.num_kept_patches)
+
+    def prepare_images(self, patches: torch.Tensor, cls: torch.Tensor | None, dense: _TextSide | None) -> _ImageSide:
+        side = _image_side(patches, cls, self.sparse_aggregator, patch_scores=_run_head(self.patch_scorer, patches))
+        side.self_scores = min_max_normalize(side.self_scores)  # s_im (Eq. 2)
+        if dense is not None:
+            beta = self.config.beta
+            side.dense_scores = min_max_normalize(
+                _einsum_with_text("ind,td->itn", side.patches_norm, dense.global_norm).squeeze(1)
+            )
+            # Dense view (docs/model.md 4.4): depends on the image only.
+            dense_view = ((1 - 2 * beta) * side.patch_scores + 2 * beta * (side.dense_scores + side.self_scores)) / (
+                1 + 2 * beta
+            )
+            side.dense_keep_mask = self.decide(dense_view)
+            side.dense_weights = masked_softmax(
+                _run_head(self.dense_aggregator, patches), side.dense_keep_mask.unsqueeze(1)
+            )
+        return side
+
+    def select_patches(self, image: _ImageSide, text_similarity: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        # Eq. 3, each weight normalised by the total so the score is a keep probability in [0, 1].
+        beta = self.config.beta
+        semantic = min_max_normalize(text_similarity) + 2 * image.self_scores.unsqueeze(1)
+        total = 1 + beta
+        if image.dense_scores is not None:
+            semantic = semantic + image.dense_scores.unsqueeze(1)
+            total = 1 + 2 * beta
+        selection_scores = ((1 - 2 * beta) * image.patch_scores.unsqueeze(1) + beta * semantic) / total
+        return selection_scores, self.decide(selection_scores)
+
+    def fuses_dropped_patches(self) -> bool:
+        return self.config.keep_cls_and_extra_token
+
+    def align(self, alignment: torch.Tensor, word_mask: torch.Tensor) -> torch.Tensor:
+        # Eq. 5 (HRPA), over the sparse caption's words only.
+        best_per_word, best_per_token = _best_matches(alignment, word_mask)
+        scores = _run_head(self.word_relevance, best_per_word, word_mask.expand_as(best_per_word))
+        return scores + _run_head(self.token_relevance, best_per_token)
+
+    def dense_caption_keep_mask(self, model: "SepsModel", inputs: dict, output: SepsOutput) -> torch.Tensor:
+        return output.dense_keep_mask[0]
+
+    def leaky_pairing_similarity(
+        self,
+        model: "SepsModel",
+        images: torch.Tensor,
+        text_embeds: torch.Tensor,
+        text_mask: torch.Tensor,
+        dense_embeds: torch.Tensor,
+        dense_mask: torch.Tensor,
+        caption_to_image: torch.Tensor,
+        chunk_size: int | None,
+    ) -> torch.Tensor:
+        # D_gt(i) steers the selection, so each ground-truth group is scored with it given to every image.
+        scores = images.new_empty(images.shape[0], text_embeds.shape[0])
+        for image_index in caption_to_image.unique().tolist():
+            captions = (caption_to_image == image_index).nonzero().flatten()
+            dense = dense_embeds[image_index : image_index + 1].expand(images.shape[0], -1, -1)
+            mask = dense_mask[image_index : image_index + 1].expand(images.shape[0], -1)
+            scores[:, captions] = model.similarity(
+                images, text_embeds[captions], text_mask[captions], dense, mask, chunk_size
+            )
+        return scores
+
+
+# The one place a variant name picks code.
+SEPS_HEADS: dict[str, type[SepsHead]] = {"paper": SepsPaperHead, "official": SepsOfficialHead}
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -357,15 +670,8 @@ class SepsModel(SepsPreTrainedModel):
         self.vision_projection = nn.Identity() if vision_hidden == embed_dim else nn.Linear(vision_hidden, embed_dim)
         self.text_projection = nn.Identity() if text_hidden == embed_dim else nn.Linear(text_hidden, embed_dim)
 
-        num_aggregated = config.num_aggregated_patches
-        if config.variant == "official":
-            self.aggregator = SepsTokenAggregator(embed_dim, num_aggregated, config.aggr_hidden_ratio)
-        else:
-            self.patch_scorer = SepsPatchScorer(embed_dim, config.scorer_hidden_ratio)
-            self.sparse_aggregator = SepsTokenAggregator(embed_dim, num_aggregated, config.aggr_hidden_ratio)
-            self.dense_aggregator = SepsTokenAggregator(embed_dim, num_aggregated, config.aggr_hidden_ratio)
-            self.word_relevance = SepsRelevanceHead(config.relevance_topk)
-            self.token_relevance = SepsRelevanceHead(config.relevance_topk)
+        # The variant's selection, aggregation and alignment (docs/model.md, sections 3 and 4).
+        self.head = SEPS_HEADS[config.variant](config)
         self.post_init()
 
     @classmethod
@@ -491,122 +797,10 @@ class SepsModel(SepsPreTrainedModel):
 
     # ---------------------------------------------------------------- per-image and per-caption preparation
 
-    def _prepare_images(
-        self, image_embeds: torch.Tensor, dense: "_TextSide | None", sample_decisions: bool
-    ) -> _ImageSide:
-        config = self.config
-        if config.vision_cls_token:
-            cls, patches = image_embeds[:, 0], image_embeds[:, 1:]
-        else:
-            cls, patches = None, image_embeds
-        if config.variant == "official" and config.detach_selected_patches:
-            # The authors select the kept patches and fuse the dropped ones under torch.no_grad() (their
-            # lib/cross_net.py): the aggregation MLP learns from detached patches, [CLS] carries the gradient.
-            patches = patches.detach()
-        patches_norm = F.normalize(patches, dim=-1)
-        gram = patches @ patches.transpose(1, 2)
-        image_global = F.normalize(patches.mean(dim=1), dim=-1)
-        self_similarity = torch.einsum("ind,id->in", patches_norm, image_global)
-
-        if config.variant == "official":
-            # Spec 3.1: the selection scores carry no gradient in the authors' code.
-            return _ImageSide(
-                patches, patches_norm, gram, cls, self_similarity.detach(), _run_head(self.aggregator, patches)
-            )
-
-        side = _ImageSide(
-            patches,
-            patches_norm,
-            gram,
-            cls,
-            min_max_normalize(self_similarity),
-            _run_head(self.sparse_aggregator, patches),
-            patch_scores=_run_head(self.patch_scorer, patches),
-        )
-        if dense is not None:
-            beta = config.beta
-            side.dense_scores = min_max_normalize(
-                _einsum_with_text("ind,td->itn", patches_norm, dense.global_norm).squeeze(1)
-            )
-            # Dense view (spec 4.4): depends on the image only.
-            dense_view = ((1 - 2 * beta) * side.patch_scores + 2 * beta * (side.dense_scores + side.self_scores)) / (
-                1 + 2 * beta
-            )
-            side.dense_keep_mask = self._decide(dense_view, sample_decisions)
-            side.dense_weights = masked_softmax(
-                _run_head(self.dense_aggregator, patches), side.dense_keep_mask.unsqueeze(1)
-            )
-        return side
-
-    @staticmethod
-    def _prepare_texts(text_embeds: torch.Tensor, attention_mask: torch.Tensor, paired: bool = False) -> _TextSide:
-        mask = attention_mask.bool()
-        # Padding never reaches a score, whatever it holds (NaN included).
-        text_embeds = torch.where(mask.unsqueeze(-1), text_embeds, 0)
-        global_embeds = masked_mean(text_embeds.transpose(1, 2), mask.unsqueeze(1))
-        side = _TextSide(F.normalize(text_embeds, dim=-1), mask, F.normalize(global_embeds, dim=-1))
-        if paired:
-            return _TextSide(side.words_norm[:, None], side.word_mask[:, None], side.global_norm[:, None])
-        return _TextSide(side.words_norm[None], side.word_mask[None], side.global_norm[None])
-
-    def _decide(self, scores: torch.Tensor, sample: bool) -> torch.Tensor:
-        """Keep decisions over the last (patch) axis: Gumbel samples in training, top-K otherwise."""
-        if sample:
-            return gumbel_keep_mask(scores, self.config.gumbel_tau)
-        return top_k_keep_mask(scores, self.config.num_kept_patches)
-
-    # ---------------------------------------------------------------- pairwise scoring
-
-    def _score_block(
-        self, image: _ImageSide, text: _TextSide, sample_decisions: bool
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Scores (I, T) and sparse keep masks (I, T, N) of a block of pairs."""
-        config = self.config
-        text_similarity = _einsum_with_text("ind,td->itn", image.patches_norm, text.global_norm).contiguous()
-        if config.variant == "official":
-            # Spec 3.1-3.3: s_im + s_st, hard top-K.
-            selection_scores = image.self_scores.unsqueeze(1) + text_similarity.detach()
-            keep_mask = top_k_keep_mask(selection_scores, config.num_kept_patches)
-        else:
-            # Eq. 3, each weight normalised by the total so the score is a keep probability in [0, 1].
-            beta = config.beta
-            semantic = min_max_normalize(text_similarity) + 2 * image.self_scores.unsqueeze(1)
-            total = 1 + beta
-            if image.dense_scores is not None:
-                semantic = semantic + image.dense_scores.unsqueeze(1)
-                total = 1 + 2 * beta
-            selection_scores = ((1 - 2 * beta) * image.patch_scores.unsqueeze(1) + beta * semantic) / total
-            keep_mask = self._decide(selection_scores, sample_decisions)
-
-        # Eq. 4 / spec 3.4: each token is a softmax over the kept patches of per-image logits; with a dense
-        # caption, plus the dense view's token (spec 4.4), i.e. one weight matrix per pair on the same patches.
-        weights = masked_softmax(image.aggregation_logits.unsqueeze(1), keep_mask.unsqueeze(2))  # (I, T, N_c, N)
-        if image.dense_weights is not None:
-            weights = weights + image.dense_weights.unsqueeze(1)
-        patch_words = _einsum_with_text("inc,twc->itnw", image.patches, text.words_norm)
-        pieces = [_cosine_with_words(weights, patch_words, image.gram)]  # (I, T, N_c, W)
-        if config.variant == "official" or config.keep_cls_and_extra_token:
-            # Spec 3.3: one extra token fuses the dropped patches, weighted by a softmax of their scores.
-            fuse_weights = masked_softmax(selection_scores, 1 - keep_mask).unsqueeze(2)
-            pieces.append(_cosine_with_words(fuse_weights, patch_words, image.gram))
-            if image.cls is not None:
-                cls = F.normalize(image.cls, dim=-1)
-                pieces.insert(0, _einsum_with_text("id,twd->itw", cls, text.words_norm).unsqueeze(2))
-        # (I, T, L, W) token-word cosine similarities.
-        alignment = torch.cat(pieces, dim=2)
-        word_mask = text.word_mask.unsqueeze(2)
-        if config.variant == "official":
-            alignment = F.leaky_relu(alignment, negative_slope=config.leaky_relu_slope)
-        best_per_word = alignment.amax(dim=2)
-        best_per_token = alignment.masked_fill(~word_mask, float("-inf")).amax(dim=3)
-        if config.variant == "official":
-            # Spec 3.6: mean over words of the best token + mean over tokens of the best word.
-            scores = masked_mean(best_per_word, text.word_mask) + best_per_token.mean(dim=-1)
-        else:
-            # Eq. 5 (HRPA), over the sparse caption's words only.
-            scores = _run_head(self.word_relevance, best_per_word, text.word_mask.expand_as(best_per_word))
-            scores = scores + _run_head(self.token_relevance, best_per_token)
-        return scores, keep_mask
+    def _prepare_images(self, image_embeds: torch.Tensor, dense: _TextSide | None) -> _ImageSide:
+        if self.config.vision_cls_token:
+            return self.head.prepare_images(image_embeds[:, 1:], image_embeds[:, 0], dense)
+        return self.head.prepare_images(image_embeds, None, dense)
 
     def _pair_block_size(self, num_texts: int, chunk_size: int | None) -> tuple[int, int]:
         chunk = chunk_size or self.config.similarity_chunk_size
@@ -650,14 +844,13 @@ class SepsModel(SepsPreTrainedModel):
         chunk_size: int | None,
         return_masks: bool,
     ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
-        sample = self.training and self.config.variant == "paper"
         dense = None
         if dense_embeds is not None:
-            dense = self._prepare_texts(dense_embeds, dense_attention_mask, paired=True)
-        image_side = self._prepare_images(image_embeds, dense, sample)
+            dense = _TextSide.from_embeddings(dense_embeds, dense_attention_mask, paired=True)
+        image_side = self._prepare_images(image_embeds, dense)
         # Captions go through in order of length, each block trimmed to its own longest caption.
         length_order = torch.argsort(text_attention_mask.sum(dim=1), stable=True)
-        text_side = self._prepare_texts(text_embeds, text_attention_mask)[length_order]
+        text_side = _TextSide.from_embeddings(text_embeds, text_attention_mask)[length_order]
         num_images, num_texts = image_embeds.shape[0], text_embeds.shape[0]
         images_per_block, texts_per_block = self._pair_block_size(num_texts, chunk_size)
 
@@ -667,7 +860,7 @@ class SepsModel(SepsPreTrainedModel):
             columns, mask_columns = [], []
             for text_start in range(0, num_texts, texts_per_block):
                 text_block = text_side[text_start : text_start + texts_per_block].trimmed()
-                scores, keep_mask = self._score_block(image_block, text_block, sample)
+                scores, keep_mask = self.head.score_block(image_block, text_block)
                 columns.append(scores)
                 if return_masks:
                     mask_columns.append(keep_mask)
@@ -678,14 +871,10 @@ class SepsModel(SepsPreTrainedModel):
         scores = torch.cat(rows, dim=0)[:, original_order]
         sparse_masks = torch.cat(mask_rows, dim=0)[:, original_order] if return_masks else None
 
-        if dense is not None and self.config.variant == "official":
-            # Spec 3.7, honest form: + f(I_j, D_j), each image with its own dense caption (an (N_img, 1) column).
-            block = chunk_size or self.config.similarity_chunk_size
-            own_dense = [
-                self._score_block(image_side[start : start + block], dense[start : start + block], sample)[0]
-                for start in range(0, num_images, block)
-            ]
-            scores = scores + torch.cat(own_dense, dim=0)
+        if dense is not None:
+            dense_column = self.head.dense_branch(image_side, dense, chunk_size or self.config.similarity_chunk_size)
+            if dense_column is not None:
+                scores = scores + dense_column
         return scores, sparse_masks, image_side.dense_keep_mask
 
     def similarity(
@@ -703,7 +892,7 @@ class SepsModel(SepsPreTrainedModel):
             image_embeds: (N_img, L_v, C) from [`~SepsModel.get_image_features`].
             text_embeds: (N_txt, L_t, C) from [`~SepsModel.get_text_features`].
             text_attention_mask: (N_txt, L_t), 1 for real tokens.
-            dense_embeds: (N_img, L_d, C), ONE dense caption per image, the image's own (spec section 2).
+            dense_embeds: (N_img, L_d, C), ONE dense caption per image, the image's own (docs/model.md, section 2).
                 Without it the dense terms drop out.
             dense_attention_mask: (N_img, L_d).
             chunk_size: pairs scored at once (default `config.similarity_chunk_size`); memory is
@@ -935,13 +1124,18 @@ def _probe_vision_backbone(vision: PreTrainedModel, image_size: int) -> tuple[in
 
 
 __all__ = [
+    "SEPS_HEADS",
+    "SepsHead",
     "SepsModel",
+    "SepsOfficialHead",
     "SepsOutput",
+    "SepsPaperHead",
     "SepsPreTrainedModel",
     "SepsPatchScorer",
     "SepsRelevanceHead",
     "SepsTokenAggregator",
     "gumbel_keep_mask",
+    "kept_softmax",
     "masked_softmax",
     "min_max_normalize",
     "top_k_keep_mask",

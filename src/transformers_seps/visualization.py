@@ -126,12 +126,8 @@ def patch_selection(
         inputs = _encode(model, processor, images=image, text=text, dense_text=dense_text)
         output = model(**inputs)
         dense_keep = None
-        if dense_text is not None and model.config.variant == "paper":
-            dense_keep = output.dense_keep_mask[0]
-        elif dense_text is not None:
-            # The official dense branch f(I, D) selects patches for D as for a caption: score D as one.
-            as_caption = model(inputs["pixel_values"], inputs["dense_input_ids"], inputs["dense_attention_mask"])
-            dense_keep = as_caption.sparse_keep_mask[0, 0]
+        if dense_text is not None:
+            dense_keep = model.head.dense_caption_keep_mask(model, inputs, output)
     return PatchSelection(
         image=_model_view(inputs["pixel_values"][0], processor),
         caption=text,
@@ -229,8 +225,7 @@ def plot_patch_selection(
     _show_image(axes[0], selection.image, "image (as the model sees it)")
     _draw_selection(axes[1], selection.image, selection.keep, f'"{selection.caption}"', dropped_alpha)
     if selection.dense_keep is not None:
-        title = "dense view" if model.config.variant == "paper" else "dense caption"
-        _draw_selection(axes[2], selection.image, selection.dense_keep, title, dropped_alpha)
+        _draw_selection(axes[2], selection.image, selection.dense_keep, model.head.dense_keep_title, dropped_alpha)
     figure.suptitle(f"S(image, caption) = {selection.score:.3f}", fontsize=10)
     return figure
 

@@ -32,7 +32,7 @@ _PREFIXES = (
     ("img_enc.vision_proj.", "vision_projection."),
     ("txt_enc.bert.", "text_model."),
     ("txt_enc.fc.", "text_projection."),
-    ("cross_net.aggr_net.weight.", "aggregator.mlp."),
+    ("cross_net.aggr_net.weight.", "head.aggregator.mlp."),
 )
 # Backbone entries SepsModel does not hold: the unused pooling heads, BERT's old position-id buffer and Swin's
 # relative-position index, which transformers < 5 saved and now recomputes from the window size.
@@ -65,7 +65,7 @@ def convert_official_state_dict(state_dict: Mapping[str, torch.Tensor], config: 
     for key, value in state_dict.items():
         key = key.removeprefix("module.")
         if key == "cross_net.aggr_net.scale":
-            converted["aggregator.scale"] = value.reshape(1)
+            converted["head.aggregator.scale"] = value.reshape(1)
             continue
         for old, new in _PREFIXES:
             if key.startswith(old):

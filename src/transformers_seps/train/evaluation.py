@@ -202,21 +202,9 @@ def _leaky_similarity(
     dense_embeds = encoded.dense_embeds.to(images.device)
     dense_mask = encoded.dense_mask.to(images.device)
     targets = torch.as_tensor(encoded.caption_to_image, device=images.device)
-    if model.config.variant == "official":
-        # f(I_j, T_i) + f(I_j, D_gt(i)): the dense branch is the caption branch run on dense captions.
-        sparse = model.similarity(images, text_embeds, text_mask, chunk_size=chunk_size)
-        dense_branch = model.similarity(images, dense_embeds, dense_mask, chunk_size=chunk_size)
-        return sparse + dense_branch[:, targets]
-    # Paper variant: D_gt(i) steers the selection, so each ground-truth group is scored with it given to every image.
-    scores = images.new_empty(images.shape[0], text_embeds.shape[0])
-    for image_index in targets.unique().tolist():
-        captions = (targets == image_index).nonzero().flatten()
-        dense = dense_embeds[image_index : image_index + 1].expand(images.shape[0], -1, -1)
-        mask = dense_mask[image_index : image_index + 1].expand(images.shape[0], -1)
-        scores[:, captions] = model.similarity(
-            images, text_embeds[captions], text_mask[captions], dense, mask, chunk_size
-        )
-    return scores
+    return model.head.leaky_pairing_similarity(
+        model, images, text_embeds, text_mask, dense_embeds, dense_mask, targets, chunk_size
+    )
 
 
 # ---------------------------------------------------------------------------------------------------------------
