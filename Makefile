@@ -17,6 +17,7 @@ install: $(STAMP)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests benchmarks examples metrics
+	$(VENV)/bin/ruff format --check src tests benchmarks examples metrics
 
 test: lint
 	$(PY) -m pytest -q
