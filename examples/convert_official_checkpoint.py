@@ -15,10 +15,16 @@ from pathlib import Path
 def main(argv: Sequence[str] | None = None) -> Path:
     """Parse `argv` (default: the command line), convert, and return the written folder; a bad argument exits with
     status 2 and a one-line message."""
-    from transformers_seps.tools.publish import ConversionArguments, run_conversion
+    from transformers_seps.tools.arguments import ConversionArguments
     from transformers_seps.train.cli import run_cli
 
-    return run_cli(lambda arguments: run_conversion(*arguments), (ConversionArguments,), argv, __doc__, __file__)
+    return run_cli(_convert, (ConversionArguments,), argv, __doc__, __file__)
+
+
+def _convert(arguments: tuple) -> Path:
+    from transformers_seps.tools.publish import run_conversion  # imported here: `--help` needs no torch
+
+    return run_conversion(*arguments)
 
 
 if __name__ == "__main__":

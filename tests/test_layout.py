@@ -183,7 +183,7 @@ print("torch imported" if "torch" in sys.modules else "torch not imported")
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("script", ["train_retrieval.py", "evaluate_retrieval.py"])
+@pytest.mark.parametrize("script", ["train_retrieval.py", "evaluate_retrieval.py", "convert_official_checkpoint.py"])
 def test_help_of_the_runners_does_not_import_torch(script):
     example = Path(__file__).resolve().parents[1] / "examples" / script
     result = subprocess.run(

@@ -25,6 +25,7 @@ from transformers import BertConfig, PreTrainedConfig, SwinConfig, ViTConfig
 
 # From the package, not its modules: the first use registers the Auto classes, so saved folders get `auto_map`.
 from .. import SepsConfig, SepsModel
+from .arguments import OFFICIAL_TEXT_BACKBONE
 
 # Prefix in the authors' checkpoint -> prefix in SepsModel.
 _PREFIXES = (
@@ -40,7 +41,6 @@ _DROPPED_SUFFIXES = ("embeddings.position_ids", ".relative_position_index")
 _DROPPED_PREFIXES = ("vision_model.pooler.", "text_model.pooler.")
 
 CHECKPOINT_KEYS = ("model", "opt", "epoch", "best_rsum", "Eiters")
-OFFICIAL_TEXT_BACKBONE = "bert-base-uncased"
 # The pretrained vision backbones of the authors' `lib/encoders.py`, by the name we give them.
 OFFICIAL_VISION_BACKBONES = {
     "vit-224": "google/vit-base-patch16-224-in21k",

@@ -7,7 +7,6 @@ from a `model_best.pth`, and its upload; the command line `examples/convert_offi
 import os
 import shutil
 import tempfile
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from transformers import AutoConfig, PreTrainedConfig
@@ -22,8 +21,8 @@ from ..train.cli import (
     looks_like_hub_id,
     replace_folder,
 )
+from .arguments import OFFICIAL_TEXT_BACKBONE, ConversionArguments
 from .convert_official import (
-    OFFICIAL_TEXT_BACKBONE,
     infer_official_backbone,
     load_official_checkpoint,
     load_official_model,
@@ -90,34 +89,6 @@ def push_folder_to_hub(folder: str | os.PathLike, repo_id: str, private: bool = 
         repo_id=repo_id, folder_path=os.fspath(folder), commit_message="SEPS: converted from the authors' checkpoint"
     )
     return str(commit.commit_url)
-
-
-@dataclass
-class ConversionArguments:
-    """Command-line arguments of `examples/convert_official_checkpoint.py`."""
-
-    checkpoint: str = field(metadata={"help": "The authors' model_best.pth (SEPS or LAPS)."})
-    output_dir: str = field(metadata={"help": "The Hub repo folder to write."})
-    tokenizer: str = field(
-        default=OFFICIAL_TEXT_BACKBONE, metadata={"help": "Hub id or folder of the bert-base-uncased tokenizer."}
-    )
-    vision_config: str | None = field(
-        default=None,
-        metadata={"help": "A config.json (or its folder) replacing the vision backbone inferred from opt.vit_type."},
-    )
-    text_config: str | None = field(
-        default=None, metadata={"help": "A config.json (or its folder) replacing bert-base-uncased."}
-    )
-    method: str = field(
-        default="seps",
-        metadata={"help": "Whose checkpoint it is (for the model card).", "choices": ("seps", "laps")},
-    )
-    push_to_hub: str | None = field(default=None, metadata={"help": "Upload the folder to this Hub repo (org/name)."})
-    private: bool = field(default=False, metadata={"help": "Create the Hub repo as private."})
-    overwrite_output_dir: bool = field(
-        default=False,
-        metadata={"help": "Replace a non-empty --output_dir (all of it: no earlier file stays to be uploaded)."},
-    )
 
 
 def _check_conversion_arguments(args: ConversionArguments) -> Path:
