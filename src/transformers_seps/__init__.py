@@ -70,8 +70,11 @@ def _add_lazy_auto_names() -> None:
     """Let Transformers' Auto classes find SEPS by name, without importing it now: Transformers maps a model type
     to its config and processor class names and imports them from `transformers.models.<type>` on first use;
     for "seps" that module is this package, whose `__getattr__` then registers everything (torch-free until then)."""
-    from transformers.models.auto import auto_mappings
-
+    try:
+        from transformers.models.auto import auto_mappings
+    except ImportError:  # a Transformers 5 release without the name tables: register now (imports torch)
+        register_auto_classes()
+        return
     auto_mappings.CONFIG_MAPPING_NAMES.setdefault("seps", "SepsConfig")
     auto_mappings.PROCESSOR_MAPPING_NAMES.setdefault("seps", "SepsProcessor")
     sys.modules.setdefault("transformers.models.seps", sys.modules[__name__])
