@@ -32,9 +32,13 @@ from .checkpoints import (
 )
 from .cli import UsageError, check_choice, check_float, check_int, check_writable_folder, replace_folder
 from .data import RetrievalFiles, RetrievalSplit, SepsRetrievalCollator, build_caption_dataset, load_retrieval_split
-from .data.synthetic import GENERATOR_VERSION, SyntheticBenchmarkConfig, generate_synthetic_benchmark
-from .data.synthetic import _is_complete as synthetic_benchmark_is_complete
-from .data.synthetic import _read_info as read_synthetic_info
+from .data.synthetic import (
+    GENERATOR_VERSION,
+    SyntheticBenchmarkConfig,
+    benchmark_is_complete,
+    generate_synthetic_benchmark,
+    read_benchmark_info,
+)
 from .evaluation import encode_split, score_split
 
 
@@ -189,7 +193,7 @@ def _synthetic_config_flags(config: dict) -> str:
 
 def _synthetic_mismatch(root: Path, config: SyntheticBenchmarkConfig) -> UsageError:
     """The error for a `--data_root` holding something else than the synthetic benchmark of `config`."""
-    found = read_synthetic_info(root)
+    found = read_benchmark_info(root)
     if not isinstance(found, dict) or not isinstance(found.get("config"), dict):
         return UsageError(f"--data_root {root} is not empty and holds no synthetic benchmark")
     found_config = found["config"]
@@ -221,7 +225,7 @@ def _load_data(
             seed=data_args.synthetic_seed,
         )
         root = Path(data_args.data_root)
-        if root.is_dir() and any(root.iterdir()) and not synthetic_benchmark_is_complete(root, config):
+        if root.is_dir() and any(root.iterdir()) and not benchmark_is_complete(root, config):
             raise _synthetic_mismatch(root, config)
         if accelerator.is_main_process:
             generate_synthetic_benchmark(data_args.data_root, config)

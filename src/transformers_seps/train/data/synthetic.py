@@ -65,11 +65,13 @@ __all__ = [
     "Scene",
     "SceneObject",
     "SyntheticBenchmarkConfig",
+    "benchmark_is_complete",
     "caption_holds",
     "caption_kind",
     "dense_caption",
     "edit_scene",
     "generate_synthetic_benchmark",
+    "read_benchmark_info",
     "read_scenes",
     "render_scene",
     "sample_scene",
@@ -504,16 +506,17 @@ def _write_benchmark(folder: Path, config: SyntheticBenchmarkConfig) -> dict:
     return {"generator": __name__, "version": GENERATOR_VERSION, "config": asdict(config), "splits": counts}
 
 
-def _read_info(folder: Path) -> dict | None:
+def read_benchmark_info(folder: Path) -> dict | None:
+    """The benchmark description `folder` holds (its configuration and generator version), or None."""
     try:
         return json.loads((folder / INFO_FILE).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
 
 
-def _is_complete(folder: Path, config: SyntheticBenchmarkConfig) -> bool:
+def benchmark_is_complete(folder: Path, config: SyntheticBenchmarkConfig) -> bool:
     """True if `folder` holds a complete benchmark written by this generator version with `config`."""
-    info = _read_info(folder)
+    info = read_benchmark_info(folder)
     return info is not None and info.get("version") == GENERATOR_VERSION and info.get("config") == asdict(config)
 
 
@@ -568,12 +571,12 @@ def generate_synthetic_benchmark(
     """
     config = config if config is not None else SyntheticBenchmarkConfig()
     output_dir = Path(output_dir).absolute()
-    if _is_complete(output_dir, config):
+    if benchmark_is_complete(output_dir, config):
         logger.info("Synthetic benchmark already in %s.", output_dir)
         return output_dir
     occupied = output_dir.exists() and any(output_dir.iterdir())
     if occupied and not overwrite:
-        info = _read_info(output_dir)
+        info = read_benchmark_info(output_dir)
         found = "no complete synthetic benchmark" if info is None else f"a benchmark made with {info.get('config')}"
         raise FileExistsError(
             f"{output_dir} holds {found}, not one made with {asdict(config)} (generator version "
@@ -608,7 +611,7 @@ def _publish(partial: Path, output_dir: Path, config: SyntheticBenchmarkConfig, 
     try:
         os.rename(partial, output_dir)  # atomic; replaces an empty folder
     except OSError:
-        if not _is_complete(output_dir, config):
+        if not benchmark_is_complete(output_dir, config):
             raise
         # Another process published the same benchmark first; ours is removed by the caller.
 
