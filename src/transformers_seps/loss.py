@@ -120,7 +120,7 @@ class SepsForRetrievalTraining(nn.Module):
     def _dense_embeds(self, input_ids: torch.Tensor, mask: torch.Tensor, image_ids: torch.Tensor) -> torch.Tensor:
         model = self.model
         if self.dense_cache is None:
-            return model.get_text_features(input_ids, mask)
+            return model.encode_text(input_ids, mask)
         missing = [image_id for image_id in image_ids.tolist() if image_id not in self.dense_cache]
         if missing:
             raise KeyError(f"no cached dense caption for image ids {missing[:5]}: call fill_dense_cache first")
@@ -144,10 +144,8 @@ class SepsForRetrievalTraining(nn.Module):
         """Loss of the global batch. `selection_seed` seeds the Gumbel decisions, so every process (and a
         resumed run) samples the same ones; None keeps the global random state."""
         model = self.model
-        image_embeds = gather_with_grad(model.get_image_features(pixel_values))
-        text_embeds, text_mask = pad_to_global_length(
-            model.get_text_features(input_ids, attention_mask), attention_mask
-        )
+        image_embeds = gather_with_grad(model.encode_image(pixel_values))
+        text_embeds, text_mask = pad_to_global_length(model.encode_text(input_ids, attention_mask), attention_mask)
         text_embeds, text_mask = gather_with_grad(text_embeds), gather_with_grad(text_mask)
         dense_embeds = dense_mask = None
         if dense_input_ids is not None:

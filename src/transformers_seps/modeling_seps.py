@@ -641,8 +641,8 @@ class SepsModel(SepsPreTrainedModel):
     """SEPS: two backbones, a patch selector guided by the caption and the image's dense caption, an
     aggregator that slims the kept patches into N_c tokens, and a patch-word aligner.
 
-    Scores are pairwise: use [`~SepsModel.get_image_features`] and [`~SepsModel.get_text_features`] once per
-    image and caption, then [`~SepsModel.similarity`] (chunked and vectorised) for any gallery.
+    Scores are pairwise: use [`~SepsModel.encode_image`] and [`~SepsModel.encode_text`] once per image and
+    caption, then [`~SepsModel.similarity`] (chunked and vectorised) for any gallery.
     """
 
     def __init__(self, config: SepsConfig):
@@ -722,8 +722,9 @@ class SepsModel(SepsPreTrainedModel):
 
     # ---------------------------------------------------------------- encoders
 
-    def get_image_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        """(N_img, 3, H, W) pixels -> (N_img, L_v, C) tokens: [CLS] (if the backbone has one) then N patches.
+    def encode_image(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """(N_img, 3, H, W) pixels -> (N_img, L_v, C) tokens: [CLS] (if the backbone has one) then N patches,
+        the `image_embeds` that [`~SepsModel.similarity`] scores.
 
         A CNN's (N_img, hidden, h, w) feature map becomes h*w patch tokens.
         """
@@ -740,11 +741,20 @@ class SepsModel(SepsPreTrainedModel):
             )
         return self.vision_projection(hidden)
 
-    def get_text_features(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """(N_txt, L_t) token ids -> (N_txt, L_t, C) token embeddings ([CLS] and [SEP] included)."""
+    def encode_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """(N_txt, L_t) token ids -> (N_txt, L_t, C) token embeddings ([CLS] and [SEP] included), the
+        `text_embeds` (captions) or `dense_embeds` (dense captions) that [`~SepsModel.similarity`] scores."""
         attention_mask = self._check_text_inputs(input_ids, attention_mask, "input_ids", "attention_mask")
         hidden = self.text_model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
         return self.text_projection(hidden)
+
+    def get_image_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """Same as [`~SepsModel.encode_image`]."""
+        return self.encode_image(pixel_values)
+
+    def get_text_features(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Same as [`~SepsModel.encode_text`]."""
+        return self.encode_text(input_ids, attention_mask)
 
     def _check_pixel_values(self, pixel_values: torch.Tensor) -> None:
         if not isinstance(pixel_values, torch.Tensor) or pixel_values.dim() != 4:
@@ -889,8 +899,8 @@ class SepsModel(SepsPreTrainedModel):
         """S(I_j, T_i) for every image and caption, in blocks of at most `chunk_size` pairs.
 
         Args:
-            image_embeds: (N_img, L_v, C) from [`~SepsModel.get_image_features`].
-            text_embeds: (N_txt, L_t, C) from [`~SepsModel.get_text_features`].
+            image_embeds: (N_img, L_v, C) from [`~SepsModel.encode_image`].
+            text_embeds: (N_txt, L_t, C) from [`~SepsModel.encode_text`].
             text_attention_mask: (N_txt, L_t), 1 for real tokens.
             dense_embeds: (N_img, L_d, C), ONE dense caption per image, the image's own (docs/model.md, section 2).
                 Without it the dense terms drop out.
@@ -1002,11 +1012,11 @@ class SepsModel(SepsPreTrainedModel):
                     "dense captions"
                 )
         _check_pairing(pixel_values.shape[0], input_ids.shape[0], image_ids, return_loss)
-        image_embeds = self.get_image_features(pixel_values)
-        text_embeds = self.get_text_features(input_ids, attention_mask)
+        image_embeds = self.encode_image(pixel_values)
+        text_embeds = self.encode_text(input_ids, attention_mask)
         dense_embeds = None
         if dense_input_ids is not None:
-            dense_embeds = self.get_text_features(dense_input_ids, dense_attention_mask)
+            dense_embeds = self.encode_text(dense_input_ids, dense_attention_mask)
         return self.score_embeddings(
             image_embeds,
             text_embeds,

@@ -146,10 +146,10 @@ class SepsRetriever:
             dense = list(dense_captions[part]) if dense_captions is not None else None
             inputs = self.processor(images=list(images[part]), dense_text=dense, return_tensors="pt")
             inputs = inputs.to(self.model.device)
-            self._images.append(self.model.get_image_features(inputs["pixel_values"]).cpu())
+            self._images.append(self.model.encode_image(inputs["pixel_values"]).cpu())
             if dense is not None:
                 mask = inputs["dense_attention_mask"]
-                self._dense.append(self.model.get_text_features(inputs["dense_input_ids"], mask).cpu())
+                self._dense.append(self.model.encode_text(inputs["dense_input_ids"], mask).cpu())
                 self._dense_masks.append(mask.cpu())
 
     def _gallery(self) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
@@ -174,7 +174,7 @@ class SepsRetriever:
         images, dense, dense_mask = self._gallery()
         texts = as_caption_batch(text, "text")
         inputs = self.processor(text=texts, return_tensors="pt").to(self.model.device)
-        words = self.model.get_text_features(inputs["input_ids"], inputs["attention_mask"]).cpu()
+        words = self.model.encode_text(inputs["input_ids"], inputs["attention_mask"]).cpu()
         word_mask = inputs["attention_mask"].cpu()
         top_k = min(top_k, images.shape[0])
         shortlist_size = None if self.shortlist_size is None else max(self.shortlist_size, top_k)

@@ -147,8 +147,8 @@ def patch_word_alignment(
     side = _patch_grid_side(model)
     with _eval_mode(model):
         inputs = _encode(model, processor, images=image, text=text)
-        patches = model.get_image_features(inputs["pixel_values"])[0, int(model.config.vision_cls_token) :]
-        words = model.get_text_features(inputs["input_ids"], inputs["attention_mask"])[0]
+        patches = model.encode_image(inputs["pixel_values"])[0, int(model.config.vision_cls_token) :]
+        words = model.encode_text(inputs["input_ids"], inputs["attention_mask"])[0]
     real = inputs["attention_mask"][0].bool()
     ids, words = inputs["input_ids"][0][real], words[real]
     keep = torch.ones_like(ids, dtype=torch.bool)

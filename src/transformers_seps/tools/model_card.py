@@ -204,8 +204,8 @@ chunks:
 
 ```python
 with torch.no_grad():
-    image_embeds = model.get_image_features(inputs["pixel_values"])  # (N_img, L_v, C)
-    text_embeds = model.get_text_features(inputs["input_ids"], inputs["attention_mask"])
+    image_embeds = model.encode_image(inputs["pixel_values"])  # (N_img, L_v, C)
+    text_embeds = model.encode_text(inputs["input_ids"], inputs["attention_mask"])
     scores = model.similarity(image_embeds, text_embeds, inputs["attention_mask"])  # (N_img, N_txt)
 ranking = scores[:, 0].argsort(descending=True)  # images for the first caption, best first
 ```

@@ -113,15 +113,15 @@ def encode_split(
 
     image_chunks, dense_chunks, dense_masks = [], [], []
     for batch in batches(images, "encoding images"):
-        image_chunks.append(gather(model.get_image_features(batch["pixel_values"].to(device))))
+        image_chunks.append(gather(model.encode_image(batch["pixel_values"].to(device))))
         if use_dense:
             mask = batch["dense_attention_mask"].to(device)
-            dense_chunks.append(gather(model.get_text_features(batch["dense_input_ids"].to(device), mask)))
+            dense_chunks.append(gather(model.encode_text(batch["dense_input_ids"].to(device), mask)))
             dense_masks.append(gather(mask))
     text_chunks, text_masks = [], []
     for batch in batches(captions, "encoding captions"):
         mask = batch["attention_mask"].to(device)
-        text_chunks.append(gather(model.get_text_features(batch["input_ids"].to(device), mask)))
+        text_chunks.append(gather(model.encode_text(batch["input_ids"].to(device), mask)))
         text_masks.append(gather(mask))
     text_embeds, text_mask = pad_and_stack(text_chunks, text_masks)
     dense_embeds, dense_mask = pad_and_stack(dense_chunks, dense_masks) if use_dense else (None, None)
