@@ -32,7 +32,7 @@ __all__ = [
     "check_pretrained_location",
     "check_processor_location",
     "check_token_limit",
-    "keeping_backend_settings",
+    "tokenize_captions",
     "tokenizer_defaults",
 ]
 
@@ -170,7 +170,7 @@ def tokenizer_defaults(tokenizer: Any, limit: int) -> dict[str, Any]:
 
 
 @contextmanager
-def keeping_backend_settings(tokenizer: Any) -> Iterator[None]:
+def _keeping_backend_settings(tokenizer: Any) -> Iterator[None]:
     """Restores the truncation and padding of `tokenizer`'s Rust backend after the block. A Transformers tokenizer
     call leaves its own there, and `save_pretrained` would save them (as the reloaded tokenizer's `max_length`)."""
     backend = getattr(tokenizer, "backend_tokenizer", None)
@@ -185,6 +185,18 @@ def keeping_backend_settings(tokenizer: Any) -> Iterator[None]:
                 backend.enable_truncation(**truncation)
             if padding is not None:
                 backend.enable_padding(**padding)
+
+
+def tokenize_captions(tokenizer: Any, captions: list[str], name: str, options: dict[str, Any]) -> dict[str, Any]:
+    """Tokenizes checked captions (argument `name`) with `options` (no `return_tensors`: lists), leaving the
+    tokenizer as it was; raises a `ValueError` for a caption left with special tokens only."""
+    with _keeping_backend_settings(tokenizer):
+        encoded = tokenizer(captions, **options)
+    framing_ids = {tokenizer.cls_token_id, tokenizer.sep_token_id, tokenizer.pad_token_id}
+    for index, ids in enumerate(encoded["input_ids"]):
+        if all(token_id in framing_ids for token_id in ids):
+            raise ValueError(f"`{name}[{index}]` ({captions[index]!r}) has no token left after BERT normalization.")
+    return dict(encoded)
 
 
 def caption_tokenizer_kwargs(

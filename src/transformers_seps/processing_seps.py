@@ -23,7 +23,7 @@ from .inputs import (
     caption_tokenizer_kwargs,
     check_processor_location,
     check_token_limit,
-    keeping_backend_settings,
+    tokenize_captions,
     tokenizer_defaults,
 )
 from .official_preprocessing import official_image_processor, with_image_backend
@@ -197,20 +197,12 @@ class SepsProcessor(ProcessorMixin):
             if rescales and already_rescaled(image_batch):
                 images_kwargs["do_rescale"] = False
             data["pixel_values"] = self.image_processor(image_batch, **images_kwargs)["pixel_values"]
-        for name, batch, options in (("text", text_batch, text_kwargs), ("dense_text", dense_batch, dense_kwargs)):
+        captions = (("", "text", text_batch, text_kwargs), ("dense_", "dense_text", dense_batch, dense_kwargs))
+        for prefix, name, batch, options in captions:
             if batch is not None:
-                data.update(self._tokenize(batch, name, options))
+                encoded = tokenize_captions(self.tokenizer, batch, name, options)
+                data.update({prefix + key: value for key, value in encoded.items()})
         return BatchFeature(data=data, tensor_type=return_tensors)
-
-    def _tokenize(self, captions: list[str], name: str, options: dict[str, Any]) -> dict[str, Any]:
-        """Tokenizes the checked captions of argument `name` (outputs as lists, `dense_` keys for dense text)."""
-        with keeping_backend_settings(self.tokenizer):
-            encoded = self.tokenizer(captions, **options)
-        framing_ids = {self.tokenizer.cls_token_id, self.tokenizer.sep_token_id, self.tokenizer.pad_token_id}
-        for index, ids in enumerate(encoded["input_ids"]):
-            if all(token_id in framing_ids for token_id in ids):
-                raise ValueError(f"`{name}[{index}]` ({captions[index]!r}) has no token left after BERT normalization.")
-        return {("dense_" if name == "dense_text" else "") + key: value for key, value in encoded.items()}
 
     def generate_dense_captions(self, images: Any) -> list[str]:
         """One dense caption per image, written by the captioner this processor names (`dense_caption_*`) with
