@@ -1,4 +1,5 @@
-"""Checks of what users pass to SEPS: image and caption batches, token limits, `from_pretrained` locations.
+"""Checks of what users pass to SEPS: image and caption batches, token limits, `from_pretrained` locations; and
+the captions' tokenization under those limits (`caption_tokenizer_kwargs`, `tokenize_captions`).
 
 Shared by the processor, the model and the retrieval API, so that a bad input gets the same message everywhere.
 This module imports nothing from its own package: `save_pretrained` copies it, with the model and processor files
