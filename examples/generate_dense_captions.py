@@ -17,14 +17,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
-from transformers_seps.captioning import (
-    DENSE_CAPTION_GENERATION_KWARGS,
-    DENSE_CAPTION_PROMPT,
-    DenseCaptionSummary,
-    list_images,
-    write_dense_captions,
-)
+# The defaults come from the torch-free caption_settings.py, so that --help imports no torch; captioning.py (torch
+# and the LLM classes) is imported when a command runs.
+from transformers_seps.caption_settings import DENSE_CAPTION_GENERATION_KWARGS, DENSE_CAPTION_PROMPT
 from transformers_seps.train.cli import (
     UsageError,
     check_existing,
@@ -34,6 +31,9 @@ from transformers_seps.train.cli import (
     check_writable_file,
     run_cli,
 )
+
+if TYPE_CHECKING:
+    from transformers_seps.captioning import DenseCaptionSummary
 
 
 @dataclass
@@ -97,7 +97,7 @@ def caption_folder(data_args: DataArguments, captioner_args: CaptionerArguments)
     from accelerate import PartialState
     from accelerate.utils import parse_flag_from_env
 
-    from transformers_seps.captioning import SepsDenseCaptioner
+    from transformers_seps.captioning import SepsDenseCaptioner, list_images, write_dense_captions
 
     check_arguments(data_args, captioner_args)
     try:

@@ -20,7 +20,7 @@ import torch
 from PIL import Image
 from transformers.models.bert.tokenization_bert_legacy import BasicTokenizer, WordpieceTokenizer, load_vocab
 
-from transformers_seps import processing_seps
+from transformers_seps import official_preprocessing, processing_seps
 from transformers_seps.processing_seps import SepsProcessor
 
 MEAN = np.array([0.485, 0.456, 0.406])
@@ -174,8 +174,13 @@ def test_single_string_is_a_batch_of_one(processor):
     assert torch.equal(single["input_ids"], batch["input_ids"])
 
 
-def test_text_is_truncated_at_model_max_length(processor):
+def test_text_is_truncated_at_the_tokenizers_saved_max_length_else_at_model_max_length(processor):
+    # The bundled all-MiniLM-L6-v2 tokenizer was saved with max_length=128: a default, kept as Transformers keeps it.
+    assert processor.tokenizer.init_kwargs["max_length"] == 128
     ids = processor(text=words(600))["input_ids"]
+    assert ids.shape == (1, 128)
+    assert ids[0, -1].item() == processor.tokenizer.sep_token_id
+    ids = processor(text=words(600), max_length=None)["input_ids"]
     assert processor.tokenizer.model_max_length == 512
     assert ids.shape == (1, 512)
     assert ids[0, -1].item() == processor.tokenizer.sep_token_id
@@ -311,7 +316,7 @@ def test_from_pretrained_swaps_a_non_pil_image_processor(processor, tmp_path, mo
         return loaded
 
     monkeypatch.setattr(processing_seps.ProcessorMixin, "from_pretrained", classmethod(fake_mixin_from_pretrained))
-    monkeypatch.setattr(processing_seps, "AutoImageProcessor", StubAutoImageProcessor)
+    monkeypatch.setattr(official_preprocessing, "AutoImageProcessor", StubAutoImageProcessor)
 
     loaded = SepsProcessor.from_pretrained(tmp_path, local_files_only=True)
     assert calls == [(str(tmp_path), {"backend": "pil", "local_files_only": True})]

@@ -10,7 +10,7 @@ from transformers import BertTokenizer, PreTrainedTokenizerFast, RobertaConfig
 
 from tests.conftest import EMBED_DIM, tiny_bert_config, tiny_vit_config
 from transformers_seps import SepsConfig, SepsModel, SepsProcessor
-from transformers_seps.processing_seps import DEFAULT_TEXT_MAX_LENGTH
+from transformers_seps.inputs import DEFAULT_TEXT_MAX_LENGTH
 from transformers_seps.train.arguments import VIT_SCRATCH
 from transformers_seps.train.backbones import build_processor, load_vision_backbone
 

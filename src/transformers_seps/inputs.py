@@ -1,4 +1,5 @@
-"""Checks of what users pass to SEPS: image and caption batches, token limits, `from_pretrained` locations.
+"""Checks of what users pass to SEPS: image and caption batches, token limits, `from_pretrained` locations; and
+the captions' tokenization under those limits (`caption_tokenizer_kwargs`, `tokenize_captions`).
 
 Shared by the processor, the model and the retrieval API, so that a bad input gets the same message everywhere.
 This module imports nothing from its own package: `save_pretrained` copies it, with the model and processor files
@@ -8,6 +9,8 @@ that import it, into a folder that `trust_remote_code=True` loads without the pa
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
@@ -16,19 +19,30 @@ from huggingface_hub.errors import HFValidationError
 from huggingface_hub.utils import validate_repo_id
 from PIL import Image
 from transformers.image_utils import is_valid_image, make_flat_list_of_images
+from transformers.tokenization_utils_base import LARGE_INTEGER
 
 __all__ = [
+    "DEFAULT_TEXT_MAX_LENGTH",
     "already_rescaled",
     "as_caption_batch",
     "as_image_batch",
+    "caption_token_limit",
+    "caption_tokenizer_kwargs",
     "check_one_caption",
     "check_one_image",
     "check_pretrained_location",
+    "check_processor_location",
     "check_token_limit",
+    "tokenize_captions",
+    "tokenizer_defaults",
 ]
 
 # Special tokens added around every caption: [CLS] ... [SEP].
 _NUM_SPECIAL_TOKENS = 2
+# A processor folder needs one of these for its tokenizer (the fast tokenizer's file, or the WordPiece vocabulary).
+_TOKENIZER_FILES = ("tokenizer.json", "vocab.txt")
+#: Token limit of captions when neither the tokenizer nor the text model states one (BERT's).
+DEFAULT_TEXT_MAX_LENGTH = 512
 
 
 def as_caption_batch(value: Any, name: str) -> list[str]:
@@ -136,6 +150,71 @@ def check_token_limit(name: str, value: Any, upper: int | None = None) -> int | 
     return value
 
 
+def caption_token_limit(tokenizer: Any, text_model_max_length: int | None) -> int:
+    """The most tokens a caption may keep: the smaller of the tokenizer's `model_max_length` and
+    `text_model_max_length`, each when known, else `DEFAULT_TEXT_MAX_LENGTH` (512)."""
+    tokenizer_limit = getattr(tokenizer, "model_max_length", None)
+    # Transformers marks an unknown limit with VERY_LARGE_INTEGER (1e30); anything above LARGE_INTEGER is one.
+    if not isinstance(tokenizer_limit, int) or tokenizer_limit >= LARGE_INTEGER:
+        tokenizer_limit = None
+    limits = [limit for limit in (tokenizer_limit, text_model_max_length) if limit is not None]
+    return min(limits) if limits else DEFAULT_TEXT_MAX_LENGTH
+
+
+def tokenizer_defaults(tokenizer: Any, limit: int) -> dict[str, Any]:
+    """The options `tokenizer` was saved with (its `init_kwargs`: call defaults, e.g. `padding`, `max_length`),
+    with a saved `max_length` capped at `limit`, the most tokens the text model accepts."""
+    defaults = dict(tokenizer.init_kwargs)
+    if isinstance(defaults.get("max_length"), int):
+        defaults["max_length"] = min(defaults["max_length"], limit)
+    return defaults
+
+
+@contextmanager
+def _keeping_backend_settings(tokenizer: Any) -> Iterator[None]:
+    """Restores the truncation and padding of `tokenizer`'s Rust backend after the block. A Transformers tokenizer
+    call leaves its own there, and `save_pretrained` would save them (as the reloaded tokenizer's `max_length`)."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    truncation, padding = (backend.truncation, backend.padding) if backend is not None else (None, None)
+    try:
+        yield
+    finally:
+        if backend is not None:
+            backend.no_truncation()
+            backend.no_padding()
+            if truncation is not None:
+                backend.enable_truncation(**truncation)
+            if padding is not None:
+                backend.enable_padding(**padding)
+
+
+def tokenize_captions(tokenizer: Any, captions: list[str], name: str, options: dict[str, Any]) -> dict[str, Any]:
+    """Tokenizes checked captions (argument `name`) with `options` (no `return_tensors`: lists), leaving the
+    tokenizer as it was; raises a `ValueError` for a caption left with special tokens only."""
+    with _keeping_backend_settings(tokenizer):
+        encoded = tokenizer(captions, **options)
+    framing_ids = {tokenizer.cls_token_id, tokenizer.sep_token_id, tokenizer.pad_token_id}
+    for index, ids in enumerate(encoded["input_ids"]):
+        if all(token_id in framing_ids for token_id in ids):
+            raise ValueError(f"`{name}[{index}]` ({captions[index]!r}) has no token left after BERT normalization.")
+    return dict(encoded)
+
+
+def caption_tokenizer_kwargs(
+    text_kwargs: dict[str, Any], dense_text_kwargs: dict[str, Any], text_limit: int, dense_limit: int
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Tokenizer options of captions (`text_kwargs`, `max_length` by default `text_limit`) and of dense captions
+    (the same, truncated at `dense_limit`, then `dense_text_kwargs`); a `max_length` above `text_limit` raises a
+    `ValueError`."""
+    text_kwargs = dict(text_kwargs)
+    if text_kwargs.get("max_length") is None:
+        text_kwargs["max_length"] = text_limit
+    check_token_limit("max_length", text_kwargs["max_length"], text_limit)
+    dense_kwargs = {**text_kwargs, "truncation": True, "max_length": dense_limit, **dense_text_kwargs}
+    check_token_limit("dense_text_kwargs['max_length']", dense_kwargs["max_length"], text_limit)
+    return text_kwargs, dense_kwargs
+
+
 def check_pretrained_location(name_or_path: str | os.PathLike, subfolder: str = "") -> str | None:
     """The local folder `from_pretrained` will read (with `subfolder`), or None for a Hub id.
 
@@ -159,3 +238,13 @@ def check_pretrained_location(name_or_path: str | os.PathLike, subfolder: str = 
             f"no such folder: {path!r} (and it is not a Hub id of the form 'org/name'{hint})"
         ) from None
     return None
+
+
+def check_processor_location(name_or_path: str | os.PathLike, subfolder: str = "") -> None:
+    """`check_pretrained_location`; a local folder must also hold a tokenizer file (`FileNotFoundError`)."""
+    folder = check_pretrained_location(name_or_path, subfolder)
+    if folder is not None and not any(os.path.isfile(os.path.join(folder, name)) for name in _TOKENIZER_FILES):
+        raise FileNotFoundError(
+            f"{folder!r} holds no tokenizer file (needs {' or '.join(_TOKENIZER_FILES)}; it has "
+            f"{sorted(os.listdir(folder))}): save the processor there with `processor.save_pretrained(folder)`."
+        )
