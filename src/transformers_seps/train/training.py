@@ -31,7 +31,8 @@ from .checkpoints import (
     start_run_folder,
 )
 from .cli import UsageError, check_choice, check_float, check_int, check_writable_folder, replace_folder
-from .data import RetrievalFiles, RetrievalSplit, SepsRetrievalCollator, build_caption_dataset, load_retrieval_split
+from .data import RetrievalFiles, RetrievalSplit, SepsRetrievalCollator, build_caption_dataset, load_split
+from .data.hub import check_hub_dataset_arguments
 from .data.synthetic import (
     GENERATOR_VERSION,
     SyntheticBenchmarkConfig,
@@ -155,7 +156,11 @@ def validate_training_arguments(
 def _check_data_root(data_args: DataArguments, use_dense: bool) -> None:
     """A real dataset's folder must exist, with its splits' caption files and (with dense captions) the train and
     test dense-caption files; the synthetic benchmark is only generated into a missing or empty folder when it is
-    the default one or `--generate_synthetic` asks for it (a misspelled path is an error)."""
+    the default one or `--generate_synthetic` asks for it (a misspelled path is an error). With `--dataset_name`,
+    that dataset and its dense captions are checked instead."""
+    if data_args.dataset_name is not None:
+        check_hub_dataset_arguments(data_args, data_args.dataset, use_dense)
+        return
     root = Path(data_args.data_root)
     if data_args.dataset != "synthetic" and not root.is_dir():
         raise UsageError(f"--data_root {root}: no such folder (the {data_args.dataset} annotation folder)")
@@ -233,12 +238,7 @@ def _load_data(
     test_split = "testall" if data_args.dataset == "coco" else "test"
     # "auto": train and test need their dense captions; dev may have none (the authors ship none for dev).
     dense_mode = "auto" if use_dense else "ignore"
-    splits = {}
-    for name in ("train", "dev", test_split):
-        splits[name] = load_retrieval_split(
-            data_args.data_root, data_args.dataset, name, data_args.image_root, dense_captions=dense_mode
-        )
-    return splits
+    return {name: load_split(data_args, data_args.dataset, name, dense_mode) for name in ("train", "dev", test_split)}
 
 
 @dataclass
@@ -568,7 +568,7 @@ def _epoch_loader(run: TrainingRun, epoch: int, done_in_epoch: int) -> DataLoade
         run.train_rows.select(order),
         batch_size=args.per_device_train_batch_size,
         drop_last=True,
-        collate_fn=SepsRetrievalCollator(run.processor),
+        collate_fn=SepsRetrievalCollator(run.processor, split=run.splits["train"]),
         num_workers=run.data_args.num_workers,
         generator=torch.Generator().manual_seed(args.seed),
     )
