@@ -217,6 +217,7 @@ def test_bad_datasets_are_refused_naming_the_problem(f30k_folder, tmp_path: Path
 # ---------------------------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_evaluation_equals_the_authors_folder_evaluation(f30k_folder, tmp_path: Path, capsys):
     """`examples/evaluate_retrieval.py --dataset_name` and `--data_root` on the same data: identical metrics."""
     data_root, image_root = f30k_folder

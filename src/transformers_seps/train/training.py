@@ -19,8 +19,9 @@ from tqdm.auto import tqdm
 from .. import SepsModel, SepsOutput, SepsProcessor
 from ..loss import SepsForRetrievalTraining
 from ..metrics import FOLD_SIZE, fold_metrics, markdown_table, mean_metrics, retrieval_metrics
+from ..tools.model_card import HUB_DATASETS, render_trained_model_card
 from .arguments import DEFAULT_SYNTHETIC_ROOT, VIT_SCRATCH, DataArguments, ModelArguments, RetrievalTrainingArguments
-from .backbones import build_processor, load_text_backbone, load_vision_backbone
+from .backbones import backbone_hub_ids, build_processor, load_text_backbone, load_vision_backbone
 from .checkpoints import (
     CHECKPOINT_PREFIX,
     RUN_RECORD,
@@ -30,7 +31,15 @@ from .checkpoints import (
     run_arguments,
     start_run_folder,
 )
-from .cli import UsageError, check_choice, check_float, check_int, check_writable_folder, replace_folder
+from .cli import (
+    UsageError,
+    check_choice,
+    check_float,
+    check_int,
+    check_writable_folder,
+    looks_like_hub_id,
+    replace_folder,
+)
 from .data import RetrievalFiles, RetrievalSplit, SepsRetrievalCollator, build_caption_dataset, load_split
 from .data.hub import check_hub_dataset_arguments
 from .data.synthetic import (
@@ -673,7 +682,8 @@ def validate_and_keep_best(run: TrainingRun, epoch: int) -> None:
 
 
 def evaluate_test_and_push(run: TrainingRun) -> dict[str, float]:
-    """The best model's test metrics (written to `eval_results.json`, with the best dev epoch) and its upload."""
+    """The best model's test metrics (written to `eval_results.json`, with the best dev epoch), its model card
+    (`best/README.md`, with those metrics as its `model-index`) and its upload."""
     accelerator, args, output_dir = run.accelerator, run.args, run.output_dir
     results = {"best_epoch": run.progress.best_epoch, "best_dev_rsum": run.progress.best_rsum}
     if args.eval_test:
@@ -691,8 +701,45 @@ def evaluate_test_and_push(run: TrainingRun) -> dict[str, float]:
         if accelerator.is_main_process:
             (output_dir / "eval_results.json").write_text(json.dumps(results, indent=2))
             accelerator.print(markdown_table(test))
+    if accelerator.is_main_process:
+        card = _model_card(run, results if args.eval_test else None)
+        (output_dir / "best" / "README.md").write_text(card, encoding="utf-8")
     if args.push_to_hub and accelerator.is_main_process:
+        from huggingface_hub import ModelCard
+
         best = SepsModel.from_pretrained(output_dir / "best")
         best.push_to_hub(args.hub_model_id)
         run.processor.push_to_hub(args.hub_model_id)
+        ModelCard(card).push_to_hub(args.hub_model_id)
     return results
+
+
+def _model_card(run: TrainingRun, results: dict[str, float] | None) -> str:
+    """The card of `best/`: what the run trained on, its backbones and settings, and its test metrics."""
+    model_args, data_args = run.model_args, run.data_args
+    dataset_name = data_args.dataset_name
+    if dataset_name is not None and looks_like_hub_id(dataset_name) and not Path(dataset_name).exists():
+        datasets_used = [dataset_name]
+    else:
+        datasets_used = [HUB_DATASETS[data_args.dataset]] if data_args.dataset in HUB_DATASETS else None
+    source = dataset_name if dataset_name is not None else f"{data_args.data_root} (the SEPS authors' layout)"
+    training = {
+        "data": f"{data_args.dataset}, from {source}",
+        "vision backbone": f"`{model_args.vision_model}`",
+        "text backbone": f"`{model_args.text_model}`",
+        "variant, embedding size": f"{model_args.variant}, {model_args.embed_dim}",
+        "dense captions": "each image's own" if run.use_dense else "none",
+        "optimizer steps": str(run.progress.step),
+        "best dev epoch (rSum)": f"{run.progress.best_epoch} ({run.progress.best_rsum:.1f})",
+    }
+    name = run.args.hub_model_id or run.output_dir.name
+    return render_trained_model_card(
+        model_name=name.split("/")[-1],
+        repo_id=run.args.hub_model_id or (run.output_dir / "best").as_posix(),
+        dataset=data_args.dataset,
+        training=training,
+        base_model=backbone_hub_ids(model_args.vision_model, model_args.text_model),
+        datasets=datasets_used,
+        eval_results=results,
+        dense_pairing="image" if run.use_dense else "none",
+    )
