@@ -18,13 +18,7 @@ from test_convert_checkpoint import tiny_backbones as tiny_backbone_configs
 from transformers_seps.metrics import METRIC_KEYS
 from transformers_seps.tools.arguments import ConversionArguments
 from transformers_seps.tools.convert_official import OfficialCheckpoint
-from transformers_seps.tools.model_card import (
-    HUB_DATASETS,
-    PIPELINE_TAG,
-    model_index_results,
-    planned_releases,
-    render_model_card,
-)
+from transformers_seps.tools.model_card import planned_releases, render_model_card
 from transformers_seps.tools.publish import run_conversion
 from transformers_seps.train.arguments import (
     DataArguments,
@@ -34,6 +28,7 @@ from transformers_seps.train.arguments import (
 )
 from transformers_seps.train.cli import UsageError
 from transformers_seps.train.evaluation import run_evaluation
+from transformers_seps.train.model_card import HUB_DATASETS, PIPELINE_TAG, model_index_results
 from transformers_seps.train.training import run_training
 
 __all__ = ["tiny_backbones"]  # a fixture of test_authors_layout, used here

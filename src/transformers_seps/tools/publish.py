@@ -24,13 +24,14 @@ from ..train.cli import (
     looks_like_hub_id,
     replace_folder,
 )
+from ..train.model_card import honest_metrics
 from .arguments import OFFICIAL_TEXT_BACKBONE, ConversionArguments
 from .convert_official import (
     infer_official_backbone,
     load_official_checkpoint,
     load_official_model,
 )
-from .model_card import honest_metrics, render_model_card
+from .model_card import render_model_card
 
 
 def convert_official_checkpoint(

@@ -19,7 +19,6 @@ from tqdm.auto import tqdm
 from .. import SepsModel, SepsOutput, SepsProcessor
 from ..loss import SepsForRetrievalTraining
 from ..metrics import FOLD_SIZE, fold_metrics, markdown_table, mean_metrics, retrieval_metrics
-from ..tools.model_card import HUB_DATASETS, render_trained_model_card
 from .arguments import DEFAULT_SYNTHETIC_ROOT, VIT_SCRATCH, DataArguments, ModelArguments, RetrievalTrainingArguments
 from .backbones import backbone_hub_ids, build_processor, load_text_backbone, load_vision_backbone
 from .checkpoints import (
@@ -50,6 +49,7 @@ from .data.synthetic import (
     read_benchmark_info,
 )
 from .evaluation import encode_split, score_split
+from .model_card import HUB_DATASETS, render_trained_model_card
 
 
 def build_optimizer(
