@@ -28,6 +28,7 @@ from transformers_seps.train.data import (
     HubColumns,
     RetrievalDataError,
     SepsRetrievalCollator,
+    UnreadableImageError,
     build_caption_dataset,
     load_hub_split,
     load_retrieval_split,
@@ -82,6 +83,12 @@ def hub_layout(data_root: Path, image_root: Path, dataset: str, with_images: boo
     return datasets.Dataset.from_dict(columns, features=datasets.Features({n: features[n] for n in columns}))
 
 
+@pytest.fixture(autouse=True)
+def datasets_cache(tmp_path: Path, monkeypatch) -> None:
+    """`load_dataset` (parquet) writes its Arrow cache under the test's folder, not the user's cache."""
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "hf_datasets_cache")
+
+
 @pytest.fixture
 def f30k_folder(tmp_path: Path) -> tuple[Path, Path]:
     data_root = copy_layout("f30k", tmp_path / "data")
@@ -120,7 +127,7 @@ def test_flickr30k_layout_gives_the_authors_splits(f30k_folder, tmp_path: Path, 
     location = save(hub_layout(data_root, image_root, "f30k"), tmp_path / "hub", storage)
     for split in ("train", "dev", "test"):
         folder = load_retrieval_split(data_root, "f30k", split)
-        hub = load_hub_split(location, "f30k", split, dense_captions=data_root, cache_dir=str(tmp_path / "cache"))
+        hub = load_hub_split(location, "f30k", split, dense_captions=data_root)
         assert_same_split(hub, folder)
         assert hub.image_files == [Path(name).name for name in folder.image_files]
     # The authors ship no dev dense captions: the dev split has none, the others their own image's.
@@ -194,6 +201,8 @@ def test_bad_datasets_are_refused_naming_the_problem(f30k_folder, tmp_path: Path
     data_root, image_root = f30k_folder
     table = hub_layout(data_root, image_root, "f30k")
     location = save(table, tmp_path / "hub", "save_to_disk")
+    with pytest.raises(ValueError, match="dense_captions_mode='required' needs a `dense_captions` source"):
+        load_hub_split(location, "f30k", "test", dense_captions_mode="required")
     with pytest.raises(RetrievalDataError, match=r"no column 'captions' \(--caption_column\)"):
         load_hub_split(location, "f30k", "test", columns=HubColumns(captions="captions"))
     with pytest.raises(RetrievalDataError, match=r"'split' \(--split_column\) in \['val'\].*\['test', 'train'\]"):
@@ -210,6 +219,16 @@ def test_bad_datasets_are_refused_naming_the_problem(f30k_folder, tmp_path: Path
     bad_ids = save(table.map(lambda row: {"img_id": "x" + row["img_id"]}), tmp_path / "ids", "save_to_disk")
     with pytest.raises(RetrievalDataError, match=r"'img_id' \(--image_id_column\) is 'x0', not an integer"):
         load_hub_split(bad_ids, "f30k", "train")
+
+    def corrupt(row: dict) -> dict:
+        garbage = {"bytes": b"not an image", "path": None}
+        return {"image": garbage if row["filename"] == "10002456.jpg" else row["image"]}
+
+    undecoded = table.cast_column("image", datasets.Image(decode=False))
+    corrupted = save(undecoded.map(corrupt).cast_column("image", datasets.Image()), tmp_path / "bad", "save_to_disk")
+    split = load_hub_split(corrupted, "f30k", "train")  # loading decodes nothing, so it cannot notice
+    with pytest.raises(UnreadableImageError, match=r"10002456.jpg: cannot decode the image"):
+        split.load_image(1)
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -125,8 +125,8 @@ def load_hub_split(
             `examples/generate_dense_captions.py` (module docstring); None: no dense captions.
         dense_captions_mode (`str`, *optional*, defaults to `"auto"`): as in [`load_retrieval_split`]: `"auto"`
             needs a dense caption for every image except on the dev split, which may have none at all;
-            `"optional"` lets any split have none at all; `"required"` never; `"ignore"` reads none. An image
-            without one in a split that has some is always an error.
+            `"optional"` lets any split have none at all; `"required"` never (and needs `dense_captions`);
+            `"ignore"` reads none. An image without one in a split that has some is always an error.
         columns ([`HubColumns`], *optional*): the column names.
         image_root (`str` or `os.PathLike`, *optional*): the image folder of a dataset without an image column.
         require_images (`bool`, *optional*, defaults to `True`): check that the images can be found (the image
@@ -144,6 +144,8 @@ def load_hub_split(
         raise ValueError(f"`split` must be one of {tuple(KARPATHY_SPLITS)}, got {split!r}.")
     if dense_captions_mode not in DENSE_CAPTION_MODES:
         raise ValueError(f"`dense_captions_mode` must be one of {DENSE_CAPTION_MODES}, got {dense_captions_mode!r}.")
+    if dense_captions is None and dense_captions_mode == "required":
+        raise ValueError("dense_captions_mode='required' needs a `dense_captions` source (--dense_captions).")
     table = load_hub_dataset(dataset_name, cache_dir)
     has_image_column = columns.image in table.column_names
     _check_columns(table, columns, dataset_name, has_image_column, image_root)
