@@ -63,8 +63,8 @@ __all__ = [
     "read_dense_captions_by_file_name",
 ]
 
-#: The values of the split column that make up each split of ours (Karpathy's; MS-COCO's 113,287 training
-#: images are its train and restval images, its 5K test set is `testall`).
+#: The values of the split column that make up each split of ours (Karpathy's: MS-COCO's training images are
+#: its train and restval images, its 5K test set is `testall`).
 KARPATHY_SPLITS = {"train": ("train", "restval"), "dev": ("val",), "test": ("test",), "testall": ("test",)}
 #: The datasets of ours that have this layout on the Hub.
 HUB_LAYOUT_DATASETS = ("f30k", "coco")
@@ -236,7 +236,7 @@ def _check_columns(
 def _five_captions(
     image_captions: Any, file_name: str, columns: HubColumns, dataset_name: str | os.PathLike
 ) -> list[str]:
-    """The first 5 captions of an image, stripped (MS-COCO images have 5 to 7; the protocol uses 5)."""
+    """The first 5 captions of an image, stripped (some MS-COCO images have more; the protocol uses 5)."""
     if not isinstance(image_captions, list) or not all(isinstance(caption, str) for caption in image_captions):
         raise RetrievalDataError(
             f"image {file_name}: column {columns.captions!r} (--caption_column) must hold a list of strings, "
