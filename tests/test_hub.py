@@ -56,7 +56,7 @@ def test_converted_folder_is_a_complete_hub_repo(converted):
     processor_config = json.loads((folder / "processor_config.json").read_text())
     assert processor_config["auto_map"] == {"AutoProcessor": "processing_seps.SepsProcessor"}
     card = (folder / "README.md").read_text()
-    assert card.startswith("---\nlibrary_name: transformers\n")
+    assert card.startswith("---\n") and "\nlibrary_name: transformers\n" in card.split("\n---\n")[0]
     assert "saved after epoch 12, 4321 iterations" in card and "`best_rsum` = 512.3" in card
     assert "Weights not released yet" not in card
 

@@ -27,6 +27,20 @@ class ConversionArguments:
         default="seps",
         metadata={"help": "Whose checkpoint it is (for the model card).", "choices": ("seps", "laps")},
     )
+    eval_results: str | None = field(
+        default=None,
+        metadata={
+            "help": "Our evaluation of the converted model on the test split (the --output_json of "
+            "examples/evaluate_retrieval.py), for the card's results and model-index."
+        },
+    )
+    eval_dense_pairing: str = field(
+        default="image",
+        metadata={
+            "help": "The --dense_pairing of that evaluation: image (each image's own dense caption) or none.",
+            "choices": ("image", "none"),
+        },
+    )
     push_to_hub: str | None = field(default=None, metadata={"help": "Upload the folder to this Hub repo (org/name)."})
     private: bool = field(default=False, metadata={"help": "Create the Hub repo as private."})
     overwrite_output_dir: bool = field(

@@ -1,4 +1,5 @@
-"""Model cards (`README.md`) of SEPS models converted from the authors' checkpoints.
+"""Model cards (`README.md`) of SEPS models converted from the authors' checkpoints (the cards of trained models,
+and the metadata both share, are `transformers_seps.train.model_card`).
 
 `render_model_card` writes the card of one release: a backbone of `OFFICIAL_VISION_BACKBONES` (or a custom one)
 trained on Flickr30K or MS-COCO. `convert_official_checkpoint` puts it in every folder it writes, with the facts of
@@ -6,16 +7,21 @@ the converted checkpoint; the planned releases' cards are committed in `model_ca
 
     python -m transformers_seps.tools.model_card --output_dir model_cards
 
-The cards quote no number of ours until one is measured. The authors' reported numbers are quoted as theirs, with
-the protocol that produced them (their evaluation pairs every text query with the dense caption of its
-ground-truth image: a label leak, docs/model.md, section 2).
+The cards quote no number of ours until one is measured; a measured one (an `eval_results.json`, or the
+`--output_json` of `examples/evaluate_retrieval.py`) goes into the card and its machine-readable `model-index`,
+with its protocol (each dense caption paired with its own image). The authors' reported numbers are quoted as
+theirs, with the protocol that produced them (their evaluation pairs every text query with the dense caption of
+its ground-truth image: a label leak, docs/model.md, section 2).
 """
 
 import argparse
 import textwrap
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 from ..configuration_seps import SepsConfig
+from ..train.model_card import HUB_DATASETS, card_metadata, model_index_results, our_results_text
 from .convert_official import OFFICIAL_TEXT_BACKBONE, OFFICIAL_VISION_BACKBONES, OfficialCheckpoint
 
 _WIDTH = 115  # line width of the cards' paragraphs
@@ -77,14 +83,6 @@ def _backbone_label(backbone: str) -> str:
 # --------------------------------------------------------------------------------------------------------------
 
 
-def _front_matter(backbone: str | None) -> str:
-    lines = ["---", "library_name: transformers", "license: other", "tags:"]
-    lines += [f"- {tag}" for tag in ("seps", "image-text-retrieval", "cross-modal-retrieval", "custom_code")]
-    if backbone is not None:
-        lines += ["base_model:", f"- {OFFICIAL_VISION_BACKBONES[backbone]}", f"- {_TEXT_BACKBONE_HUB_ID}"]
-    return "\n".join([*lines, "---"])
-
-
 def _title(method: str, backbone: str | None, dataset: str | None) -> str:
     parts = ["SEPS (the authors' weights)" if method == "seps" else "LAPS (the authors' weights) as a SEPS model"]
     if backbone is not None:
@@ -94,8 +92,12 @@ def _title(method: str, backbone: str | None, dataset: str | None) -> str:
     return "# " + ", ".join(parts)
 
 
-def _status(checkpoint: OfficialCheckpoint | None, dataset: str | None) -> str:
-    no_results = "We have not evaluated these weights yet: this card holds no retrieval result of ours."
+def _status(checkpoint: OfficialCheckpoint | None, dataset: str | None, measured: bool = False) -> str:
+    no_results = (
+        "Our evaluation of these weights is under *Results*."
+        if measured
+        else "We have not evaluated these weights yet: this card holds no retrieval result of ours."
+    )
     if checkpoint is None:
         where = f"{DATASETS[dataset]} " if dataset in DATASETS else ""
         status = (
@@ -218,9 +220,11 @@ from transformers_seps.visualization import plot_patch_selection
 
 figure = plot_patch_selection(model, processor, images[0], captions[0])  # needs matplotlib
 figure.savefig("selection.png")
-```
+```'''
 
-### Convert the authors' checkpoint
+
+def _conversion_usage() -> str:
+    return """### Convert the authors' checkpoint
 
 From a clone of transformers-seps (`pip install -e .`):
 
@@ -230,7 +234,7 @@ python examples/convert_official_checkpoint.py --checkpoint model_best.pth --out
 ```
 
 The checkpoint is read with `torch.load(weights_only=True)` (tensors and the run's `argparse.Namespace` only); the
-backbone is inferred from the run's options and every weight must find its place.'''
+backbone is inferred from the run's options and every weight must find its place."""
 
 
 def _training_recipe(method: str, dataset: str | None) -> str:
@@ -293,8 +297,13 @@ transformers-seps evaluates honestly by default (each candidate image with its o
 the authors' pairing only when asked, to measure the leak."""
 
 
-def _results(method: str, backbone: str | None, dataset: str | None) -> str:
-    paragraphs = ["**Ours: not measured yet.** The numbers below are the authors', under their protocol."]
+def _results(method: str, backbone: str | None, dataset: str | None, ours: str | None = None) -> str:
+    """The authors' reported numbers (with their protocol) after ours, when measured (`our_results_text`)."""
+    paragraphs = [
+        "**Ours: not measured yet.** The numbers below are the authors', under their protocol."
+        if ours is None
+        else "The numbers below ours are the authors', under their protocol."
+    ]
     reported = AUTHORS_REPORTED.get((dataset, backbone)) if method == "seps" else None
     table = []
     if reported:
@@ -317,6 +326,8 @@ def _results(method: str, backbone: str | None, dataset: str | None) -> str:
     blocks = ["## Results", *(textwrap.fill(paragraph, width=_WIDTH) for paragraph in paragraphs)]
     if table:
         blocks.insert(3, "\n".join(table))
+    if ours is not None:
+        blocks.insert(1, ours)
     return "\n\n".join(blocks)
 
 
@@ -356,6 +367,8 @@ def render_model_card(
     config: SepsConfig | None = None,
     checkpoint: OfficialCheckpoint | None = None,
     method: str = "seps",
+    eval_results: Mapping[str, Any] | None = None,
+    dense_pairing: str = "image",
 ) -> str:
     """The model card (Markdown with YAML front matter) of a SEPS model in the official variant.
 
@@ -366,21 +379,33 @@ def render_model_card(
         config: the converted model's config, for its exact sizes (K, N_c, ...).
         checkpoint: the converted checkpoint, for its provenance; None for a planned release (no weights yet).
         method: "seps" or "laps", whose checkpoint it is (their files have the same layout).
+        eval_results: our evaluation of the converted weights on the test split of `dataset`
+            (`examples/evaluate_retrieval.py --output_json`), for the Results section and the `model-index`; None:
+            not measured (always, for a planned release).
+        dense_pairing: the dense captions of that evaluation: "image" (each image's own) or "none".
     """
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    if eval_results is not None and checkpoint is None:
+        raise ValueError("eval_results are the evaluation of converted weights: pass their `checkpoint` too")
+    base_model = [OFFICIAL_VISION_BACKBONES[backbone], _TEXT_BACKBONE_HUB_ID] if backbone is not None else None
+    results = None if eval_results is None else model_index_results(eval_results, dataset, dense_pairing)
+    ours = None if eval_results is None else our_results_text(eval_results, dataset, dense_pairing)
     sections = [
-        _front_matter(backbone),
+        card_metadata(
+            repo_id.split("/")[-1], base_model, [HUB_DATASETS[dataset]] if dataset in HUB_DATASETS else None, results
+        ),
         _title(method, backbone, dataset),
-        _status(checkpoint, dataset),
+        _status(checkpoint, dataset, measured=eval_results is not None),
         _model_section(backbone, config),
         *([_laps_weights()] if method == "laps" else []),
         _intended_use(),
         _usage(repo_id),
+        _conversion_usage(),
         _training_recipe(method, dataset),
         _evaluation_protocol(),
         _dense_caption_leak(),
-        _results(method, backbone, dataset),
+        _results(method, backbone, dataset, ours),
         _limitations(),
         _citation(),
     ]

@@ -4,10 +4,13 @@ from a `model_best.pth`, and its upload; the command line `examples/convert_offi
     convert_official_checkpoint("model_best.pth", "seps-vit-224-f30k")
 """
 
+import json
 import os
 import shutil
 import tempfile
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 from transformers import AutoConfig, PreTrainedConfig
 
@@ -21,6 +24,7 @@ from ..train.cli import (
     looks_like_hub_id,
     replace_folder,
 )
+from ..train.model_card import honest_metrics
 from .arguments import OFFICIAL_TEXT_BACKBONE, ConversionArguments
 from .convert_official import (
     infer_official_backbone,
@@ -38,6 +42,8 @@ def convert_official_checkpoint(
     text_config: PreTrainedConfig | None = None,
     repo_id: str | None = None,
     method: str = "seps",
+    eval_results: Mapping[str, Any] | None = None,
+    dense_pairing: str = "image",
 ) -> Path:
     """Turn an authors' `model_best.pth` into a complete Hub repo folder and return its path.
 
@@ -53,6 +59,8 @@ def convert_official_checkpoint(
         vision_config, text_config: override the backbones inferred from the checkpoint (`official_seps_config`).
         repo_id: the Hub id the model card's code examples load from (default: `output_dir`).
         method: "seps" or "laps": whose checkpoint it is, for the model card (the files cannot tell).
+        eval_results, dense_pairing: our evaluation of the converted model on the test split of its dataset and its
+            dense-caption pairing, for the card's results and `model-index` (`render_model_card`).
     """
     checkpoint = load_official_checkpoint(checkpoint_path)
     model = load_official_model(checkpoint, vision_config, text_config)
@@ -72,6 +80,8 @@ def convert_official_checkpoint(
         config=model.config,
         checkpoint=checkpoint,
         method=method,
+        eval_results=eval_results,
+        dense_pairing=dense_pairing,
     )
     model.save_pretrained(output_dir)
     processor.save_pretrained(output_dir)
@@ -91,6 +101,19 @@ def push_folder_to_hub(folder: str | os.PathLike, repo_id: str, private: bool = 
     return str(commit.commit_url)
 
 
+def _read_eval_results(path: str) -> dict[str, Any]:
+    """The `--eval_results` report, checked to hold the test metrics a card needs."""
+    check_existing("eval_results", path, "file")
+    try:
+        report = json.loads(Path(path).read_text(encoding="utf-8"))
+        if not isinstance(report, dict):
+            raise ValueError("expected a JSON object of metrics")
+        honest_metrics(report)
+    except (ValueError, UnicodeDecodeError) as error:
+        raise UsageError(f"--eval_results {path}: {error}") from error
+    return report
+
+
 def _check_conversion_arguments(args: ConversionArguments) -> Path:
     """Check the arguments before any work (a `UsageError` names the flag); returns the output folder."""
 
@@ -99,6 +122,7 @@ def _check_conversion_arguments(args: ConversionArguments) -> Path:
         if getattr(args, flag) is not None:
             check_existing(flag, getattr(args, flag))
     check_choice("method", args.method, ("seps", "laps"))
+    check_choice("eval_dense_pairing", args.eval_dense_pairing, ("image", "none"))
     if args.push_to_hub is not None and not looks_like_hub_id(args.push_to_hub):
         raise UsageError(f"--push_to_hub {args.push_to_hub}: expected a Hub repository id, org/name")
     output_dir = Path(args.output_dir)
@@ -120,6 +144,7 @@ def run_conversion(args: ConversionArguments) -> Path:
     failed conversion leaves `output_dir` as it was, and a replaced one keeps none of its earlier files.
     """
     output_dir = _check_conversion_arguments(args)
+    eval_results = _read_eval_results(args.eval_results) if args.eval_results is not None else None
     vision_config = AutoConfig.from_pretrained(args.vision_config) if args.vision_config else None
     text_config = AutoConfig.from_pretrained(args.text_config) if args.text_config else None
     output_dir.absolute().parent.mkdir(parents=True, exist_ok=True)
@@ -133,6 +158,8 @@ def run_conversion(args: ConversionArguments) -> Path:
             text_config=text_config,
             repo_id=args.push_to_hub or output_dir.as_posix(),
             method=args.method,
+            eval_results=eval_results,
+            dense_pairing=args.eval_dense_pairing,
         )
         replace_folder(temporary, output_dir)
     finally:

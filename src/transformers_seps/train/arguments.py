@@ -69,8 +69,49 @@ class ModelArguments:
     patch_size: int = field(default=8, metadata={"help": f"Patch size of '{VIT_SCRATCH}'."})
 
 
+@dataclass(kw_only=True)
+class HubDatasetArguments:
+    """A `datasets` dataset in the Hub layout of Flickr30K and MS-COCO (`transformers_seps.train.data.hub`), the
+    alternative to an annotation folder in the SEPS authors' layout; shared by the training and evaluation runners."""
+
+    dataset_name: str | None = field(
+        default=None,
+        metadata={
+            "help": "A dataset in the layout of nlphuji/flickr30k (one row per image: image, list of captions, "
+            "split, filename): a save_to_disk folder, a parquet file or folder, or a Hub id. Replaces --data_root; "
+            "needs --dataset f30k|coco."
+        },
+    )
+    dense_captions: str | None = field(
+        default=None,
+        metadata={
+            "help": "With --dataset_name: the dense captions, joined by image file name: the SEPS authors' "
+            "annotation folder (data/f30k) or a jsonl file of examples/generate_dense_captions.py."
+        },
+    )
+    image_column: str = field(default="image", metadata={"help": "--dataset_name column of the images."})
+    caption_column: str = field(
+        default="caption",
+        metadata={"help": "--dataset_name column of each image's captions (yerevann/coco-karpathy: sentences)."},
+    )
+    split_column: str = field(
+        default="split", metadata={"help": "--dataset_name column of the Karpathy split (train, restval, val, test)."}
+    )
+    file_name_column: str = field(
+        default="filename", metadata={"help": "--dataset_name column of the image file names (dense captions' key)."}
+    )
+    image_id_column: str = field(
+        default="img_id",
+        metadata={"help": "--dataset_name column of the integer image ids (yerevann/coco-karpathy: cocoid)."},
+    )
+    file_folder_column: str = field(
+        default="filepath",
+        metadata={"help": "--dataset_name without an image column: image folder under --image_root, if present."},
+    )
+
+
 @dataclass
-class DataArguments:
+class DataArguments(HubDatasetArguments):
     dataset: str = field(default="synthetic", metadata={"help": "synthetic | f30k | coco"})
     data_root: str = field(
         default=DEFAULT_SYNTHETIC_ROOT,
@@ -171,9 +212,11 @@ SPLITS = ("train", "dev", "test", "testall")
 
 
 @dataclass
-class EvaluationArguments:
+class EvaluationArguments(HubDatasetArguments):
     model: str = field(metadata={"help": "A saved SepsModel folder (with its processor) or a hub id."})
-    data_root: str = field(metadata={"help": "Annotation folder in the SEPS authors' layout."})
+    data_root: str | None = field(
+        default=None, metadata={"help": "Annotation folder in the SEPS authors' layout (or --dataset_name)."}
+    )
     dataset: str | None = field(
         default=None,
         metadata={

@@ -11,17 +11,22 @@
 Any other name is a hub id or a local folder, loaded as it is.
 """
 
+from pathlib import Path
+
 from transformers import AutoModel, PreTrainedModel, ViTConfig, ViTModel
 
 from ..configuration_seps import vision_image_size
 from ..efficientnet_lite import EfficientNetLiteConfig, EfficientNetLiteModel, load_efficientnet_lite0_weights
 from ..processing_seps import SepsProcessor
 from .arguments import EFFICIENTNET_LITE0, EFFICIENTNET_LITE0_STRIDE16, MINILM, VIT_SCRATCH
+from .cli import looks_like_hub_id
 
 # Stages kept and default input side of each pretrained EfficientNet-Lite0 backbone.
 EFFICIENTNET_LITE0_VARIANTS = {EFFICIENTNET_LITE0: (7, 224), EFFICIENTNET_LITE0_STRIDE16: (5, 128)}
 LOCAL_BACKBONES = (MINILM, *EFFICIENTNET_LITE0_VARIANTS, VIT_SCRATCH)
 VIT_SCRATCH_IMAGE_SIZE = 64
+# The Hub id of the weights a local backbone ships (the EfficientNet-Lite0 weights and vit-scratch have none).
+LOCAL_BACKBONE_HUB_IDS = {MINILM: "sentence-transformers/all-MiniLM-L6-v2"}
 
 
 def minilm_path() -> str:
@@ -76,3 +81,15 @@ def build_processor(
         processor.image_processor.image_mean = [0.5, 0.5, 0.5]
         processor.image_processor.image_std = [0.5, 0.5, 0.5]
     return processor
+
+
+def backbone_hub_ids(*names: str) -> list[str]:
+    """The Hub ids of the pretrained backbones among `names` (a model card's `base_model`): a local backbone's
+    (`LOCAL_BACKBONE_HUB_IDS`) or a name that is a Hub id and no local folder."""
+    ids = []
+    for name in names:
+        if name in LOCAL_BACKBONE_HUB_IDS:
+            ids.append(LOCAL_BACKBONE_HUB_IDS[name])
+        elif looks_like_hub_id(name) and not Path(name).exists():
+            ids.append(name)
+    return ids

@@ -36,8 +36,9 @@ from .data import (
     SepsRetrievalCollator,
     build_caption_dataset,
     build_image_dataset,
-    load_retrieval_split,
+    load_split,
 )
+from .data.hub import check_hub_dataset_arguments
 from .data.synthetic import INFO_FILE
 
 if TYPE_CHECKING:
@@ -93,7 +94,7 @@ def encode_split(
         )
     model.eval()
     device = accelerator.device if accelerator is not None else model.device
-    collator = SepsRetrievalCollator(processor)
+    collator = SepsRetrievalCollator(processor, split=split)
     images = build_image_dataset(split)
     if not use_dense:
         images = images.remove_columns(["dense_caption"])
@@ -270,10 +271,17 @@ def resolve_evaluation_arguments(args: EvaluationArguments) -> EvaluationArgumen
     """Check every argument before any work (a `UsageError` names the flag) and fill in `dataset` (inferred from
     the folder) and `split` (the dataset's test split)."""
     check_model_location("model", args.model)
-    check_existing("data_root", args.data_root, "folder")
     check_choice("dense_pairing", args.dense_pairing, DENSE_PAIRINGS)
     check_int("batch_size", args.batch_size, 1)
     check_int("images_per_block", args.images_per_block, 1)
+    for flag in ("output_json", "save_sims"):
+        if getattr(args, flag) is not None:
+            check_writable_file(flag, getattr(args, flag))
+    if args.dataset_name is not None:
+        return _resolve_hub_dataset_arguments(args)
+    if args.data_root is None:
+        raise UsageError("pass --data_root (a folder in the SEPS authors' layout) or --dataset_name (a dataset)")
+    check_existing("data_root", args.data_root, "folder")
     inferred = infer_dataset(args.data_root)
     dataset = args.dataset
     if dataset is None:
@@ -299,10 +307,19 @@ def resolve_evaluation_arguments(args: EvaluationArguments) -> EvaluationArgumen
             "not exist: pass --dense_pairing none to evaluate without dense captions, or write them with "
             "examples/generate_dense_captions.py"
         )
-    for flag in ("output_json", "save_sims"):
-        if getattr(args, flag) is not None:
-            check_writable_file(flag, getattr(args, flag))
     return replace(args, dataset=dataset, split=split)
+
+
+def _resolve_hub_dataset_arguments(args: EvaluationArguments) -> EvaluationArguments:
+    """`resolve_evaluation_arguments` for `--dataset_name`: `--dataset` is required (nothing to infer it from)."""
+    if args.data_root is not None:
+        raise UsageError(f"--data_root {args.data_root} and --dataset_name {args.dataset_name}: pass one of them")
+    if args.dataset is None:
+        raise UsageError("--dataset_name needs --dataset f30k|coco (the protocol of the test split)")
+    check_hub_dataset_arguments(args, args.dataset, needs_dense_captions=args.dense_pairing != "none")
+    split = args.split or ("testall" if args.dataset == "coco" else "test")
+    check_choice("split", split, SPLITS)
+    return replace(args, split=split)
 
 
 def run_evaluation(args: EvaluationArguments) -> dict:
@@ -318,9 +335,7 @@ def run_evaluation(args: EvaluationArguments) -> dict:
     model = SepsModel.from_pretrained(args.model).to(accelerator.device).eval()
     processor = SepsProcessor.from_pretrained(args.model)
     use_dense = args.dense_pairing != "none"
-    split = load_retrieval_split(
-        args.data_root, args.dataset, args.split, args.image_root, dense_captions="required" if use_dense else "ignore"
-    )
+    split = load_split(args, args.dataset, args.split, "required" if use_dense else "ignore")
     encoded = encode_split(model, processor, split, args.batch_size, use_dense=use_dense, accelerator=accelerator)
     honest_pairing = "image" if use_dense else "none"
     similarity = score_split(model, encoded, honest_pairing, args.images_per_block, accelerator=accelerator)

@@ -20,7 +20,7 @@ from .. import SepsModel, SepsOutput, SepsProcessor
 from ..loss import SepsForRetrievalTraining
 from ..metrics import FOLD_SIZE, fold_metrics, markdown_table, mean_metrics, retrieval_metrics
 from .arguments import DEFAULT_SYNTHETIC_ROOT, VIT_SCRATCH, DataArguments, ModelArguments, RetrievalTrainingArguments
-from .backbones import build_processor, load_text_backbone, load_vision_backbone
+from .backbones import backbone_hub_ids, build_processor, load_text_backbone, load_vision_backbone
 from .checkpoints import (
     CHECKPOINT_PREFIX,
     RUN_RECORD,
@@ -30,8 +30,17 @@ from .checkpoints import (
     run_arguments,
     start_run_folder,
 )
-from .cli import UsageError, check_choice, check_float, check_int, check_writable_folder, replace_folder
-from .data import RetrievalFiles, RetrievalSplit, SepsRetrievalCollator, build_caption_dataset, load_retrieval_split
+from .cli import (
+    UsageError,
+    check_choice,
+    check_float,
+    check_int,
+    check_writable_folder,
+    looks_like_hub_id,
+    replace_folder,
+)
+from .data import RetrievalFiles, RetrievalSplit, SepsRetrievalCollator, build_caption_dataset, load_split
+from .data.hub import check_hub_dataset_arguments
 from .data.synthetic import (
     GENERATOR_VERSION,
     SyntheticBenchmarkConfig,
@@ -40,6 +49,7 @@ from .data.synthetic import (
     read_benchmark_info,
 )
 from .evaluation import encode_split, score_split
+from .model_card import HUB_DATASETS, render_trained_model_card
 
 
 def build_optimizer(
@@ -155,7 +165,11 @@ def validate_training_arguments(
 def _check_data_root(data_args: DataArguments, use_dense: bool) -> None:
     """A real dataset's folder must exist, with its splits' caption files and (with dense captions) the train and
     test dense-caption files; the synthetic benchmark is only generated into a missing or empty folder when it is
-    the default one or `--generate_synthetic` asks for it (a misspelled path is an error)."""
+    the default one or `--generate_synthetic` asks for it (a misspelled path is an error). With `--dataset_name`,
+    that dataset and its dense captions are checked instead."""
+    if data_args.dataset_name is not None:
+        check_hub_dataset_arguments(data_args, data_args.dataset, use_dense)
+        return
     root = Path(data_args.data_root)
     if data_args.dataset != "synthetic" and not root.is_dir():
         raise UsageError(f"--data_root {root}: no such folder (the {data_args.dataset} annotation folder)")
@@ -233,12 +247,7 @@ def _load_data(
     test_split = "testall" if data_args.dataset == "coco" else "test"
     # "auto": train and test need their dense captions; dev may have none (the authors ship none for dev).
     dense_mode = "auto" if use_dense else "ignore"
-    splits = {}
-    for name in ("train", "dev", test_split):
-        splits[name] = load_retrieval_split(
-            data_args.data_root, data_args.dataset, name, data_args.image_root, dense_captions=dense_mode
-        )
-    return splits
+    return {name: load_split(data_args, data_args.dataset, name, dense_mode) for name in ("train", "dev", test_split)}
 
 
 @dataclass
@@ -568,7 +577,7 @@ def _epoch_loader(run: TrainingRun, epoch: int, done_in_epoch: int) -> DataLoade
         run.train_rows.select(order),
         batch_size=args.per_device_train_batch_size,
         drop_last=True,
-        collate_fn=SepsRetrievalCollator(run.processor),
+        collate_fn=SepsRetrievalCollator(run.processor, split=run.splits["train"]),
         num_workers=run.data_args.num_workers,
         generator=torch.Generator().manual_seed(args.seed),
     )
@@ -673,7 +682,8 @@ def validate_and_keep_best(run: TrainingRun, epoch: int) -> None:
 
 
 def evaluate_test_and_push(run: TrainingRun) -> dict[str, float]:
-    """The best model's test metrics (written to `eval_results.json`, with the best dev epoch) and its upload."""
+    """The best model's test metrics (written to `eval_results.json`, with the best dev epoch), its model card
+    (`best/README.md`, with those metrics as its `model-index`) and its upload."""
     accelerator, args, output_dir = run.accelerator, run.args, run.output_dir
     results = {"best_epoch": run.progress.best_epoch, "best_dev_rsum": run.progress.best_rsum}
     if args.eval_test:
@@ -691,8 +701,45 @@ def evaluate_test_and_push(run: TrainingRun) -> dict[str, float]:
         if accelerator.is_main_process:
             (output_dir / "eval_results.json").write_text(json.dumps(results, indent=2))
             accelerator.print(markdown_table(test))
+    if accelerator.is_main_process:
+        card = _model_card(run, results if args.eval_test else None)
+        (output_dir / "best" / "README.md").write_text(card, encoding="utf-8")
     if args.push_to_hub and accelerator.is_main_process:
+        from huggingface_hub import ModelCard
+
         best = SepsModel.from_pretrained(output_dir / "best")
         best.push_to_hub(args.hub_model_id)
         run.processor.push_to_hub(args.hub_model_id)
+        ModelCard(card).push_to_hub(args.hub_model_id)
     return results
+
+
+def _model_card(run: TrainingRun, results: dict[str, float] | None) -> str:
+    """The card of `best/`: what the run trained on, its backbones and settings, and its test metrics."""
+    model_args, data_args = run.model_args, run.data_args
+    dataset_name = data_args.dataset_name
+    if dataset_name is not None and looks_like_hub_id(dataset_name) and not Path(dataset_name).exists():
+        datasets_used = [dataset_name]
+    else:
+        datasets_used = [HUB_DATASETS[data_args.dataset]] if data_args.dataset in HUB_DATASETS else None
+    source = dataset_name if dataset_name is not None else f"{data_args.data_root} (the SEPS authors' layout)"
+    training = {
+        "data": f"{data_args.dataset}, from {source}",
+        "vision backbone": f"`{model_args.vision_model}`",
+        "text backbone": f"`{model_args.text_model}`",
+        "variant, embedding size": f"{model_args.variant}, {model_args.embed_dim}",
+        "dense captions": "each image's own" if run.use_dense else "none",
+        "optimizer steps": str(run.progress.step),
+        "best dev epoch (rSum)": f"{run.progress.best_epoch} ({run.progress.best_rsum:.1f})",
+    }
+    name = run.args.hub_model_id or run.output_dir.name
+    return render_trained_model_card(
+        model_name=name.split("/")[-1],
+        repo_id=run.args.hub_model_id or (run.output_dir / "best").as_posix(),
+        dataset=data_args.dataset,
+        training=training,
+        base_model=backbone_hub_ids(model_args.vision_model, model_args.text_model),
+        datasets=datasets_used,
+        eval_results=results,
+        dense_pairing="image" if run.use_dense else "none",
+    )

@@ -21,6 +21,7 @@ caption of ITS OWN image, and every image row the dense caption of that image.
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import os
@@ -119,7 +120,10 @@ class RetrievalSplit:
         dense_captions (`list[str]` or `None`): `(num_images,)` dense caption of each image, or None when the
             split has none (or they were ignored).
         image_root (`Path` or `None`): folder the image files are relative to; None when images were not
-            required and no image folder exists.
+            required and no image folder exists, and for a split whose images are in `image_store`.
+        image_store (`datasets.Dataset` or `None`): `(num_images,)` rows, in image order, of one undecoded
+            `datasets.Image` column: the images of a split read from a `datasets` dataset (`hub.load_hub_split`),
+            memory-mapped and decoded one at a time by `load_image`; None for images in files.
     """
 
     dataset: str
@@ -130,6 +134,7 @@ class RetrievalSplit:
     caption_to_image: list[int]
     dense_captions: list[str] | None
     image_root: Path | None
+    image_store: datasets.Dataset | None = None
 
     @property
     def num_images(self) -> int:
@@ -151,6 +156,18 @@ class RetrievalSplit:
                 "`image_root=`."
             )
         return self.image_root / self.image_files[image_index]
+
+    def load_image(self, image_index: int) -> Image.Image:
+        """Image `image_index`, decoded as RGB, from its file or from `image_store` (see [`load_rgb_image`])."""
+        if self.image_store is None:
+            return load_rgb_image(self.image_path(image_index))
+        (encoded,) = self.image_store[image_index].values()  # {"bytes": ..., "path": ...}, not decoded yet
+        name = self.image_files[image_index]
+        if encoded is None:
+            raise UnreadableImageError(f"image {name} (image index {image_index}) is missing (null).", name)
+        if encoded.get("bytes") is None:
+            return load_rgb_image(encoded["path"])
+        return _decode_rgb(io.BytesIO(encoded["bytes"]), name)
 
 
 def load_retrieval_split(
@@ -402,12 +419,20 @@ def _resolve_image_root(data_root: Path, dataset: str, image_root: str | os.Path
 
 
 def _check_images(root: Path, image_files: list[str], image_ids: list[int], data_root: Path, dataset: str) -> None:
+    check_image_files(
+        root,
+        image_files,
+        image_ids,
+        f"`image_root=` (the folder the file names of {data_root / 'id_mapping.json'} are relative to), or "
+        f"`require_images=False` for text-only use of {dataset}",
+    )
+
+
+def check_image_files(root: Path, image_files: list[str], image_ids: list[int], how_to_fix: str) -> None:
+    """Every image file exists under `root`; the error names the first missing one (or the missing folder, with
+    `how_to_fix`, what to pass instead)."""
     if not root.is_dir():
-        raise RetrievalFileNotFoundError(
-            f"image folder not found. Pass `image_root=` (the folder the file names of {data_root / 'id_mapping.json'} "
-            f"are relative to), or `require_images=False` for text-only use of {dataset}.",
-            root,
-        )
+        raise RetrievalFileNotFoundError(f"image folder not found. Pass {how_to_fix}.", root)
     pairs = zip(image_ids, image_files, strict=True)
     missing = [(image_id, name) for image_id, name in pairs if not (root / name).is_file()]
     if missing:
@@ -429,7 +454,7 @@ def build_caption_dataset(split: RetrievalSplit) -> datasets.Dataset:
         - **image_index** (`int64`): index of its image in `split.image_ids` (0-based).
         - **image_id** (`int64`): id of its image (the positives of the triplet loss share it).
         - **image_path** (`string` or None): path of its image, decoded only by the collator (lazily); None when
-          the split has no image root.
+          the split has no image root (no image folder, or images in its `image_store`).
         - **dense_caption** (`string` or None): the dense caption of ITS OWN image, never of another one; None
           when the split has none.
 
@@ -500,12 +525,17 @@ def load_rgb_image(path: str | os.PathLike) -> Image.Image:
     path = Path(path)
     if not path.is_file():
         raise RetrievalFileNotFoundError("image file not found.", path)
+    return _decode_rgb(path, path)
+
+
+def _decode_rgb(source: Path | io.BytesIO, name: str | os.PathLike) -> Image.Image:
+    """Decodes an image file or an in-memory encoded image as RGB; `name` names it in the error."""
     try:
-        with Image.open(path) as image:
+        with Image.open(source) as image:
             image.load()
             return image.convert("RGB")
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
-        raise UnreadableImageError(f"cannot decode the image ({type(error).__name__}: {error}).", path) from error
+        raise UnreadableImageError(f"cannot decode the image ({type(error).__name__}: {error}).", name) from error
 
 
 class SepsRetrievalCollator:
@@ -516,7 +546,9 @@ class SepsRetrievalCollator:
     dense caption) and evaluation (image rows, or caption rows without `image_path`/`dense_caption`):
 
     - `image_path` -> images decoded here (the dataset stores paths: decoding is lazy), passed through
-      `image_transform` if given, then the processor's `pixel_values` `(batch, 3, H, W)`;
+      `image_transform` if given, then the processor's `pixel_values` `(batch, 3, H, W)`; with `split` given,
+      the images are `split.load_image(row["image_index"])` instead (a split read from a `datasets` dataset
+      keeps its images there, not in files);
     - `caption` -> `input_ids`, `attention_mask` `(batch, text_length)`;
     - `dense_caption` -> `dense_input_ids`, `dense_attention_mask` `(batch, dense_length)`, row `i` being the
       dense caption of row `i`'s own image; left out when the rows have none (None);
@@ -531,15 +563,20 @@ class SepsRetrievalCollator:
         processor ([`SepsProcessor`]): turns images, captions and dense captions into tensors.
         image_transform (`Callable[[PIL.Image.Image], PIL.Image.Image]`, *optional*):
             Applied to each decoded RGB image before the processor (e.g. a random resized crop for training).
+        split ([`RetrievalSplit`], *optional*):
+            The split the rows come from, to decode their images by `image_index` (needed for a split with an
+            `image_store`; the same images as `image_path` for the others).
     """
 
     def __init__(
         self,
         processor: SepsProcessor,
         image_transform: Callable[[Image.Image], Image.Image] | None = None,
+        split: RetrievalSplit | None = None,
     ) -> None:
         self.processor = processor
         self.image_transform = image_transform
+        self.split = split
 
     def __call__(self, rows: Sequence[dict[str, Any]]) -> dict[str, torch.Tensor]:
         if not rows:
@@ -557,12 +594,15 @@ class SepsRetrievalCollator:
         return batch
 
     def _load_image(self, row: dict[str, Any]) -> Image.Image:
-        if row["image_path"] is None:
+        if self.split is not None:
+            image = self.split.load_image(row["image_index"])
+        elif row["image_path"] is None:
             raise ValueError(
                 f"row of image id {row.get('image_id')} has no image path: its split was loaded with "
                 "`require_images=False` and no image folder; remove the `image_path` column for text-only batches."
             )
-        image = load_rgb_image(row["image_path"])
+        else:
+            image = load_rgb_image(row["image_path"])
         return self.image_transform(image) if self.image_transform is not None else image
 
 
