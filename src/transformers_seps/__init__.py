@@ -28,9 +28,8 @@ _LAZY_NAMES = {
     ),
     "processing_seps": ("SepsProcessor",),
     "efficientnet_lite": ("EfficientNetLiteConfig", "EfficientNetLiteModel"),
+    "caption_settings": ("DENSE_CAPTION_GENERATION_KWARGS", "DENSE_CAPTION_PROMPT"),
     "captioning": (
-        "DENSE_CAPTION_GENERATION_KWARGS",
-        "DENSE_CAPTION_PROMPT",
         "DenseCaptionSummary",
         "SepsDenseCaptioner",
         "is_error_record",
