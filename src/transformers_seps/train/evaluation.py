@@ -139,9 +139,11 @@ def score_split(
     chunk_size: int | None = None,
     accelerator: "Accelerator | None" = None,
     progress: bool = True,
+    dtype: torch.dtype = torch.float32,
 ) -> np.ndarray:
     """The (N_img, N_txt) similarity matrix, in blocks of images; under Accelerate the blocks are split over the
-    processes and the rows gathered, so any number of processes gives the same matrix.
+    processes and the rows gathered, so any number of processes gives the same matrix. `dtype`: the scoring
+    dtype of `SepsModel.similarity` (the "query_ground_truth" audit scores in float32).
 
     dense_pairing:
         "image": each candidate image uses its own dense caption (the honest protocol, default).
@@ -168,9 +170,9 @@ def score_split(
         images = encoded.image_embeds[block].to(device)
         if dense_pairing == "image":
             dense = encoded.dense_embeds[block].to(device), encoded.dense_mask[block].to(device)
-            scores.append(model.similarity(images, *texts, *dense, chunk_size=chunk_size))
+            scores.append(model.similarity(images, *texts, *dense, chunk_size=chunk_size, dtype=dtype))
         elif dense_pairing == "none":
-            scores.append(model.similarity(images, *texts, chunk_size=chunk_size))
+            scores.append(model.similarity(images, *texts, chunk_size=chunk_size, dtype=dtype))
         else:
             scores.append(_leaky_similarity(model, images, *texts, encoded, chunk_size))
     local = torch.cat(scores).cpu() if scores else torch.zeros(0, encoded.text_embeds.shape[0])
