@@ -1,6 +1,7 @@
 """The opt-in bfloat16 scoring path, `similarity(..., dtype=torch.bfloat16)`, and the unnormalised aggregation
 weights of the float32 path (issue 16)."""
 
+import numpy as np
 import pytest
 import torch
 from conftest import tiny_model
@@ -91,3 +92,23 @@ def test_unnormalised_kept_softmax_is_proportional_to_the_softmax():
     weights = kept_softmax(logits, shifted, keep_mask, normalize=False)
     assert_proportional_rows(weights, masked_softmax(logits, keep_mask))
     assert (weights[0, 2] == 0).all() and (weights[1, 0].sum(dim=-1) > 0).all()
+
+
+def test_evaluation_scores_in_the_dtype_it_is_given(saved_models, tiny_synthetic, tmp_path):
+    """`evaluate_retrieval.py --scoring_dtype bfloat16` reaches `similarity`: its matrix differs from float32's
+    by bfloat16 rounding, no more."""
+    from transformers_seps.train.arguments import EvaluationArguments
+    from transformers_seps.train.evaluation import run_evaluation
+
+    matrices = {}
+    for dtype in ("float32", "bfloat16"):
+        sims = tmp_path / f"{dtype}.npy"
+        run_evaluation(
+            EvaluationArguments(
+                model=str(saved_models["paper"]), data_root=str(tiny_synthetic), dataset="synthetic",
+                save_sims=str(sims), scoring_dtype=dtype,
+            )
+        )  # fmt: skip
+        matrices[dtype] = torch.from_numpy(np.load(sims))
+    difference = (matrices["bfloat16"] - matrices["float32"]).abs().max().item()
+    assert 0 < difference < BF16_TOLERANCE

@@ -325,7 +325,10 @@ def run_evaluation(args: EvaluationArguments) -> dict:
     )
     encoded = encode_split(model, processor, split, args.batch_size, use_dense=use_dense, accelerator=accelerator)
     honest_pairing = "image" if use_dense else "none"
-    similarity = score_split(model, encoded, honest_pairing, args.images_per_block, accelerator=accelerator)
+    similarity = score_split(
+        model, encoded, honest_pairing, args.images_per_block, accelerator=accelerator,
+        dtype=getattr(torch, args.scoring_dtype),
+    )  # fmt: skip
     report = protocol_metrics(similarity, split)
     table = markdown_table(report, f"{args.dataset}/{args.split}, dense pairing: {honest_pairing}")
     if "coco_1k" in report:
