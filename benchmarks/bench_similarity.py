@@ -1,15 +1,25 @@
-"""Pairs per second of `SepsModel.similarity` against the one-caption-at-a-time reference loop.
+"""Pairs per second of `SepsModel.similarity` against a loop shaped as the SEPS authors' (one caption at a time,
+all images batched, their operations: `official_caption_loop` in tests/reference_seps.py), like for like.
 
-Flickr30K / ViT-224 shapes: embed 512, 196 patches + [CLS], 16-token captions, 128-token dense captions
-(one per image), random weights. Both variants; prints a markdown table with the max abs difference.
-`--dtype bfloat16` casts the model and the embeddings; the reference loop then runs in float32 on the same
-(rounded) embeddings, so the difference is the bfloat16 model's error.
+Flickr30K / ViT-224 shapes: embed 512, 196 patches + [CLS], captions of 8-16 tokens, 128-token dense captions
+(one per image), random weights. Rounds alternate the loop and `similarity` in one process; each rate is the
+median over the rounds. Rows:
 
-    .venv/bin/python benchmarks/bench_similarity.py [--images 100 --captions 100 --reference_captions 20]
-        [--dtype bfloat16]
+- `<variant> caption branch`: f(I, T) of every pair (official), S(I, T) without dense captions (paper: there is
+  no authors' code of this variant; the loop is our reference).
+- `official dense branch`: the authors compute f(I_j, D_gt(i)) for every PAIR (a 128-token caption branch, rate
+  in pairs/s); `similarity` computes the honest f(I_j, D_j) once per IMAGE (time per image).
+- `paper with dense captions`: the dense caption steers every pair's selection, so both run per pair.
+
+`--dtype bfloat16` runs `similarity(dtype=torch.bfloat16)`; the loop stays float32, so the difference is the
+bfloat16 path's error. `--profile` prints where `similarity` spends its time on the caption branch.
+
+    .venv/bin/python benchmarks/bench_similarity.py [--images 128 --captions 64 --reference_captions 16]
+        [--rounds 5] [--threads 2] [--dtype bfloat16] [--profile]
 """
 
 import argparse
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -21,7 +31,7 @@ from transformers_seps import SepsConfig, SepsModel
 from transformers_seps.train.allocator import reuse_freed_cpu_memory
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from reference_seps import reference_similarity  # noqa: E402
+from reference_seps import official_caption_loop, reference_similarity  # noqa: E402
 
 DTYPES = ("float32", "bfloat16")
 
@@ -40,60 +50,144 @@ def build_model(variant: str, embed_dim: int) -> SepsModel:
     return SepsModel(SepsConfig(vision_config=vision, text_config=text, embed_dim=embed_dim, variant=variant)).eval()
 
 
-def timed(function, repeats: int = 1) -> tuple[torch.Tensor, float]:
+def random_captions(
+    count: int, min_tokens: int, max_tokens: int, embed_dim: int, generator: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(count, max_tokens, C) embeddings and their masks, each caption min_tokens..max_tokens real tokens."""
+    lengths = torch.randint(min_tokens, max_tokens + 1, (count,), generator=generator)
+    embeds = torch.randn(count, max_tokens, embed_dim, generator=generator)
+    return embeds, (torch.arange(max_tokens) < lengths[:, None]).long()
+
+
+def seconds(function) -> tuple[object, float]:
     start = time.perf_counter()
-    for _ in range(repeats):
-        result = function()
-    return result, (time.perf_counter() - start) / repeats
+    result = function()
+    return result, time.perf_counter() - start
+
+
+def interleaved(functions: dict, rounds: int) -> tuple[dict, dict]:
+    """Last results and median seconds of each function, run in alternating rounds (the load hits all alike)."""
+    times = {name: [] for name in functions}
+    results = {}
+    for _ in range(rounds):
+        for name, function in functions.items():
+            results[name], elapsed = seconds(function)
+            times[name].append(elapsed)
+    return results, {name: statistics.median(values) for name, values in times.items()}
+
+
+def profile_table(function, rows: int = 12) -> str:
+    """torch.profiler's table of the operators `function` spends the most time in (self CPU time)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    function()  # warm-up
+    with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as recorded:
+        function()
+    return recorded.key_averages(group_by_input_shape=True).table(sort_by="self_cpu_time_total", row_limit=rows)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--images", type=int, default=100)
-    parser.add_argument("--captions", type=int, default=100)
-    parser.add_argument("--reference_captions", type=int, default=20, help="captions scored by the slow loop")
-    parser.add_argument("--caption_tokens", type=int, default=16)
+    parser.add_argument("--images", type=int, default=128)
+    parser.add_argument("--captions", type=int, default=64)
+    parser.add_argument("--reference_captions", type=int, default=16, help="captions scored by the slow loop")
+    parser.add_argument("--min_caption_tokens", type=int, default=8)
+    parser.add_argument("--caption_tokens", type=int, default=16, help="the longest caption")
     parser.add_argument("--dense_tokens", type=int, default=128)
     parser.add_argument("--embed_dim", type=int, default=512)
     parser.add_argument("--chunk_size", type=int, default=None)
-    parser.add_argument("--dtype", choices=DTYPES, default="float32", help="precision of the model and embeddings")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    parser.add_argument("--dtype", choices=DTYPES, default="float32", help="scoring dtype of similarity()")
+    parser.add_argument("--profile", action="store_true", help="profile similarity() on the caption branch")
     args = parser.parse_args()
     dtype = getattr(torch, args.dtype)
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     reuse_freed_cpu_memory()
     generator = torch.Generator().manual_seed(0)
-    images = torch.randn(args.images, 197, args.embed_dim, generator=generator).to(dtype)
-    texts = torch.randn(args.captions, args.caption_tokens, args.embed_dim, generator=generator).to(dtype)
-    text_mask = torch.ones(args.captions, args.caption_tokens, dtype=torch.long)
-    dense = torch.randn(args.images, args.dense_tokens, args.embed_dim, generator=generator).to(dtype)
+    images = torch.randn(args.images, 197, args.embed_dim, generator=generator)
+    texts, text_mask = random_captions(
+        args.captions, args.min_caption_tokens, args.caption_tokens, args.embed_dim, generator
+    )
+    dense = torch.randn(args.images, args.dense_tokens, args.embed_dim, generator=generator)
     dense_mask = torch.ones(args.images, args.dense_tokens, dtype=torch.long)
     subset = slice(0, args.reference_captions)
+    reference_pairs, pairs = args.images * args.reference_captions, args.images * args.captions
 
     print(
         f"torch {torch.__version__}, {torch.get_num_threads()} threads, {args.dtype}; {args.images} images x "
-        f"{args.captions} captions (reference: {args.reference_captions} captions), dense captions on"
+        f"{args.captions} captions of {args.min_caption_tokens}-{args.caption_tokens} tokens (loop: "
+        f"{args.reference_captions} captions), {args.rounds} alternating rounds, median"
     )
-    print("| variant | similarity pairs/s | reference pairs/s | speed-up | max abs diff |")
+    print("| scoring | similarity | authors-shaped loop | speed-up | max abs diff |")
     print("| --- | ---: | ---: | ---: | ---: |")
     for variant in ("official", "paper"):
-        reference_model = build_model(variant, args.embed_dim)
-        model = reference_model if dtype == torch.float32 else build_model(variant, args.embed_dim).to(dtype)
+        model = build_model(variant, args.embed_dim)
         with torch.no_grad():
-            model.similarity(images[:2], texts[:2], text_mask[:2], dense[:2], dense_mask[:2])  # warm-up
-            fast, fast_seconds = timed(
-                lambda model=model: model.similarity(
-                    images, texts, text_mask, dense, dense_mask, chunk_size=args.chunk_size
-                )
+            model.similarity(images[:2], texts[:2], text_mask[:2], dense[:2], dense_mask[:2], dtype=dtype)  # warm-up
+            results, median = interleaved(
+                {
+                    "loop": lambda model=model: reference_similarity(model, images, texts[subset], text_mask[subset]),
+                    "ours": lambda model=model: model.similarity(
+                        images, texts, text_mask, chunk_size=args.chunk_size, dtype=dtype
+                    ),
+                },
+                args.rounds,
             )
-            slow, slow_seconds = timed(
-                lambda model=reference_model: reference_similarity(
-                    model, images.float(), texts[subset].float(), text_mask[subset], dense.float(), dense_mask
-                )
+            fast, slow = pairs / median["ours"], reference_pairs / median["loop"]
+            difference = (results["ours"][:, subset] - results["loop"]).abs().max().item()
+            print(
+                f"| {variant} caption branch | {fast:,.0f} pairs/s | {slow:,.0f} pairs/s | {fast / slow:.1f}x | "
+                f"{difference:.1e} |",
+                flush=True,
             )
-        fast_rate = args.images * args.captions / fast_seconds
-        slow_rate = args.images * args.reference_captions / slow_seconds
-        difference = (fast[:, subset] - slow).abs().max().item()
-        print(f"| {variant} | {fast_rate:,.0f} | {slow_rate:,.0f} | {fast_rate / slow_rate:.1f}x | {difference:.1e} |")
+            if variant == "official":
+                dense_captions = [d[m.bool()] for d, m in zip(dense[subset], dense_mask[subset], strict=True)]
+                with_dense = lambda model=model: model.similarity(  # noqa: E731
+                    images, texts, text_mask, dense, dense_mask, chunk_size=args.chunk_size, dtype=dtype
+                )
+                _, median = interleaved(
+                    {
+                        "leaky loop": lambda model=model, captions=dense_captions: official_caption_loop(
+                            model, images, captions
+                        ),
+                        "with dense": with_dense,
+                        "without": lambda model=model: model.similarity(
+                            images, texts, text_mask, chunk_size=args.chunk_size, dtype=dtype
+                        ),
+                    },
+                    args.rounds,
+                )
+                per_image = max(median["with dense"] - median["without"], 0) / args.images
+                print(
+                    f"| official dense branch | {1e3 * per_image:.2f} ms per image | "
+                    f"{reference_pairs / median['leaky loop']:,.0f} pairs/s (per pair) | | |",
+                    flush=True,
+                )
+            else:
+                results, median = interleaved(
+                    {
+                        "loop": lambda model=model: reference_similarity(
+                            model, images, texts[subset], text_mask[subset], dense, dense_mask
+                        ),
+                        "ours": lambda model=model: model.similarity(
+                            images, texts, text_mask, dense, dense_mask, chunk_size=args.chunk_size, dtype=dtype
+                        ),
+                    },
+                    args.rounds,
+                )
+                fast, slow = pairs / median["ours"], reference_pairs / median["loop"]
+                difference = (results["ours"][:, subset] - results["loop"]).abs().max().item()
+                print(
+                    f"| paper with dense captions | {fast:,.0f} pairs/s | {slow:,.0f} pairs/s (our loop) | "
+                    f"{fast / slow:.1f}x | {difference:.1e} |",
+                    flush=True,
+                )
+            if args.profile:
+                print(f"\nprofile of similarity(), {variant} caption branch:")
+                print(profile_table(lambda model=model: model.similarity(images, texts, text_mask, dtype=dtype)))
 
 
 if __name__ == "__main__":

@@ -5,7 +5,6 @@ serves as the ground truth that `SepsModel.similarity` must match.
 """
 
 from contextlib import nullcontext
-from functools import partial
 
 import torch
 import torch.nn.functional as F
@@ -32,21 +31,25 @@ def _minmax(values: torch.Tensor) -> torch.Tensor:
     return (values - low) / (high - low + 1e-6)
 
 
-def official_branch(
-    config, aggregator_mlp, aggregator_scale, image_embeds: torch.Tensor, caption: torch.Tensor
-) -> torch.Tensor:
-    """f(I, T) of spec section 3 for all images and ONE caption (W, C), real tokens only -> (I,).
-
-    `aggregator_mlp` (LayerNorm, Linear, GELU, Linear) and `aggregator_scale` may be a `SepsModel`'s or the
-    authors' own `cross_net.aggr_net.weight` / `.scale`. Gradients as in the authors' training: the selection
-    scores carry none, and with `config.detach_selected_patches` neither do the kept and fused patches.
-    """
+def official_image_side(config, image_embeds: torch.Tensor) -> dict:
+    """What the authors' caption loop computes once per image batch, before its loop over captions: [CLS] and
+    spatial patches, the normalised patches and the self-attention scores cos(mean P, P_n)."""
     cls, patches = _split(image_embeds, config.vision_cls_token)
+    patches_norm = F.normalize(patches, dim=-1)
     with torch.no_grad():
-        self_scores = _cosine_to_patches(patches.mean(1), patches)
-        text_scores = _cosine_to_patches(caption.mean(0, keepdim=True), patches)
-        scores = self_scores + text_scores
-        sorted_scores, order = torch.sort(scores, dim=1, descending=True)
+        self_scores = (F.normalize(patches.mean(1), dim=-1).unsqueeze(1) * patches_norm).sum(-1)
+    return {"cls": cls, "patches": patches, "patches_norm": patches_norm, "self_scores": self_scores}
+
+
+def official_caption_scores(
+    config, aggregator_mlp, aggregator_scale, image: dict, caption: torch.Tensor
+) -> torch.Tensor:
+    """f(I, T) of docs/model.md section 3 for all images (`official_image_side`) and ONE caption (W, C), real
+    tokens only -> (I,). The same operations, in the same order, as one step of the authors' caption loop."""
+    patches = image["patches"]
+    with torch.no_grad():
+        text_scores = (F.normalize(caption.mean(0), dim=-1) * image["patches_norm"]).sum(-1)
+        sorted_scores, order = torch.sort(image["self_scores"] + text_scores, dim=1, descending=True)
     k = config.num_kept_patches
     with torch.no_grad() if config.detach_selected_patches else nullcontext():
         kept = _gather(patches, order[:, :k])
@@ -54,12 +57,37 @@ def official_branch(
         extra = (F.softmax(sorted_scores[:, k:], dim=1).unsqueeze(-1) * dropped).sum(1, keepdim=True)
     weights = F.softmax((aggregator_mlp(kept) * aggregator_scale).transpose(1, 2), dim=2)
     pieces = [weights @ kept, extra]
-    if cls is not None:
-        pieces.insert(0, cls)
+    if image["cls"] is not None:
+        pieces.insert(0, image["cls"])
     tokens = F.normalize(torch.cat(pieces, dim=1), dim=-1)
-    words = F.normalize(caption, dim=-1)
-    alignment = F.leaky_relu(torch.einsum("wc,ilc->iwl", words, tokens), negative_slope=config.leaky_relu_slope)
+    words = F.normalize(caption, dim=-1).expand(tokens.shape[0], -1, -1)
+    alignment = F.leaky_relu(words @ tokens.transpose(1, 2), negative_slope=config.leaky_relu_slope)
     return alignment.max(dim=2).values.mean(dim=1) + alignment.max(dim=1).values.mean(dim=1)
+
+
+def official_branch(
+    config, aggregator_mlp, aggregator_scale, image_embeds: torch.Tensor, caption: torch.Tensor
+) -> torch.Tensor:
+    """f(I, T) for all images and ONE caption (W, C), real tokens only -> (I,).
+
+    `aggregator_mlp` (LayerNorm, Linear, GELU, Linear) and `aggregator_scale` may be a `SepsModel`'s or the
+    authors' own `cross_net.aggr_net.weight` / `.scale`. Gradients as in the authors' training: the selection
+    scores carry none, and with `config.detach_selected_patches` neither do the kept and fused patches.
+    """
+    image = official_image_side(config, image_embeds)
+    return official_caption_scores(config, aggregator_mlp, aggregator_scale, image, caption)
+
+
+def official_caption_loop(model, image_embeds: torch.Tensor, captions: list[torch.Tensor]) -> torch.Tensor:
+    """(I, T) scores f(I, T) of one caption branch, shaped as the authors' loop (their lib/cross_net.py): the
+    per-image work once, then one caption at a time against all images. benchmarks/bench_similarity.py times
+    it as the authors' speed."""
+    aggregator = model.head.aggregator
+    image = official_image_side(model.config, image_embeds)
+    columns = [
+        official_caption_scores(model.config, aggregator.mlp, aggregator.scale, image, caption) for caption in captions
+    ]
+    return torch.stack(columns, dim=1)
 
 
 def _relevance(head, values: torch.Tensor) -> torch.Tensor:
@@ -116,16 +144,11 @@ def reference_similarity(model, image_embeds, text_embeds, text_mask, dense_embe
     dense = None
     if dense_embeds is not None:
         dense = [d[m.bool()] for d, m in zip(dense_embeds, dense_mask, strict=True)]
-    columns = []
-    for caption, mask in zip(text_embeds, text_mask, strict=True):
-        caption = caption[mask.bool()]
-        if model.config.variant == "official":
-            branch = partial(official_branch, model.config, model.head.aggregator.mlp, model.head.aggregator.scale)
-            column = branch(image_embeds, caption)
-            if dense is not None:
-                own = torch.stack([branch(image_embeds[j : j + 1], d)[0] for j, d in enumerate(dense)])
-                column = column + own
-        else:
-            column = paper_score(model, image_embeds, caption, dense)
-        columns.append(column)
-    return torch.stack(columns, dim=1)
+    captions = [caption[mask.bool()] for caption, mask in zip(text_embeds, text_mask, strict=True)]
+    if model.config.variant == "official":
+        scores = official_caption_loop(model, image_embeds, captions)
+        if dense is not None:
+            own = [official_caption_loop(model, image_embeds[j : j + 1], [d])[0, 0] for j, d in enumerate(dense)]
+            scores = scores + torch.stack(own).unsqueeze(1)
+        return scores
+    return torch.stack([paper_score(model, image_embeds, caption, dense) for caption in captions], dim=1)

@@ -211,18 +211,23 @@ def _einsum_with_text(equation: str, image_side: torch.Tensor, text_side: torch.
 
 def _cosine_with_words(weights: torch.Tensor, patch_words: torch.Tensor, gram: torch.Tensor) -> torch.Tensor:
     """Cosine similarities between weighted sums of patches, `weights @ P`, and the words, without forming the
-    (I, T, K, C) tokens: (w P) . x = w (P x), and ||w P||^2 = w G w^T with the Gram matrix G = P P^T.
+    (I, T, K, C) tokens: (w P) . x = w (P x), and ||w P||^2 = w G w^T with the Gram matrix G = P P^T. The
+    weights need not sum to one (a cosine ignores each token's scale).
+
+    The two products run in the dtype of `patch_words` and `gram` (bfloat16 with `similarity(dtype=...)`), their
+    results and everything after them in float32.
 
     Args:
-        weights: (I, T, K, N) patch weights of K tokens per pair.
+        weights: (I, T, K, N) float32 patch weights of K tokens per pair.
         patch_words: (I, T, N, W) dot products of the patches with the (normalised) words.
         gram: (I, N, N) patch Gram matrices.
 
     Returns:
-        (I, T, K, W).
+        (I, T, K, W) float32.
     """
-    dots = torch.matmul(weights, patch_words)
-    weighted_gram = torch.bmm(weights.flatten(1, 2), gram).view_as(weights)
+    matmul_weights = weights.to(gram.dtype)
+    dots = torch.matmul(matmul_weights, patch_words).float()
+    weighted_gram = torch.bmm(matmul_weights.flatten(1, 2), gram).view_as(weights).float()
     squared_norms = (weighted_gram * weights).sum(dim=-1, keepdim=True)
     # An all-zero weight row (no dropped patch to fuse) is a zero token: cosine 0, not 0 / 0.
     return dots / squared_norms.clamp_min(torch.finfo(squared_norms.dtype).tiny).sqrt()
@@ -320,6 +325,10 @@ class _TextSide:
 # Heads: what each variant computes on top of the encoders (docs/model.md, sections 3 and 4)
 # --------------------------------------------------------------------------------------------------------------
 
+# What `similarity(dtype=...)` accepts: the large products in bfloat16 keep float32's exponent range (float16's
+# would underflow, issue 11).
+SCORING_DTYPES = (torch.float32, torch.bfloat16)
+
 # A pair whose kept exponentials (shifted by the image's largest logit) sum below this (its largest kept logit lies
 # more than 34.5 below the image's largest) recomputes its softmax shifted by its own largest kept logit: below it,
 # float32 loses kept weights to underflow and the gradient of the normalisation (1 / total^2) overflows.
@@ -331,12 +340,18 @@ def _shifted_exp(logits: torch.Tensor) -> torch.Tensor:
     return torch.exp(logits - logits.amax(dim=-1, keepdim=True).detach())
 
 
-def kept_softmax(logits: torch.Tensor, shifted_exp: torch.Tensor, keep_mask: torch.Tensor) -> torch.Tensor:
+def kept_softmax(
+    logits: torch.Tensor, shifted_exp: torch.Tensor, keep_mask: torch.Tensor, normalize: bool = True
+) -> torch.Tensor:
     """`masked_softmax(logits, keep_mask)` for many masks over the same logits (every pair of an image
     renormalises the image's aggregation logits over the patches it keeps), from `shifted_exp = _shifted_exp(logits)`
     computed once: per mask only a product and a sum. The rare rows whose kept entries all lie so far below the
     largest logit that their exponentials underflow (and rows that keep nothing) go through `masked_softmax`, and
     so does a straight-through mask carrying a gradient (its dropped entries' gradient is bounded there).
+
+    With `normalize=False` each row is only proportional to its softmax (a positive factor per row, the same
+    function of the logits up to that factor): enough for a cosine, which ignores the scale, and it saves the
+    division, a pass over the largest tensor of the scoring loop.
     """
     if keep_mask.requires_grad:
         return masked_softmax(logits, keep_mask)
@@ -344,7 +359,7 @@ def kept_softmax(logits: torch.Tensor, shifted_exp: torch.Tensor, keep_mask: tor
     total = weights.sum(dim=-1, keepdim=True)
     underflow = total < _SHARED_EXP_FLOOR
     if not bool(underflow.any()):
-        return weights / total
+        return weights / total if normalize else weights
     exact = masked_softmax(logits, keep_mask)
     return torch.where(underflow, exact, weights / torch.where(underflow, torch.ones_like(total), total))
 
@@ -430,12 +445,17 @@ class SepsHead(nn.Module, ABC):
         selection_scores, keep_mask = self.select_patches(image, text_similarity)
         # Eq. 4, docs/model.md 3.4: each token is a softmax over the kept patches of per-image logits; with a dense
         # view (4.5), plus its token, i.e. one weight matrix per pair on the same patches.
+        # Only the cosines of the tokens use the weights: unnormalised unless the dense view's weights are added.
         weights = kept_softmax(
-            image.aggregation_logits.unsqueeze(1), image.aggregation_exp.unsqueeze(1), keep_mask.unsqueeze(2)
+            image.aggregation_logits.unsqueeze(1),
+            image.aggregation_exp.unsqueeze(1),
+            keep_mask.unsqueeze(2),
+            normalize=image.dense_weights is not None,
         )  # (I, T, N_c, N)
         if image.dense_weights is not None:
             weights = weights + image.dense_weights.unsqueeze(1)
-        patch_words = _einsum_with_text("inc,twc->itnw", image.patches, text.words_norm)
+        # In the scoring dtype of `similarity(dtype=...)`, which the patches and their Gram matrix already have.
+        patch_words = _einsum_with_text("inc,twc->itnw", image.patches, text.words_norm.to(image.patches.dtype))
         pieces = [_cosine_with_words(weights, patch_words, image.gram)]  # (I, T, N_c, W)
         if self.fuses_dropped_patches():
             # docs/model.md 3.3: one extra token fuses the dropped patches, weighted by a softmax of their scores.
@@ -826,10 +846,13 @@ class SepsModel(SepsPreTrainedModel):
         dense_attention_mask: torch.Tensor | None,
         chunk_size: int | None,
         return_masks: bool,
+        dtype: torch.dtype = torch.float32,
     ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
         self._check_similarity_inputs(
             image_embeds, text_embeds, text_attention_mask, dense_embeds, dense_attention_mask
         )
+        if dtype not in SCORING_DTYPES:
+            raise ValueError(f"dtype must be one of {SCORING_DTYPES}, got {dtype!r}")
         # The head computes in float32 whatever precision the backbones ran in (`model.half()`, autocast): in
         # 16-bit floats the Gram-matrix norms of `_cosine_with_words` (sums of large terms of both signs) and
         # the softmax exponentials lose their precision or underflow.
@@ -842,6 +865,7 @@ class SepsModel(SepsPreTrainedModel):
                 dense_attention_mask,
                 chunk_size,
                 return_masks,
+                dtype,
             )
 
     def _score_in_float32(
@@ -853,11 +877,14 @@ class SepsModel(SepsPreTrainedModel):
         dense_attention_mask: torch.Tensor | None,
         chunk_size: int | None,
         return_masks: bool,
+        dtype: torch.dtype,
     ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
         dense = None
         if dense_embeds is not None:
             dense = _TextSide.from_embeddings(dense_embeds, dense_attention_mask, paired=True)
         image_side = self._prepare_images(image_embeds, dense)
+        # The two large products of `score_block` (patches x words, weights x Gram) run in `dtype`.
+        image_side.patches, image_side.gram = image_side.patches.to(dtype), image_side.gram.to(dtype)
         # Captions go through in order of length, each block trimmed to its own longest caption.
         length_order = torch.argsort(text_attention_mask.sum(dim=1), stable=True)
         text_side = _TextSide.from_embeddings(text_embeds, text_attention_mask)[length_order]
@@ -895,6 +922,7 @@ class SepsModel(SepsPreTrainedModel):
         dense_embeds: torch.Tensor | None = None,
         dense_attention_mask: torch.Tensor | None = None,
         chunk_size: int | None = None,
+        dtype: torch.dtype = torch.float32,
     ) -> torch.Tensor:
         """S(I_j, T_i) for every image and caption, in blocks of at most `chunk_size` pairs.
 
@@ -907,6 +935,10 @@ class SepsModel(SepsPreTrainedModel):
             dense_attention_mask: (N_img, L_d).
             chunk_size: pairs scored at once (default `config.similarity_chunk_size`); memory is
                 O(chunk_size * (N_c * N + L * C)), never N_img * N_txt * N * C.
+            dtype: `torch.bfloat16` runs the two large products of the scoring (patches x words, weights x Gram
+                matrix) in bfloat16, faster where the hardware has bfloat16 matrix units (CUDA, CPUs with AMX or
+                AVX512-BF16; much slower on others) at a cost in precision (README, Speed); the selection, the
+                softmaxes and the normalisations stay in float32. Default float32 throughout.
 
         Returns:
             (N_img, N_txt) scores. Selection decisions are deterministic (top-K) in eval mode and sampled in
@@ -922,6 +954,7 @@ class SepsModel(SepsPreTrainedModel):
             dense_attention_mask,
             chunk_size,
             False,
+            dtype,
         )[0]
 
     def _check_similarity_inputs(

@@ -140,9 +140,11 @@ def score_split(
     chunk_size: int | None = None,
     accelerator: "Accelerator | None" = None,
     progress: bool = True,
+    dtype: torch.dtype = torch.float32,
 ) -> np.ndarray:
     """The (N_img, N_txt) similarity matrix, in blocks of images; under Accelerate the blocks are split over the
-    processes and the rows gathered, so any number of processes gives the same matrix.
+    processes and the rows gathered, so any number of processes gives the same matrix. `dtype`: the scoring
+    dtype of `SepsModel.similarity` (the "query_ground_truth" audit scores in float32).
 
     dense_pairing:
         "image": each candidate image uses its own dense caption (the honest protocol, default).
@@ -169,9 +171,9 @@ def score_split(
         images = encoded.image_embeds[block].to(device)
         if dense_pairing == "image":
             dense = encoded.dense_embeds[block].to(device), encoded.dense_mask[block].to(device)
-            scores.append(model.similarity(images, *texts, *dense, chunk_size=chunk_size))
+            scores.append(model.similarity(images, *texts, *dense, chunk_size=chunk_size, dtype=dtype))
         elif dense_pairing == "none":
-            scores.append(model.similarity(images, *texts, chunk_size=chunk_size))
+            scores.append(model.similarity(images, *texts, chunk_size=chunk_size, dtype=dtype))
         else:
             scores.append(_leaky_similarity(model, images, *texts, encoded, chunk_size))
     local = torch.cat(scores).cpu() if scores else torch.zeros(0, encoded.text_embeds.shape[0])
@@ -338,7 +340,10 @@ def run_evaluation(args: EvaluationArguments) -> dict:
     split = load_split(args, args.dataset, args.split, "required" if use_dense else "ignore")
     encoded = encode_split(model, processor, split, args.batch_size, use_dense=use_dense, accelerator=accelerator)
     honest_pairing = "image" if use_dense else "none"
-    similarity = score_split(model, encoded, honest_pairing, args.images_per_block, accelerator=accelerator)
+    similarity = score_split(
+        model, encoded, honest_pairing, args.images_per_block, accelerator=accelerator,
+        dtype=getattr(torch, args.scoring_dtype),
+    )  # fmt: skip
     report = protocol_metrics(similarity, split)
     table = markdown_table(report, f"{args.dataset}/{args.split}, dense pairing: {honest_pairing}")
     if "coco_1k" in report:
