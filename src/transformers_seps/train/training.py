@@ -307,7 +307,7 @@ def split_similarity(
     processor: SepsProcessor,
     split: RetrievalSplit,
     batch_size: int,
-    accelerator: Accelerator,
+    accelerator: Accelerator | None,
     *,
     use_dense: bool,
 ) -> np.ndarray:
