@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -240,3 +241,22 @@ def test_the_processor_loads_with_the_pipeline_folder(calibrated):
     matcher = pipeline("image-text-matching", model=str(folder))
     assert isinstance(matcher.processor, SepsProcessor)
     assert matcher.model.config.logit_scale == 40.0
+
+
+@pytest.mark.slow
+def test_the_zero_shot_benchmark_runs_on_a_tiny_model(calibrated, tiny_synthetic):
+    """benchmarks/zero_shot_softmax.py at toy size: one row per scale, the same top-1 accuracy (a scale does not
+    change the ranking), probabilities in (0, 1)."""
+    _, _, folder = calibrated
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "zero_shot_softmax.py"
+    command = [sys.executable, str(script), "--model", str(folder), "--data_root", str(tiny_synthetic)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = [
+        line.strip("|").split("|") for line in result.stdout.splitlines() if line.startswith("| ") and "---" not in line
+    ]
+    assert [row[0].strip() for row in rows[1:]] == ["1.0 (raw S)", "40.00 (fit on dev)"]
+    (_, raw_probability, raw_accuracy), (_, probability, accuracy) = rows[1:]
+    assert raw_accuracy == accuracy
+    assert 0 < float(raw_probability) < 1 and 0 < float(probability) < 1
