@@ -48,7 +48,7 @@ def figure_to_image(figure: Any) -> Image.Image:
 
 def build_demo(retriever: SepsRetriever, names: Sequence[str], images: Sequence[Image.Image]) -> gr.Blocks:
     """The page: a caption box and a `top_k` slider; the ranked images with their patch pictures and the ranking
-    as JSON (rank, image name, score S). The search runs once on load with `EXAMPLE_CAPTION`."""
+    as JSON (rank, image name, score S). It opens with the results of `EXAMPLE_CAPTION`, computed here."""
 
     def search(caption: str, top_k: float) -> tuple[list[tuple[Image.Image, str]], list[dict[str, Any]]]:
         if not caption or not caption.strip():
@@ -61,6 +61,8 @@ def build_demo(retriever: SepsRetriever, names: Sequence[str], images: Sequence[
             pictures.append((figure_to_image(figure), f"#{rank + 1} {names[index]}  S = {score:.3f}"))
         return pictures, ranking
 
+    initial_top_k = min(DEFAULT_TOP_K, len(names))
+    initial_pictures, initial_ranking = search(EXAMPLE_CAPTION, initial_top_k)
     with gr.Blocks(title="SEPS image-text retrieval") as demo:
         gr.Markdown(
             "# SEPS: semantic-enhanced patch slimming\n"
@@ -69,15 +71,18 @@ def build_demo(retriever: SepsRetriever, names: Sequence[str], images: Sequence[
         )
         with gr.Row():
             caption = gr.Textbox(value=EXAMPLE_CAPTION, label="Caption", scale=4)
-            top_k = gr.Slider(
-                1, min(MAX_TOP_K, len(names)), value=min(DEFAULT_TOP_K, len(names)), step=1, label="Top k"
-            )
+            top_k = gr.Slider(1, min(MAX_TOP_K, len(names)), value=initial_top_k, step=1, label="Top k")
         button = gr.Button("Search", variant="primary")
-        pictures = gr.Gallery(label="Best images and the patches the caption keeps", columns=2, height="auto")
-        ranking = gr.JSON(label="Ranking")
+        pictures = gr.Gallery(
+            initial_pictures,
+            label="Best images and the patches the caption keeps",
+            columns=2,
+            object_fit="contain",
+            height="auto",
+        )
+        ranking = gr.JSON(initial_ranking, label="Ranking")
         button.click(search, [caption, top_k], [pictures, ranking], api_name="search")
         caption.submit(search, [caption, top_k], [pictures, ranking], api_visibility="private")
-        demo.load(search, [caption, top_k], [pictures, ranking], api_visibility="private")
     return demo
 
 
