@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install test test-fast lint demo bench clean
+.PHONY: install test test-fast lint demo demo-app bench clean
 
 $(STAMP): setup.cfg pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -16,8 +16,8 @@ $(STAMP): setup.cfg pyproject.toml constraints.txt
 install: $(STAMP)
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check src tests benchmarks examples metrics
-	$(VENV)/bin/ruff format --check src tests benchmarks examples metrics
+	$(VENV)/bin/ruff check src tests benchmarks examples metrics demo
+	$(VENV)/bin/ruff format --check src tests benchmarks examples metrics demo
 
 test: lint
 	$(PY) -m pytest -q
@@ -29,6 +29,10 @@ test-fast: lint
 # Trains on the synthetic benchmark with backbones that need no download, then prints the test table.
 demo: $(STAMP)
 	$(PY) examples/train_retrieval.py --output_dir runs/demo --overwrite_output_dir --data_root data/synthetic
+
+# The demo page (demo/app.py) on the `make demo` model, ranking the synthetic test images: http://127.0.0.1:7860
+demo-app: $(STAMP)
+	$(PY) demo/app.py --model runs/demo/best --gallery data/synthetic/images --pattern 'test_*.png'
 
 bench: $(STAMP)
 	$(PY) benchmarks/bench_similarity.py

@@ -212,3 +212,21 @@ def test_freezing_a_backbone_trained_from_scratch_is_refused(tmp_path):
             RetrievalTrainingArguments(output_dir=str(tmp_path / "run")),
         )
     assert not (tmp_path / "data").exists()  # refused before generating anything
+
+
+@pytest.mark.slow
+def test_the_run_writes_the_logit_scale_fit_on_the_dev_split(uninterrupted):
+    """After training, best/config.json holds the scale that `fit_logit_scale` finds on the best model's dev scores
+    (without dense captions, as the pipelines score)."""
+    from transformers_seps import SepsProcessor
+    from transformers_seps.calibration import fit_logit_scale
+    from transformers_seps.train.data import load_retrieval_split
+    from transformers_seps.train.training import split_similarity
+
+    output, data_root = uninterrupted
+    best = SepsModel.from_pretrained(output / "best")
+    processor = SepsProcessor.from_pretrained(output / "best")
+    dev = load_retrieval_split(data_root, "synthetic", "dev", dense_captions="ignore")
+    similarity = split_similarity(best, processor, dev, 32, None, use_dense=False)
+    assert best.config.logit_scale != 1.0
+    assert best.config.logit_scale == pytest.approx(fit_logit_scale(similarity, dev.caption_to_image), rel=1e-4)

@@ -39,7 +39,9 @@ _LAZY_NAMES = {
     ),
     "loss": ("SepsForRetrievalTraining", "gather_with_grad", "pad_to_global_length"),
     "metrics": ("fold_metrics", "markdown_table", "mean_metrics", "retrieval_metrics"),
-    "retrieval": ("RetrievalResult", "SepsRetriever", "score_pairs", "shortlist_and_rerank"),
+    "retrieval": ("RetrievalResult", "SepsRetriever", "score_pairs", "score_processed", "shortlist_and_rerank"),
+    "calibration": ("calibration_loss", "fit_logit_scale"),
+    "pipelines": ("SepsImageTextMatchingPipeline",),
     "visualization": ("plot_patch_selection", "plot_patch_word_alignment"),
 }
 _MODULE_OF_NAME = {name: module for module, names in _LAZY_NAMES.items() for name in names}
@@ -50,8 +52,9 @@ _MODEL_MODULES = ("configuration_seps", "modeling_seps", "processing_seps", "eff
 def register_auto_classes() -> None:
     """Register `SepsConfig`, `SepsModel` and `SepsProcessor` with the Auto classes, and mark them for
     `save_pretrained` to write `auto_map` and copy the code files, so that `trust_remote_code=True` loads a saved
-    model in a process that cannot import this package. (EfficientNet-Lite registers itself on import.)"""
-    from transformers import AutoConfig, AutoModel, AutoProcessor
+    model in a process that cannot import this package. (EfficientNet-Lite registers itself on import.)
+    `SepsModel` is also the model of the `zero-shot-image-classification` pipeline (its calibrated logits)."""
+    from transformers import AutoConfig, AutoModel, AutoModelForZeroShotImageClassification, AutoProcessor
 
     from .configuration_seps import SepsConfig
     from .modeling_seps import SepsModel
@@ -60,6 +63,7 @@ def register_auto_classes() -> None:
     AutoConfig.register(SepsConfig.model_type, SepsConfig, exist_ok=True)
     AutoModel.register(SepsConfig, SepsModel, exist_ok=True)
     AutoProcessor.register(SepsConfig, SepsProcessor, exist_ok=True)
+    AutoModelForZeroShotImageClassification.register(SepsConfig, SepsModel, exist_ok=True)
     SepsConfig.register_for_auto_class()
     SepsModel.register_for_auto_class("AutoModel")
     SepsProcessor.register_for_auto_class()

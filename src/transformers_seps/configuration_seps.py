@@ -99,7 +99,7 @@ _FIELD_RULES: tuple[tuple[tuple[str, ...], type, str, Callable[[Any], bool], boo
     (("beta",), float, "in [0, 0.5] (Eq. 3 weights 1 - 2*beta)", lambda v: 0 <= v <= 0.5, False),
     (("embed_dim", "relevance_topk", "similarity_chunk_size"), int, "an integer >= 1", lambda v: v >= 1, False),
     (("max_violation_warmup_epochs",), int, "an integer >= 0", lambda v: v >= 0, False),
-    (("gumbel_tau",), float, "> 0", lambda v: v > 0, False),
+    (("gumbel_tau", "logit_scale"), float, "> 0", lambda v: v > 0, False),
     (
         ("margin", "ratio_weight", "lambda_sparse", "lambda_dense", "leaky_relu_slope", "initializer_range"),
         float,
@@ -178,6 +178,11 @@ class SepsConfig(PreTrainedConfig):
             the per-pair tensors in the CPU cache (`benchmarks/bench_similarity.py --chunk_size N` measures it).
         initializer_range (`float`, defaults to 0.02):
             Kept for Transformers' initialisation helpers; the SEPS head uses Xavier-uniform linear layers.
+        logit_scale (`float`, defaults to 1.0):
+            `SepsOutput.logits_per_image` is `logit_scale * S`, so that a softmax over them (the
+            `zero-shot-image-classification` pipeline) is calibrated; the loss and `SepsModel.similarity` use S
+            itself. The training runner fits it on the dev split after training (`fit_logit_scale` in
+            `transformers_seps.calibration`); 1.0 means uncalibrated (e.g. the authors' converted checkpoints).
     """
 
     model_type = "seps"
@@ -210,6 +215,7 @@ class SepsConfig(PreTrainedConfig):
     lambda_dense: float = 1.0
     similarity_chunk_size: int = 256
     initializer_range: float = 0.02
+    logit_scale: float = 1.0
 
     @property
     def max_text_length(self) -> int | None:

@@ -39,15 +39,9 @@ def _check_similarity_shape(shape: tuple[int, ...]) -> None:
         raise ValueError(f"similarity must be a (N_img, N_txt) matrix, got shape {shape}")
 
 
-def retrieval_ranks(similarity: Any, caption_to_image: Sequence[int] | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Ranks (1-based) of the right answers: i2t per image (N_img,) and t2i per caption (N_txt,).
-
-    A query's rank is 1 + the number of WRONG candidates scoring at least as much as its best right answer.
-
-    Args:
-        similarity: (N_img, N_txt) scores, higher is better (a NumPy array or a torch tensor).
-        caption_to_image: (N_txt,) the row of each caption's image.
-    """
+def checked_similarity(similarity: Any, caption_to_image: Sequence[int] | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """`similarity` as a float64 (N_img, N_txt) array and `caption_to_image` as int64 (N_txt,) indices, after
+    checking that they fit together and every image has a caption (`ValueError` naming the problem otherwise)."""
     sims = _as_matrix(similarity, "similarity")
     _check_similarity_shape(sims.shape)
     targets = np.asarray(caption_to_image.detach().cpu() if hasattr(caption_to_image, "detach") else caption_to_image)
@@ -67,7 +61,20 @@ def retrieval_ranks(similarity: Any, caption_to_image: Sequence[int] | np.ndarra
     if (counts == 0).any():
         missing = np.flatnonzero(counts == 0)[:5].tolist()
         raise ValueError(f"every image needs at least one caption; images {missing} have none")
+    return sims, targets
 
+
+def retrieval_ranks(similarity: Any, caption_to_image: Sequence[int] | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Ranks (1-based) of the right answers: i2t per image (N_img,) and t2i per caption (N_txt,).
+
+    A query's rank is 1 + the number of WRONG candidates scoring at least as much as its best right answer.
+
+    Args:
+        similarity: (N_img, N_txt) scores, higher is better (a NumPy array or a torch tensor).
+        caption_to_image: (N_txt,) the row of each caption's image.
+    """
+    sims, targets = checked_similarity(similarity, caption_to_image)
+    num_images, num_captions = sims.shape
     columns = np.arange(num_captions)
     right = np.zeros((num_images, num_captions), dtype=bool)
     right[targets, columns] = True

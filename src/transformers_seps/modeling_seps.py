@@ -246,7 +246,7 @@ class SepsOutput(ModelOutput):
         loss (`torch.FloatTensor` of shape `()`, *optional*): alignment loss + `ratio_weight` * ratio loss.
         alignment_loss (`torch.FloatTensor` of shape `()`, *optional*): the triplet loss (Eq. 6).
         ratio_loss (`torch.FloatTensor` of shape `()`, *optional*): the ratio loss (Eq. 7, unweighted).
-        logits_per_image (`torch.FloatTensor` of shape `(N_img, N_txt)`): S(I_j, T_i).
+        logits_per_image (`torch.FloatTensor` of shape `(N_img, N_txt)`): `config.logit_scale` * S(I_j, T_i).
         logits_per_text (`torch.FloatTensor` of shape `(N_txt, N_img)`): its transpose.
         image_embeds (`torch.FloatTensor` of shape `(N_img, L_v, C)`): projected image tokens.
         text_embeds (`torch.FloatTensor` of shape `(N_txt, L_t, C)`): projected caption tokens.
@@ -1089,12 +1089,14 @@ class SepsModel(SepsPreTrainedModel):
             if dense_keep_mask is not None:
                 ratio_loss = ratio_loss + config.lambda_dense * (config.sparse_ratio - dense_keep_mask.mean()) ** 2
             loss = alignment_loss + config.ratio_weight * ratio_loss
+        # Logits scaled as CLIP's, for a softmax over them; the loss above stays on S (Eq. 6).
+        logits = scores * self.config.logit_scale
         return SepsOutput(
             loss=loss,
             alignment_loss=alignment_loss,
             ratio_loss=ratio_loss,
-            logits_per_image=scores,
-            logits_per_text=scores.t(),
+            logits_per_image=logits,
+            logits_per_text=logits.t(),
             image_embeds=image_embeds,
             text_embeds=text_embeds,
             dense_embeds=dense_embeds,

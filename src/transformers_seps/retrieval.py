@@ -1,6 +1,6 @@
 """Retrieval for notebooks: score a handful of pairs, or rank a gallery, with an optional two-stage search."""
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -29,6 +29,18 @@ class RetrievalResult:
     indices: torch.Tensor
 
 
+def score_processed(model: SepsModel, inputs: Mapping[str, torch.Tensor]) -> torch.Tensor:
+    """S(image, text), (num_images, num_texts), of a [`SepsProcessor`] output (on the model's device): the raw
+    scores of [`SepsModel.similarity`], not the scaled `logits_per_image`. Dense captions are used when present."""
+    dense = ()
+    if "dense_input_ids" in inputs:
+        dense_mask = inputs["dense_attention_mask"]
+        dense = (model.encode_text(inputs["dense_input_ids"], dense_mask), dense_mask)
+    image_embeds = model.encode_image(inputs["pixel_values"])
+    text_embeds = model.encode_text(inputs["input_ids"], inputs["attention_mask"])
+    return model.similarity(image_embeds, text_embeds, inputs["attention_mask"], *dense)
+
+
 @torch.no_grad()
 def score_pairs(
     model: SepsModel,
@@ -46,7 +58,7 @@ def score_pairs(
     if dense_captions is not None:
         dense_captions = as_caption_batch(dense_captions, "dense_captions")
     inputs = processor(images=images, text=texts, dense_text=dense_captions, return_tensors="pt").to(model.device)
-    return model(**inputs).logits_per_image.cpu()
+    return score_processed(model, inputs).cpu()
 
 
 def _global(tokens: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:

@@ -132,7 +132,7 @@ def patch_selection(
         image=_model_view(inputs["pixel_values"][0], processor),
         caption=text,
         keep=output.sparse_keep_mask[0, 0].cpu().numpy().reshape(side, side),
-        score=float(output.logits_per_image[0, 0]),
+        score=float(output.logits_per_image[0, 0]) / model.config.logit_scale,  # S, unscaled
         dense_caption=dense_text,
         dense_keep=None if dense_keep is None else dense_keep.cpu().numpy().reshape(side, side),
     )

@@ -3,12 +3,14 @@ the loaders, train one epoch, validate and keep the best model, test and push. W
 `accelerate launch` (any number of processes); the objective is `transformers_seps.loss`."""
 
 import json
+import os
 import shutil
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import datasets
+import numpy as np
 import torch
 from accelerate import Accelerator
 from accelerate.utils import set_seed
@@ -17,6 +19,7 @@ from tqdm.auto import tqdm
 
 # From the package, not its modules: the first use registers the Auto classes, so saved folders get `auto_map`.
 from .. import SepsModel, SepsOutput, SepsProcessor
+from ..calibration import fit_logit_scale
 from ..loss import SepsForRetrievalTraining
 from ..metrics import FOLD_SIZE, fold_metrics, markdown_table, mean_metrics, retrieval_metrics
 from .arguments import DEFAULT_SYNTHETIC_ROOT, VIT_SCRATCH, DataArguments, ModelArguments, RetrievalTrainingArguments
@@ -308,6 +311,22 @@ def _build_model(model_args: ModelArguments, warmup_epochs: int) -> tuple[SepsMo
     return model, processor
 
 
+def split_similarity(
+    model: SepsModel,
+    processor: SepsProcessor,
+    split: RetrievalSplit,
+    batch_size: int,
+    accelerator: Accelerator | None,
+    *,
+    use_dense: bool,
+) -> np.ndarray:
+    """The (N_img, N_txt) scores S of a split (with each image's own dense caption when `use_dense` and the split
+    has them)."""
+    use_dense = use_dense and split.has_dense_captions
+    encoded = encode_split(model, processor, split, batch_size, use_dense=use_dense, accelerator=accelerator)
+    return score_split(model, encoded, dense_pairing="image" if use_dense else "none", accelerator=accelerator)
+
+
 def evaluate_model(
     model: SepsModel,
     processor: SepsProcessor,
@@ -321,10 +340,7 @@ def evaluate_model(
     (a smaller testall, not a whole number of folds, gets the whole-matrix metrics only).
 
     A split without dense captions (the authors' dev split) is scored without them: the dense terms drop out."""
-    use_dense = use_dense and split.has_dense_captions
-    encoded = encode_split(model, processor, split, batch_size, use_dense=use_dense, accelerator=accelerator)
-    pairing = "image" if use_dense else "none"
-    similarity = score_split(model, encoded, dense_pairing=pairing, accelerator=accelerator)
+    similarity = split_similarity(model, processor, split, batch_size, accelerator, use_dense=use_dense)
     metrics = retrieval_metrics(similarity, split.caption_to_image)
     if split.dataset == "coco" and split.split == "testall" and split.num_images % FOLD_SIZE == 0:
         folds = fold_metrics(similarity, split.caption_to_image)
@@ -427,6 +443,7 @@ def run_training(
         if progress.step >= schedule.max_steps:
             break
     bar.close()
+    calibrate_logit_scale(run)
     results = evaluate_test_and_push(run)
     run.accelerator.end_training()
     return results
@@ -679,6 +696,29 @@ def validate_and_keep_best(run: TrainingRun, epoch: int) -> None:
     if accelerator.is_main_process:
         (run.output_dir / "dev_history.json").write_text(json.dumps(progress.history, indent=2))
     accelerator.wait_for_everyone()
+
+
+def calibrate_logit_scale(run: TrainingRun) -> float:
+    """Fit the best model's `logit_scale` on the dev split (`transformers_seps.calibration.fit_logit_scale`) and
+    write it into `best/config.json` (atomically). The dev scores are taken without dense captions, as the
+    pipelines score (they take none); the weights, the loss and the metrics do not depend on it."""
+    accelerator, best_dir = run.accelerator, run.output_dir / "best"
+    best = SepsModel.from_pretrained(best_dir).to(accelerator.device)
+    dev = run.splits["dev"]
+    similarity = split_similarity(
+        best, run.processor, dev, run.args.per_device_eval_batch_size, accelerator, use_dense=False
+    )
+    logit_scale = fit_logit_scale(similarity, dev.caption_to_image)
+    if accelerator.is_main_process:
+        config_file = best_dir / "config.json"
+        config = json.loads(config_file.read_text())
+        config["logit_scale"] = logit_scale
+        temporary = config_file.with_name(f".tmp-{config_file.name}")
+        temporary.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+        os.replace(temporary, config_file)
+        accelerator.print(f"logit_scale fit on dev: {logit_scale:.2f}")
+    accelerator.wait_for_everyone()
+    return logit_scale
 
 
 def evaluate_test_and_push(run: TrainingRun) -> dict[str, float]:
