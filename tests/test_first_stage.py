@@ -97,8 +97,8 @@ def test_captions_of_the_same_image_are_not_pushed_apart():
 
     def twin_cosine_after_training(image_ids: list[int]) -> float:
         images = start.clone().requires_grad_(True)
-        optimizer = torch.optim.SGD([images], lr=0.05)
-        for _ in range(50):
+        optimizer = torch.optim.SGD([images], lr=0.1)
+        for _ in range(20):
             optimizer.zero_grad()
             global_contrastive_loss(F.normalize(images, dim=-1), start, torch.tensor(image_ids), 0.05).backward()
             optimizer.step()
@@ -127,26 +127,27 @@ def test_the_training_loss_adds_the_weighted_contrastive_term(weight):
 
 def test_training_the_contrastive_term_puts_each_image_first_in_its_captions_shortlist():
     torch.manual_seed(0)
-    model = tiny_model().train()
+    model = tiny_model()
     pixels, ids, mask = batch(8, 4)
-    objective = SepsForRetrievalTraining(model)
-    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
+    with torch.no_grad():  # the backbones and SEPS projections stay as they are: only the global embedding learns
+        tokens, words = model.encode_image(pixels), model.encode_text(ids, mask)
+    optimizer = torch.optim.Adam(model.global_embedding.parameters(), lr=1e-2)
 
     def first_stage_hits() -> int:
         with torch.no_grad():
-            model.eval()
-            ranks = model.get_global_text_features(ids, mask) @ model.get_global_image_features(pixels).t()
-            model.train()
+            ranks = model.global_text_embeds(words, mask) @ model.global_image_embeds(tokens).t()
         return int((ranks.argmax(dim=1) == torch.arange(8)).sum())
 
     before = first_stage_hits()
     losses = []
-    for step in range(40):
-        output = objective(pixels, ids, mask, torch.arange(8), selection_seed=step)
+    for _ in range(100):
+        loss = global_contrastive_loss(
+            model.global_image_embeds(tokens), model.global_text_embeds(words, mask), torch.arange(8), 0.05
+        )
         optimizer.zero_grad()
-        output.loss.backward()
+        loss.backward()
         optimizer.step()
-        losses.append(output.global_contrastive_loss.item())
+        losses.append(loss.item())
     assert before < 8 and first_stage_hits() == 8
     assert losses[-1] < losses[0] / 4
 

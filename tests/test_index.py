@@ -3,6 +3,7 @@
 import json
 import os
 import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -12,8 +13,12 @@ import torch
 from conftest import tiny_model_with_processor
 from PIL import Image
 
+from transformers_seps import SepsModel
 from transformers_seps.index import MANIFEST_FILE, StoredGallery, model_fingerprint
 from transformers_seps.retrieval import SepsRetriever
+from transformers_seps.train import indexing
+from transformers_seps.train.index_arguments import IndexArguments
+from transformers_seps.train.indexing import GallerySource, build_index, gallery_from_arguments
 
 QUERIES = ["a red circle", "two blue squares on the left", "a green star", "a small yellow line"]
 NUM_IMAGES = 11
@@ -171,3 +176,121 @@ def test_an_index_of_another_format_is_refused(built, tmp_path):
         SepsRetriever.load(copy, model)
     with pytest.raises(FileNotFoundError, match="no such index folder"):
         SepsRetriever.load(Path(tmp_path / "nowhere"), model)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Building an index from a dataset split (examples/build_index.py)
+# ---------------------------------------------------------------------------------------------------------------
+
+SYNTHETIC_QUERIES = ["a red circle on the left", "a blue square", "two green triangles"]
+
+
+def split_source(tiny_synthetic) -> GallerySource:
+    args = IndexArguments(model="unused", output_dir="unused", data_root=str(tiny_synthetic), dataset="synthetic")
+    return gallery_from_arguments(args)
+
+
+def in_memory_retriever(model, processor, source: GallerySource, shortlist_size: int | None) -> SepsRetriever:
+    retriever = SepsRetriever(model, processor, shortlist_size=shortlist_size)
+    images = [Image.open(path).convert("RGB") for path in source.image_paths]
+    retriever.add_images(images, source.dense_captions, source.image_ids)
+    return retriever
+
+
+def assert_same_search(loaded: SepsRetriever, expected: SepsRetriever) -> None:
+    result, reference = loaded.search(SYNTHETIC_QUERIES, top_k=4), expected.search(SYNTHETIC_QUERIES, top_k=4)
+    assert torch.equal(result.indices, reference.indices)
+    torch.testing.assert_close(result.scores, reference.scores, atol=1e-5, rtol=0)
+
+
+def test_a_split_builds_an_index_that_searches_like_the_in_memory_retriever(tiny_synthetic, tmp_path):
+    model, processor = tiny_model_with_processor("paper")
+    source = split_source(tiny_synthetic)
+    assert len(source.image_ids) == 8 and source.dense_captions is not None
+    manifest = build_index(model, processor, source, tmp_path / "index", shard_size=3, dtype=torch.float32)
+    assert [entry["num_images"] for entry in manifest["shards"]] == [3, 3, 2]
+    for shortlist_size in (None, 3):
+        loaded = SepsRetriever.load(tmp_path / "index", model, shortlist_size=shortlist_size)
+        assert loaded.image_ids == source.image_ids
+        assert_same_search(loaded, in_memory_retriever(model, processor, source, shortlist_size))
+
+
+def test_a_killed_build_resumes_without_re_encoding_its_finished_shards(tiny_synthetic, tmp_path, monkeypatch):
+    model, processor = tiny_model_with_processor("paper")
+    source = split_source(tiny_synthetic)
+    directory = tmp_path / "index"
+    build_index(model, processor, source, directory, shard_size=3, dtype=torch.float32)
+    # The state a kill leaves while the last shard is written: no manifest, no last shard, a temporary file.
+    (directory / MANIFEST_FILE).unlink()
+    last = sorted(directory.glob("shard-*"))[-1]
+    last.rename(directory / f".tmp-{last.name}")
+    with pytest.raises(ValueError, match="not a finished index"):
+        SepsRetriever.load(directory, model)
+    finished = {path.name: path.stat().st_mtime_ns for path in directory.glob("shard-*")}
+    encoded_batches = []
+    original = indexing.encode_images
+    monkeypatch.setattr(indexing, "encode_images", lambda *a: encoded_batches.append(len(a[2])) or original(*a))
+    build_index(model, processor, source, directory, shard_size=3, dtype=torch.float32)
+    assert encoded_batches == [2]  # only the last shard's two images
+    assert {name: (directory / name).stat().st_mtime_ns for name in finished} == finished
+    assert_same_search(SepsRetriever.load(directory, model), in_memory_retriever(model, processor, source, None))
+
+
+def test_a_resumed_build_refuses_shards_of_other_images_or_models(tiny_synthetic, tmp_path):
+    model, processor = tiny_model_with_processor("paper")
+    source = split_source(tiny_synthetic)
+    directory = tmp_path / "index"
+    build_index(model, processor, source, directory, shard_size=3)
+    (directory / MANIFEST_FILE).unlink()
+    other, _ = tiny_model_with_processor("paper", seed=1)
+    with pytest.raises(ValueError, match="another model's features"):
+        build_index(other, processor, source, directory, shard_size=3)
+    with pytest.raises(ValueError, match="holds shards of another build"):
+        build_index(model, processor, source, directory, shard_size=4)
+
+
+def run_build_script(*arguments: str, processes: int = 1) -> subprocess.CompletedProcess:
+    script = str(Path(__file__).resolve().parents[1] / "examples" / "build_index.py")
+    command = [sys.executable, script]
+    if processes > 1:  # on a machine without GPU, `accelerate launch` starts a single process
+        command = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            f"--nproc_per_node={processes}",
+            script,
+        ]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1"}
+    return subprocess.run([*command, *arguments], capture_output=True, text=True, timeout=300, env=env)
+
+
+@pytest.mark.slow
+def test_two_processes_split_the_shards_and_give_the_index_of_one(saved_models, tiny_synthetic, tmp_path):
+    model = SepsModel.from_pretrained(saved_models["paper"]).eval()
+    results = {}
+    for processes in (1, 2):
+        directory = tmp_path / f"index{processes}"
+        result = run_build_script(
+            "--model", str(saved_models["paper"]), "--data_root", str(tiny_synthetic), "--dataset", "synthetic",
+            "--output_dir", str(directory), "--shard_size", "3", "--dtype", "float32", processes=processes,
+        )  # fmt: skip
+        assert result.returncode == 0, result.stderr[-3000:]
+        assert "8 images in 3 shard(s)" in result.stdout
+        results[processes] = SepsRetriever.load(directory, model).search(SYNTHETIC_QUERIES, top_k=8)
+    assert torch.equal(results[2].indices, results[1].indices)
+    torch.testing.assert_close(results[2].scores, results[1].scores, atol=1e-5, rtol=0)
+
+
+@pytest.mark.slow
+def test_build_script_errors_are_one_line(saved_models, tiny_synthetic, tmp_path):
+    common = ["--model", str(saved_models["paper"]), "--output_dir", str(tmp_path / "index")]
+    for arguments, message in (
+        ([], "give either --image_root"),
+        (["--data_root", str(tiny_synthetic)], "--data_root needs --dataset"),
+        (["--image_root", str(tmp_path / "nowhere")], "--image_root"),
+        (["--image_root", str(tiny_synthetic / "images"), "--shard_size", "0"], "--shard_size must be a positive"),
+    ):
+        result = run_build_script(*common, *arguments)
+        assert result.returncode == 2, result.stderr[-2000:]
+        assert message in result.stderr and "Traceback" not in result.stderr

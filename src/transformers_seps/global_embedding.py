@@ -25,8 +25,9 @@ class SepsGlobalEmbedding(nn.Module):
 
     def __init__(self, embed_dim: int):
         super().__init__()
-        self.image_pool = nn.Linear(embed_dim, 1)
-        self.text_pool = nn.Linear(embed_dim, 1)
+        # No bias: the softmax over the tokens would ignore it.
+        self.image_pool = nn.Linear(embed_dim, 1, bias=False)
+        self.text_pool = nn.Linear(embed_dim, 1, bias=False)
         self.image_projection = nn.Linear(embed_dim, embed_dim)
         self.text_projection = nn.Linear(embed_dim, embed_dim)
 
