@@ -294,3 +294,23 @@ def test_build_script_errors_are_one_line(saved_models, tiny_synthetic, tmp_path
         result = run_build_script(*common, *arguments)
         assert result.returncode == 2, result.stderr[-2000:]
         assert message in result.stderr and "Traceback" not in result.stderr
+
+
+@pytest.mark.slow
+def test_bench_index_stores_float16_tokens_in_half_the_disk_of_float32(tmp_path):
+    benchmarks = Path(__file__).resolve().parents[1] / "benchmarks"
+    sizes = {}
+    for dtype in ("float16", "float32"):
+        result = subprocess.run(
+            [
+                sys.executable, "bench_index.py", "--sizes", "120", "--shortlist_sizes", "5", "10", "--queries", "2",
+                "--shard_size", "50", "--dtype", dtype, "--output_dir", str(tmp_path / dtype), "--threads", "1",
+            ],
+            cwd=benchmarks, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"},
+        )  # fmt: skip
+        assert result.returncode == 0, result.stderr[-3000:]
+        row = next(line for line in result.stdout.splitlines() if line.startswith("| 120 |"))
+        sizes[dtype] = float(row.split("|")[2].split()[0])  # KB per image
+        assert not list((tmp_path / dtype).iterdir())  # the benchmark deletes what it built
+    # 197 x 512 tokens: 197 KB in float16, 394 KB in float32, plus the 2 KB global embedding and the headers.
+    assert 197 <= sizes["float16"] <= 205 and 394 <= sizes["float32"] <= 402
