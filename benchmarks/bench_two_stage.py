@@ -1,12 +1,14 @@
 """Two-stage text-to-image search against exhaustive SEPS scoring, on a trained model and a real split.
 
-Stage 1 shortlists the images whose mean-pooled embedding is closest to the caption's (cosine); stage 2 re-ranks
-the shortlist with SEPS (`transformers_seps.retrieval.shortlist_and_rerank`, what `SepsRetriever` does with
+Stage 1 shortlists the images whose global embedding is closest to the caption's (`SepsModel.global_image_embeds`:
+trained by the contrastive loss, or the mean-pooled tokens of a model without one); stage 2 re-ranks the shortlist
+with SEPS (`transformers_seps.retrieval.shortlist_and_rerank`, what `SepsRetriever` does with
 `shortlist_size`). Prints text-to-image R@1/5/10, how often the shortlist holds the caption's image, and the
 time per query of each search. R@K is exact for K up to the shortlist size: an image left out of the shortlist
 ranks below every shortlisted one.
 
-    .venv/bin/python benchmarks/bench_two_stage.py --model runs/demo/best --data_root data/synthetic
+    .venv/bin/python benchmarks/bench_two_stage.py --model runs/demo/best --data_root data/synthetic \
+        --shortlist_sizes 10 20 50 100
 """
 
 import argparse
@@ -36,7 +38,7 @@ def main() -> None:
     parser.add_argument("--data_root", default="data/synthetic")
     parser.add_argument("--image_root", default=None)
     parser.add_argument("--split", default="test")
-    parser.add_argument("--shortlist_sizes", type=int, nargs="+", default=[5, 10, 20, 50])
+    parser.add_argument("--shortlist_sizes", type=int, nargs="+", default=[10, 20, 50, 100])
     args = parser.parse_args()
 
     reuse_freed_cpu_memory()

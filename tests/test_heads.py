@@ -71,9 +71,9 @@ def test_the_model_picks_its_head_once_from_the_config(variant):
     else:
         for module in ("patch_scorer", "sparse_aggregator", "dense_aggregator", "word_relevance", "token_relevance"):
             assert any(key.startswith(f"head.{module}.") for key in head_keys), module
-    # Nothing variant-specific outside the head.
+    # Nothing variant-specific outside the head (the first stage's global embedding is shared by both variants).
     outside = {key.split(".")[0] for key in model.state_dict() if not key.startswith("head.")}
-    assert outside == {"vision_model", "text_model", "vision_projection", "text_projection"}
+    assert outside == {"vision_model", "text_model", "vision_projection", "text_projection", "global_embedding"}
 
 
 def test_the_paper_head_samples_in_training_and_the_official_head_never_does():

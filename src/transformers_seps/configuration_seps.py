@@ -99,9 +99,17 @@ _FIELD_RULES: tuple[tuple[tuple[str, ...], type, str, Callable[[Any], bool], boo
     (("beta",), float, "in [0, 0.5] (Eq. 3 weights 1 - 2*beta)", lambda v: 0 <= v <= 0.5, False),
     (("embed_dim", "relevance_topk", "similarity_chunk_size"), int, "an integer >= 1", lambda v: v >= 1, False),
     (("max_violation_warmup_epochs",), int, "an integer >= 0", lambda v: v >= 0, False),
-    (("gumbel_tau", "logit_scale"), float, "> 0", lambda v: v > 0, False),
+    (("gumbel_tau", "logit_scale", "global_temperature"), float, "> 0", lambda v: v > 0, False),
     (
-        ("margin", "ratio_weight", "lambda_sparse", "lambda_dense", "leaky_relu_slope", "initializer_range"),
+        (
+            "margin",
+            "ratio_weight",
+            "lambda_sparse",
+            "lambda_dense",
+            "leaky_relu_slope",
+            "initializer_range",
+            "global_contrastive_weight",
+        ),
         float,
         ">= 0",
         lambda v: v >= 0,
@@ -173,6 +181,13 @@ class SepsConfig(PreTrainedConfig):
             lambda_1 of Eq. 7: weight of (rho - mean D_s)^2.
         lambda_dense (`float`, defaults to 1.0):
             lambda_2 of Eq. 7: weight of (rho - mean D_d)^2.
+        global_contrastive_weight (`float`, defaults to 1.0):
+            Weight of the contrastive loss (InfoNCE over the global batch, as BLIP's ITC) that trains the global
+            image and caption embeddings of the first stage of a two-stage search (`SepsGlobalEmbedding`,
+            [`~SepsModel.get_global_image_features`]). 0 builds no global embedding: the first stage falls back to
+            the untrained cosine of mean-pooled SEPS tokens (the authors' converted checkpoints).
+        global_temperature (`float`, defaults to 0.05):
+            Temperature of that contrastive loss (logits are cosine / temperature).
         similarity_chunk_size (`int`, defaults to 256):
             Image-caption pairs scored at once by `SepsModel.similarity`; bounds its memory. Small blocks keep
             the per-pair tensors in the CPU cache (`benchmarks/bench_similarity.py --chunk_size N` measures it).
@@ -213,6 +228,8 @@ class SepsConfig(PreTrainedConfig):
     ratio_weight: float = 2.0
     lambda_sparse: float = 1.0
     lambda_dense: float = 1.0
+    global_contrastive_weight: float = 1.0
+    global_temperature: float = 0.05
     similarity_chunk_size: int = 256
     initializer_range: float = 0.02
     logit_scale: float = 1.0

@@ -20,6 +20,7 @@ from transformers import initialization as init
 from transformers.utils import ModelOutput
 
 from .configuration_seps import SepsConfig, check_positive_int, infer_patch_layout, paper_ratios, vision_image_size
+from .global_embedding import SepsGlobalEmbedding, mean_pooled_embedding
 from .inputs import check_pretrained_location
 
 # --------------------------------------------------------------------------------------------------------------
@@ -692,6 +693,8 @@ class SepsModel(SepsPreTrainedModel):
 
         # The variant's selection, aggregation and alignment (docs/model.md, sections 3 and 4).
         self.head = SEPS_HEADS[config.variant](config)
+        # The first stage of a two-stage search (`transformers_seps.global_embedding`), if a loss trains it.
+        self.global_embedding = SepsGlobalEmbedding(embed_dim) if config.global_contrastive_weight > 0 else None
         self.post_init()
 
     @classmethod
@@ -775,6 +778,34 @@ class SepsModel(SepsPreTrainedModel):
     def get_text_features(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         """Same as [`~SepsModel.encode_text`]."""
         return self.encode_text(input_ids, attention_mask)
+
+    # ---------------------------------------------------------------- global embeddings (first stage)
+
+    def global_image_embeds(self, image_embeds: torch.Tensor) -> torch.Tensor:
+        """(N_img, L_v, C) [`~SepsModel.encode_image`] tokens -> (N_img, C) unit vectors whose inner product with
+        [`~SepsModel.global_text_embeds`] ranks images cheaply. Without a global embedding
+        (`config.global_contrastive_weight == 0`): the normalised mean of the patch tokens."""
+        if self.global_embedding is None:
+            return mean_pooled_embedding(image_embeds[:, int(self.config.vision_cls_token) :])
+        return self.global_embedding.embed_image(image_embeds)
+
+    def global_text_embeds(self, text_embeds: torch.Tensor, text_attention_mask: torch.Tensor) -> torch.Tensor:
+        """(N_txt, L_t, C) [`~SepsModel.encode_text`] tokens and their (N_txt, L_t) mask -> (N_txt, C) unit
+        vectors (the normalised mean of the real tokens without a global embedding)."""
+        if self.global_embedding is None:
+            return mean_pooled_embedding(text_embeds, text_attention_mask)
+        return self.global_embedding.embed_text(text_embeds, text_attention_mask)
+
+    def get_global_image_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """(N_img, 3, H, W) pixels -> (N_img, C) global image embeddings (unit vectors)."""
+        return self.global_image_embeds(self.encode_image(pixel_values))
+
+    def get_global_text_features(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """(N_txt, L_t) token ids -> (N_txt, C) global caption embeddings (unit vectors)."""
+        attention_mask = self._check_text_inputs(input_ids, attention_mask, "input_ids", "attention_mask")
+        return self.global_text_embeds(self.encode_text(input_ids, attention_mask), attention_mask)
 
     def _check_pixel_values(self, pixel_values: torch.Tensor) -> None:
         if not isinstance(pixel_values, torch.Tensor) or pixel_values.dim() != 4:

@@ -1,15 +1,27 @@
 """Retrieval for notebooks: score a handful of pairs, or rank a gallery, with an optional two-stage search."""
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from os import PathLike
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from PIL import Image
 
 from .configuration_seps import check_positive_int
+from .index import (
+    FIRST_STAGE_KINDS,
+    PROCESSOR_FOLDER,
+    StoredGallery,
+    check_storage_dtype,
+    finalize_index,
+    import_faiss,
+    model_fingerprint,
+    write_shard,
+)
 from .inputs import as_caption_batch, as_image_batch, check_one_caption, check_one_image
-from .modeling_seps import SepsModel, masked_mean
+from .modeling_seps import SepsModel
 from .processing_seps import SepsProcessor
 
 
@@ -61,9 +73,46 @@ def score_pairs(
     return score_processed(model, inputs).cpu()
 
 
-def _global(tokens: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-    """Normalised mean of token embeddings (N, L, C) -> (N, C): the cheap first-stage representation."""
-    return F.normalize(masked_mean(tokens.transpose(1, 2), None if mask is None else mask.unsqueeze(1)), dim=-1)
+# Rows of a gallery (a 1-D tensor of indices) -> their image tokens and dense captions (or None, None).
+GalleryRows = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]]
+
+
+@torch.no_grad()
+def rerank_shortlists(
+    model: SepsModel,
+    shortlists: torch.Tensor,
+    gallery_rows: GalleryRows,
+    text_embeds: torch.Tensor,
+    text_attention_mask: torch.Tensor,
+) -> RetrievalResult:
+    """Stage 2 of a two-stage search: SEPS scores of each caption against its own (N_txt, k) shortlist of gallery
+    indices, read through `gallery_rows` (from memory or from an index on disk). Returns scores and indices in
+    shortlist order (not sorted)."""
+    device = model.device
+    scores = []
+    for query, shortlist in enumerate(shortlists):
+        images, dense, dense_mask = gallery_rows(shortlist)
+        dense_args = () if dense is None else (dense.to(device), dense_mask.to(device))
+        query_scores = model.similarity(
+            images.to(device),
+            text_embeds[query : query + 1].to(device),
+            text_attention_mask[query : query + 1].to(device),
+            *dense_args,
+        )
+        scores.append(query_scores[:, 0].cpu())
+    return RetrievalResult(torch.stack(scores), shortlists)
+
+
+@torch.no_grad()
+def global_image_embeds(model: SepsModel, image_embeds: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
+    """[`SepsModel.global_image_embeds`] of a gallery's (N_img, L_v, C) tokens, in batches on the model's device:
+    (N_img, C) on the CPU."""
+    return torch.cat(
+        [
+            model.global_image_embeds(image_embeds[start : start + batch_size].to(model.device)).cpu()
+            for start in range(0, image_embeds.shape[0], batch_size)
+        ]
+    )
 
 
 @torch.no_grad()
@@ -78,39 +127,88 @@ def shortlist_and_rerank(
 ) -> RetrievalResult:
     """Two-stage text-to-image search over encoded embeddings (shapes as in [`SepsModel.similarity`]).
 
-    Stage 1 keeps, for each caption, the `shortlist_size` images whose mean-pooled embedding is closest to the
-    caption's (cosine); stage 2 scores that shortlist with SEPS. Returns the SEPS scores and gallery indices of
-    each shortlist, (N_txt, min(shortlist_size, N_img)), in shortlist order (not sorted): a shortlist larger than
-    the gallery is the whole gallery.
+    Stage 1 keeps, for each caption, the `shortlist_size` images whose global embedding
+    ([`SepsModel.global_image_embeds`], trained by the contrastive loss; the mean-pooled tokens for a model
+    without one) is closest to the caption's; stage 2 scores that shortlist with SEPS. Returns the SEPS scores
+    and gallery indices of each shortlist, (N_txt, min(shortlist_size, N_img)), in shortlist order (not sorted):
+    a shortlist larger than the gallery is the whole gallery.
     """
     check_positive_int("shortlist_size", shortlist_size)
     model._check_similarity_inputs(image_embeds, text_embeds, text_attention_mask, dense_embeds, dense_attention_mask)
     shortlist_size = min(shortlist_size, image_embeds.shape[0])
-    device = model.device
-    image_global = _global(image_embeds[:, int(model.config.vision_cls_token) :])
-    shortlists = (_global(text_embeds, text_attention_mask) @ image_global.t()).topk(shortlist_size, dim=1).indices
-    scores = []
-    for query, shortlist in enumerate(shortlists):
-        dense_args = ()
-        if dense_embeds is not None:
-            dense_args = (dense_embeds[shortlist].to(device), dense_attention_mask[shortlist].to(device))
-        query_scores = model.similarity(
-            image_embeds[shortlist].to(device),
-            text_embeds[query : query + 1].to(device),
-            text_attention_mask[query : query + 1].to(device),
-            *dense_args,
-        )
-        scores.append(query_scores[:, 0].cpu())
-    return RetrievalResult(torch.stack(scores), shortlists)
+    text_global = model.global_text_embeds(text_embeds.to(model.device), text_attention_mask.to(model.device)).cpu()
+    image_global = global_image_embeds(model, image_embeds)
+    shortlists = (text_global @ image_global.t()).topk(shortlist_size, dim=1).indices
+
+    def gallery_rows(rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        if dense_embeds is None:
+            return image_embeds[rows], None, None
+        return image_embeds[rows], dense_embeds[rows], dense_attention_mask[rows]
+
+    return rerank_shortlists(model, shortlists, gallery_rows, text_embeds, text_attention_mask)
+
+
+@dataclass
+class EncodedImages:
+    """A batch of gallery images encoded for search: SEPS tokens (n, L_v, C), global embeddings (n, D), and the
+    images' own dense captions (n, L_d, C) with their mask (n, L_d), or None."""
+
+    image_embeds: torch.Tensor
+    global_embeds: torch.Tensor
+    dense_embeds: torch.Tensor | None
+    dense_attention_mask: torch.Tensor | None
+
+
+@torch.no_grad()
+def encode_images(
+    model: SepsModel, processor: SepsProcessor, images: Sequence[Image.Image], dense_captions: Sequence[str] | None
+) -> EncodedImages:
+    """Encode one batch of gallery images (and each image's own dense caption), results on the CPU."""
+    inputs = processor(images=list(images), dense_text=dense_captions, return_tensors="pt").to(model.device)
+    image_embeds = model.encode_image(inputs["pixel_values"])
+    global_embeds = model.global_image_embeds(image_embeds).cpu()
+    dense = mask = None
+    if dense_captions is not None:
+        mask = inputs["dense_attention_mask"]
+        dense = model.encode_text(inputs["dense_input_ids"], mask).cpu()
+        mask = mask.cpu()
+    return EncodedImages(image_embeds.cpu(), global_embeds, dense, mask)
+
+
+@dataclass
+class _InMemoryGallery:
+    """The encoded gallery of a `SepsRetriever` built with `add_images`."""
+
+    image_embeds: torch.Tensor
+    global_embeds: torch.Tensor
+    dense_embeds: torch.Tensor | None
+    dense_attention_mask: torch.Tensor | None
+
+    def __len__(self) -> int:
+        return self.image_embeds.shape[0]
+
+    def rows(self, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        if self.dense_embeds is None:
+            return self.image_embeds[rows], None, None
+        return self.image_embeds[rows], self.dense_embeds[rows], self.dense_attention_mask[rows]
+
+    def shortlist(self, text_global: torch.Tensor, size: int) -> torch.Tensor:
+        return (text_global @ self.global_embeds.t()).topk(size, dim=1).indices
+
+
+# Gallery images scored at once by an exhaustive search (a block of the gallery, read from memory or disk).
+EXHAUSTIVE_BLOCK_SIZE = 1024
 
 
 class SepsRetriever:
     """Ranks a gallery of images for a text (and texts for an image) with a [`SepsModel`].
 
-    Images (and their own dense captions) are encoded once by [`add_images`]. A search scores the query against
-    the whole gallery, or, with `shortlist_size`, first keeps the `shortlist_size` images whose mean-pooled
-    embedding is closest to the query's (cosine), then re-ranks that shortlist with SEPS (like BLIP's `k_test`).
-    A shortlist as large as the gallery gives the exhaustive ranking.
+    Images (and their own dense captions) are encoded once by [`add_images`]; [`save`] writes the gallery to an
+    index folder that [`load`] opens in another process (`transformers_seps.index`). A search scores the query
+    against the whole gallery, or, with `shortlist_size`, first keeps the `shortlist_size` images whose global
+    embedding ([`SepsModel.global_image_embeds`]) is closest to the query's, then re-ranks that shortlist with
+    SEPS (as BLIP re-ranks its ITC shortlist with ITM). A shortlist as large as the gallery gives the exhaustive
+    ranking.
 
     Args:
         model, processor: a SEPS model and its processor.
@@ -129,20 +227,28 @@ class SepsRetriever:
         self.processor = processor
         self.shortlist_size = shortlist_size
         self.batch_size = batch_size
-        self._images: list[torch.Tensor] = []
-        self._dense: list[torch.Tensor] = []
-        self._dense_masks: list[torch.Tensor] = []
+        self.image_ids: list = []
+        self._encoded: list[EncodedImages] = []
+        self._stored = None  # a StoredGallery, for a retriever opened with `load`
 
     def __len__(self) -> int:
-        return sum(chunk.shape[0] for chunk in self._images)
+        return len(self.image_ids)
 
     @torch.no_grad()
-    def add_images(self, images: Sequence[Image.Image], dense_captions: Sequence[str] | None = None) -> None:
+    def add_images(
+        self,
+        images: Sequence[Image.Image],
+        dense_captions: Sequence[str] | None = None,
+        image_ids: Sequence[str | int] | None = None,
+    ) -> None:
         """Encode and append images to the gallery; `dense_captions` holds one per image (each its own).
 
         A gallery either has dense captions for every image or for none. One image (and its dense caption, a `str`)
-        counts as a list of one.
+        counts as a list of one. `image_ids` (strings or integers, saved with the index) default to the images'
+        positions in the gallery.
         """
+        if self._stored is not None:
+            raise ValueError("a retriever opened with SepsRetriever.load is read-only: build a new index to add images")
         images = as_image_batch(images)
         if dense_captions is not None:
             dense_captions = as_caption_batch(dense_captions, "dense_captions")
@@ -151,54 +257,138 @@ class SepsRetriever:
                     f"dense_captions must hold one dense caption per image: got {len(images)} images and "
                     f"{len(dense_captions)} dense captions"
                 )
-        if len(self) and bool(self._dense) != (dense_captions is not None):
+        if image_ids is None:
+            image_ids = range(len(self), len(self) + len(images))
+        elif len(image_ids) != len(images) or not all(isinstance(i, (str, int)) for i in image_ids):
+            raise ValueError(
+                f"image_ids must hold one str or int per image: got {len(images)} images and image_ids={image_ids!r}"
+            )
+        if len(self) and (self._encoded[0].dense_embeds is not None) != (dense_captions is not None):
             raise ValueError("a gallery has dense captions for all images or for none")
         for start in range(0, len(images), self.batch_size):
             part = slice(start, start + self.batch_size)
             dense = list(dense_captions[part]) if dense_captions is not None else None
-            inputs = self.processor(images=list(images[part]), dense_text=dense, return_tensors="pt")
-            inputs = inputs.to(self.model.device)
-            self._images.append(self.model.encode_image(inputs["pixel_values"]).cpu())
-            if dense is not None:
-                mask = inputs["dense_attention_mask"]
-                self._dense.append(self.model.encode_text(inputs["dense_input_ids"], mask).cpu())
-                self._dense_masks.append(mask.cpu())
+            self._encoded.append(encode_images(self.model, self.processor, images[part], dense))
+        self.image_ids.extend(image_ids)
 
-    def _gallery(self) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
-        if not self._images:
+    def _gallery(self):
+        """The gallery to search: the `load`ed index, or the encoded images merged into one block."""
+        if self._stored is not None:
+            return self._stored
+        if not self._encoded:
             raise ValueError("the gallery is empty: call add_images first")
-        images = torch.cat(self._images)
-        self._images = [images]
-        if not self._dense:
-            return images, None, None
-        dense, mask = pad_and_stack(self._dense, self._dense_masks)
-        self._dense, self._dense_masks = [dense], [mask]
-        return images, dense, mask
+        if len(self._encoded) > 1:
+            dense = mask = None
+            if self._encoded[0].dense_embeds is not None:
+                dense, mask = pad_and_stack(
+                    [part.dense_embeds for part in self._encoded], [part.dense_attention_mask for part in self._encoded]
+                )
+            merged = EncodedImages(
+                torch.cat([part.image_embeds for part in self._encoded]),
+                torch.cat([part.global_embeds for part in self._encoded]),
+                dense,
+                mask,
+            )
+            self._encoded = [merged]
+        part = self._encoded[0]
+        return _InMemoryGallery(part.image_embeds, part.global_embeds, part.dense_embeds, part.dense_attention_mask)
 
     @torch.no_grad()
     def search(self, text: str | Sequence[str], top_k: int = 10) -> RetrievalResult:
         """The `top_k` gallery images for each text: scores and indices, (num_texts, min(top_k, len(self))).
+        `self.image_ids[i]` is the id of gallery index i.
 
         `top_k` larger than the gallery returns the whole gallery, ranked; larger than `shortlist_size`, the
         first stage keeps `top_k` images.
         """
         check_positive_int("top_k", top_k)
-        images, dense, dense_mask = self._gallery()
+        gallery = self._gallery()
         texts = as_caption_batch(text, "text")
         inputs = self.processor(text=texts, return_tensors="pt").to(self.model.device)
-        words = self.model.encode_text(inputs["input_ids"], inputs["attention_mask"]).cpu()
-        word_mask = inputs["attention_mask"].cpu()
-        top_k = min(top_k, images.shape[0])
+        words = self.model.encode_text(inputs["input_ids"], inputs["attention_mask"])
+        word_mask = inputs["attention_mask"]
+        num_images = len(gallery)
+        top_k = min(top_k, num_images)
         shortlist_size = None if self.shortlist_size is None else max(self.shortlist_size, top_k)
-        device = self.model.device
-        if shortlist_size is None or shortlist_size >= images.shape[0]:
-            dense_args = (dense.to(device), dense_mask.to(device)) if dense is not None else ()
-            scores = self.model.similarity(images.to(device), words.to(device), word_mask.to(device), *dense_args)
-            best = scores.t().cpu().topk(top_k, dim=1)
+        if shortlist_size is None or shortlist_size >= num_images:
+            blocks = []
+            for start in range(0, num_images, EXHAUSTIVE_BLOCK_SIZE):
+                block = torch.arange(start, min(start + EXHAUSTIVE_BLOCK_SIZE, num_images))
+                images, dense, dense_mask = gallery.rows(block)
+                dense_args = () if dense is None else (dense.to(words.device), dense_mask.to(words.device))
+                blocks.append(self.model.similarity(images.to(words.device), words, word_mask, *dense_args).cpu())
+            best = torch.cat(blocks).t().topk(top_k, dim=1)
             return RetrievalResult(best.values, best.indices)
-        shortlisted = shortlist_and_rerank(self.model, images, words, word_mask, shortlist_size, dense, dense_mask)
+        shortlists = gallery.shortlist(self.model.global_text_embeds(words, word_mask).cpu(), shortlist_size)
+        shortlisted = rerank_shortlists(self.model, shortlists, gallery.rows, words, word_mask)
         best = shortlisted.scores.topk(top_k, dim=1)
         return RetrievalResult(best.values, shortlisted.indices.gather(1, best.indices))
+
+    def save(
+        self,
+        directory: str | PathLike,
+        dtype: torch.dtype = torch.float16,
+        first_stage: str = "exact",
+        shard_size: int = 1024,
+    ) -> None:
+        """Write the gallery to a new index folder (`transformers_seps.index`), for [`load`] in another process.
+
+        Args:
+            directory: a folder that does not exist yet, or an empty one.
+            dtype: storage of the SEPS tokens and dense captions, `torch.float16` (half the disk, scores within
+                about 1e-3 of float32; measured by `benchmarks/bench_index.py`) or `torch.float32` (exact).
+            first_stage: "exact" (FAISS inner product over every image) or "hnsw" (approximate, for large galleries).
+            shard_size: images per shard file.
+        """
+        check_positive_int("shard_size", shard_size)
+        check_storage_dtype(dtype)
+        if first_stage not in FIRST_STAGE_KINDS:
+            raise ValueError(f"first_stage must be one of {FIRST_STAGE_KINDS}, got {first_stage!r}")
+        if self._stored is not None:
+            raise ValueError("this retriever was opened with SepsRetriever.load: its index is already on disk")
+        gallery = self._gallery()
+        directory = Path(directory)
+        if directory.exists() and (not directory.is_dir() or any(directory.iterdir())):
+            raise FileExistsError(f"{directory} exists and is not an empty folder: save an index to a new folder")
+        import_faiss()  # before any file is written
+        directory.mkdir(parents=True, exist_ok=True)
+        fingerprint = model_fingerprint(self.model)
+        for start in range(0, len(gallery), shard_size):
+            rows = slice(start, start + shard_size)
+            dense = gallery.dense_embeds
+            write_shard(
+                directory,
+                start,
+                self.image_ids[rows],
+                gallery.image_embeds[rows],
+                gallery.global_embeds[rows],
+                None if dense is None else dense[rows],
+                None if dense is None else gallery.dense_attention_mask[rows],
+                dtype,
+                fingerprint,
+            )
+        self.processor.save_pretrained(directory / PROCESSOR_FOLDER)
+        finalize_index(directory, fingerprint, first_stage)
+
+    @classmethod
+    def load(
+        cls,
+        directory: str | PathLike,
+        model: SepsModel,
+        processor: SepsProcessor | None = None,
+        shortlist_size: int | None = None,
+        batch_size: int = 32,
+    ) -> "SepsRetriever":
+        """Open an index folder written by [`save`] or `examples/build_index.py` for search with `model` (the model
+        that encoded it; another model is refused). `processor` defaults to the one saved with the index. A folder
+        without its manifest (an interrupted build) is refused. The SEPS tokens stay on disk (memory-mapped)."""
+        stored = StoredGallery(directory, model)
+        if processor is None:
+            processor = SepsProcessor.from_pretrained(Path(directory) / PROCESSOR_FOLDER)
+        retriever = cls(model, processor, shortlist_size, batch_size)
+        retriever._stored = stored
+        retriever.image_ids = stored.image_ids
+        return retriever
 
     @torch.no_grad()
     def search_image(

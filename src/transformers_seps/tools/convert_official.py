@@ -296,6 +296,7 @@ def official_seps_config(
         margin=options.get("margin", 0.2),
         ratio_weight=options.get("ratio_weight", 2.0),
         max_violation_warmup_epochs=options.get("vse_mean_warmup_epochs", 1),
+        global_contrastive_weight=0.0,  # the authors trained no global embedding: untrained mean-pooled first stage
     )
     if config.num_patches is None:
         raise ValueError(f"cannot tell the patch layout of a {config.vision_config.model_type} vision backbone")

@@ -1,0 +1,289 @@
+"""A gallery index on disk: encode a collection once, search it later from another process.
+
+Layout of an index folder (`SepsRetriever.save`, `examples/build_index.py`):
+
+- `shard-<first row>-<end row>.safetensors`: per image, the SEPS tokens (`image_embeds`, (n, L_v, C), float16
+  by default), the global embedding of the first stage (`global_embeds`, (n, D), float32), and with dense captions
+  `dense_embeds` (n, L_d, C) and `dense_attention_mask` (n, L_d); the image ids in the file's metadata. Each shard
+  is written under a temporary name and renamed, so a shard file is always complete.
+- `first_stage.faiss`: the global embeddings in a FAISS index (exact inner product, or HNSW as an option).
+- `processor/`: the processor that tokenises queries.
+- `manifest.json`, written last: what the index holds. A folder without it (an interrupted build) is never loaded.
+
+Searching reads the SEPS tokens through memory maps, so only the shortlisted images are read from disk.
+"""
+
+import hashlib
+import json
+import os
+import struct
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+from safetensors.torch import save_file
+
+from .modeling_seps import SepsModel
+
+if TYPE_CHECKING:
+    import faiss
+
+MANIFEST_FILE = "manifest.json"
+FIRST_STAGE_FILE = "first_stage.faiss"
+PROCESSOR_FOLDER = "processor"
+INDEX_FORMAT = "transformers-seps-gallery-index"
+INDEX_VERSION = 1
+FIRST_STAGE_KINDS = ("exact", "hnsw")
+# Storage precisions of the SEPS tokens; NumPy memory-maps both (bfloat16 it cannot).
+STORAGE_DTYPES = {"float16": torch.float16, "float32": torch.float32}
+_SAFETENSORS_NUMPY_DTYPES = {"F16": np.float16, "F32": np.float32, "U8": np.uint8}
+# HNSW: neighbours per node, and the search breadth (at least the shortlist size).
+HNSW_NEIGHBORS = 32
+HNSW_MIN_SEARCH_BREADTH = 128
+
+
+def import_faiss() -> "faiss":
+    try:
+        import faiss
+    except ImportError as error:
+        raise ImportError(
+            "a gallery index on disk needs FAISS: pip install 'transformers-seps[index]' (faiss-cpu)"
+        ) from error
+    return faiss
+
+
+def model_fingerprint(model: SepsModel) -> str:
+    """SHA-256 of the model's SEPS config and of its weights outside the two backbones (projections, head, global
+    embedding): an index is searched only with the model that encoded it."""
+    digest = hashlib.sha256(model.config.to_json_string(use_diff=False).encode())
+    backbones = ("vision_model.", "text_model.")
+    for name, tensor in sorted(model.state_dict().items()):
+        if not name.startswith(backbones):
+            digest.update(name.encode())
+            digest.update(tensor.detach().float().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def check_storage_dtype(dtype: torch.dtype) -> str:
+    """The name of a storage dtype; `ValueError` naming the allowed ones for any other."""
+    for name, allowed in STORAGE_DTYPES.items():
+        if dtype == allowed:
+            return name
+    raise ValueError(f"dtype must be one of torch.{', torch.'.join(STORAGE_DTYPES)}, got {dtype!r}")
+
+
+def shard_name(first_row: int, num_rows: int) -> str:
+    return f"shard-{first_row:09d}-{first_row + num_rows:09d}.safetensors"
+
+
+def write_shard(
+    directory: Path,
+    first_row: int,
+    image_ids: Sequence[Any],
+    image_embeds: torch.Tensor,
+    global_embeds: torch.Tensor,
+    dense_embeds: torch.Tensor | None,
+    dense_attention_mask: torch.Tensor | None,
+    dtype: torch.dtype,
+    fingerprint: str,
+) -> Path:
+    """Write the gallery rows [first_row, first_row + n) as one shard, atomically (temporary name, then rename)."""
+    check_storage_dtype(dtype)
+    tensors = {
+        "image_embeds": image_embeds.to(dtype).contiguous(),
+        "global_embeds": global_embeds.float().contiguous(),
+    }
+    if dense_embeds is not None:
+        tensors["dense_embeds"] = dense_embeds.to(dtype).contiguous()
+        tensors["dense_attention_mask"] = dense_attention_mask.to(torch.uint8).contiguous()
+    metadata = {"image_ids": json.dumps(list(image_ids)), "model_fingerprint": fingerprint}
+    path = Path(directory) / shard_name(first_row, len(image_ids))
+    temporary = path.with_name(f".tmp-{path.name}")
+    save_file(tensors, str(temporary), metadata=metadata)
+    os.replace(temporary, path)
+    return path
+
+
+def read_shard_header(path: Path) -> tuple[dict, int]:
+    """The safetensors header of a shard and the offset of its data; `ValueError` naming a damaged file."""
+    try:
+        with open(path, "rb") as file:
+            (header_size,) = struct.unpack("<Q", file.read(8))
+            header = json.loads(file.read(header_size))
+    except (OSError, struct.error, ValueError) as error:
+        raise ValueError(f"{path}: not a readable shard ({error})") from error
+    data_offset = 8 + header_size
+    data_end = max((entry["data_offsets"][1] for key, entry in header.items() if key != "__metadata__"), default=0)
+    if path.stat().st_size < data_offset + data_end:
+        raise ValueError(f"{path}: truncated ({path.stat().st_size} bytes, its header needs {data_offset + data_end})")
+    return header, data_offset
+
+
+def memory_map(path: Path, header: dict, data_offset: int, name: str) -> np.ndarray | None:
+    """A read-only memory map of tensor `name` of a shard (None if the shard has no such tensor)."""
+    entry = header.get(name)
+    if entry is None:
+        return None
+    begin = entry["data_offsets"][0]
+    dtype = _SAFETENSORS_NUMPY_DTYPES[entry["dtype"]]
+    return np.memmap(path, dtype=dtype, mode="r", offset=data_offset + begin, shape=tuple(entry["shape"]))
+
+
+def _shard_files(directory: Path) -> list[tuple[int, int, Path]]:
+    """(first row, end row, path) of the finished shards of a folder, in row order."""
+    shards = []
+    for path in directory.glob("shard-*-*.safetensors"):
+        first, end = path.stem.split("-")[1:]
+        shards.append((int(first), int(end), path))
+    return sorted(shards)
+
+
+def finished_shards(directory: Path) -> set[str]:
+    """Names of the shards a folder already holds (a resumed build skips them)."""
+    return {path.name for _, _, path in _shard_files(Path(directory))}
+
+
+def finalize_index(directory: Path, fingerprint: str, first_stage: str = "exact") -> dict:
+    """Check that the shards of `directory` cover rows 0..N-1 once each and come from one model, put their global
+    embeddings in a FAISS index, and write the manifest (last)."""
+    if first_stage not in FIRST_STAGE_KINDS:
+        raise ValueError(f"first_stage must be one of {FIRST_STAGE_KINDS}, got {first_stage!r}")
+    directory = Path(directory)
+    faiss = import_faiss()
+    shards = _shard_files(directory)
+    if not shards:
+        raise ValueError(f"{directory} holds no shard")
+    expected_first, entries, global_parts, dense_length = 0, [], [], None
+    layout = None
+    for first, end, path in shards:
+        if first != expected_first:
+            raise ValueError(f"{directory}: shards do not cover the gallery: rows from {expected_first} missing")
+        header, offset = read_shard_header(path)
+        metadata = header.get("__metadata__", {})
+        if metadata.get("model_fingerprint") != fingerprint:
+            raise ValueError(f"{path} was encoded by another model (its fingerprint differs from the model's)")
+        shape = header["image_embeds"]["shape"]
+        shard_layout = (tuple(shape[1:]), header["image_embeds"]["dtype"], "dense_embeds" in header)
+        if layout is not None and shard_layout != layout:
+            raise ValueError(f"{path}: tokens {shard_layout} differ from the first shard's {layout}")
+        layout = shard_layout
+        if shape[0] != end - first:
+            raise ValueError(f"{path} holds {shape[0]} images, its name says {end - first}")
+        global_parts.append(np.array(memory_map(path, header, offset, "global_embeds")))
+        if "dense_embeds" in header:
+            dense_length = max(dense_length or 0, header["dense_embeds"]["shape"][1])
+        entries.append({"file": path.name, "first_row": first, "num_images": end - first})
+        expected_first = end
+    global_embeds = np.concatenate(global_parts)
+    if first_stage == "exact":
+        index = faiss.IndexFlatIP(global_embeds.shape[1])
+    else:
+        index = faiss.IndexHNSWFlat(global_embeds.shape[1], HNSW_NEIGHBORS, faiss.METRIC_INNER_PRODUCT)
+    index.add(global_embeds)
+    temporary = directory / f".tmp-{FIRST_STAGE_FILE}"
+    faiss.write_index(index, str(temporary))
+    os.replace(temporary, directory / FIRST_STAGE_FILE)
+    (image_tokens, embed_dim), dtype_code, _ = layout
+    manifest = {
+        "format": INDEX_FORMAT,
+        "version": INDEX_VERSION,
+        "num_images": expected_first,
+        "image_tokens": image_tokens,
+        "embed_dim": embed_dim,
+        "dtype": {"F16": "float16", "F32": "float32"}[dtype_code],
+        "global_dim": int(global_embeds.shape[1]),
+        "dense_length": dense_length,
+        "first_stage": first_stage,
+        "model_fingerprint": fingerprint,
+        "shards": entries,
+    }
+    temporary = directory / f".tmp-{MANIFEST_FILE}"
+    temporary.write_text(json.dumps(manifest, indent=1))
+    os.replace(temporary, directory / MANIFEST_FILE)
+    return manifest
+
+
+class StoredGallery:
+    """A finished index folder, opened for search: memory maps of the shards and the FAISS first stage."""
+
+    def __init__(self, directory: str | os.PathLike, model: SepsModel):
+        directory = Path(directory)
+        manifest_path = directory / MANIFEST_FILE
+        if not directory.is_dir():
+            raise FileNotFoundError(f"no such index folder: {directory}")
+        if not manifest_path.is_file():
+            raise ValueError(
+                f"{directory} has no {MANIFEST_FILE}: not a finished index (an interrupted build? run it again)"
+            )
+        manifest = json.loads(manifest_path.read_text())
+        if manifest.get("format") != INDEX_FORMAT or manifest.get("version") != INDEX_VERSION:
+            raise ValueError(
+                f"{manifest_path}: format {manifest.get('format')!r} version {manifest.get('version')!r}; this "
+                f"code reads {INDEX_FORMAT!r} version {INDEX_VERSION}"
+            )
+        if manifest["model_fingerprint"] != model_fingerprint(model):
+            raise ValueError(f"{directory} was encoded by another model (its fingerprint differs from the model's)")
+        self.manifest = manifest
+        self.first_stage = import_faiss().read_index(str(directory / FIRST_STAGE_FILE))
+        if self.first_stage.ntotal != manifest["num_images"]:
+            raise ValueError(
+                f"{directory / FIRST_STAGE_FILE} holds {self.first_stage.ntotal} images, the manifest "
+                f"{manifest['num_images']}"
+            )
+        self.image_ids: list = []
+        self._images, self._dense, self._dense_masks = [], [], []
+        for entry in manifest["shards"]:
+            path = directory / entry["file"]
+            if not path.is_file():
+                raise ValueError(f"{path}, listed in the manifest, is missing")
+            header, offset = read_shard_header(path)
+            if header["image_embeds"]["shape"][0] != entry["num_images"]:
+                raise ValueError(f"{path} does not hold the {entry['num_images']} images the manifest lists")
+            self.image_ids.extend(json.loads(header["__metadata__"]["image_ids"]))
+            self._images.append(memory_map(path, header, offset, "image_embeds"))
+            self._dense.append(memory_map(path, header, offset, "dense_embeds"))
+            self._dense_masks.append(memory_map(path, header, offset, "dense_attention_mask"))
+        self._starts = np.array([entry["first_row"] for entry in manifest["shards"]])
+
+    def __len__(self) -> int:
+        return self.manifest["num_images"]
+
+    @property
+    def has_dense_captions(self) -> bool:
+        return self.manifest["dense_length"] is not None
+
+    def rows(self, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        """SEPS tokens (and dense captions, padded to the gallery's longest) of the gallery rows `rows`, read from
+        the memory maps: (n, L_v, C), (n, L_d, C), (n, L_d)."""
+        rows = rows.cpu().numpy()
+        shard_of_row = np.searchsorted(self._starts, rows, side="right") - 1
+        first_shard = self._images[0]
+        images = np.empty((len(rows), *first_shard.shape[1:]), dtype=first_shard.dtype)
+        dense = mask = None
+        if self.has_dense_captions:
+            length = self.manifest["dense_length"]
+            dense = np.zeros((len(rows), length, first_shard.shape[2]), dtype=first_shard.dtype)
+            mask = np.zeros((len(rows), length), dtype=np.int64)
+        for shard in np.unique(shard_of_row):
+            selected = np.flatnonzero(shard_of_row == shard)
+            local = rows[selected] - self._starts[shard]
+            images[selected] = self._images[shard][local]
+            if dense is not None:
+                shard_length = self._dense[shard].shape[1]
+                dense[selected, :shard_length] = self._dense[shard][local]
+                mask[selected, :shard_length] = self._dense_masks[shard][local]
+        as_tensor = torch.from_numpy
+        return as_tensor(images), None if dense is None else as_tensor(dense), None if mask is None else as_tensor(mask)
+
+    def shortlist(self, text_global: torch.Tensor, size: int) -> torch.Tensor:
+        """(N_txt, size) gallery rows whose global embedding has the largest inner product with each (N_txt, D)
+        caption embedding, best first."""
+        if self.manifest["first_stage"] == "hnsw":
+            self.first_stage.hnsw.efSearch = max(size, HNSW_MIN_SEARCH_BREADTH)
+        _, rows = self.first_stage.search(text_global.float().cpu().numpy(), size)
+        return torch.from_numpy(rows).long()
+
+
+__all__ = ["StoredGallery", "finalize_index", "model_fingerprint", "write_shard"]

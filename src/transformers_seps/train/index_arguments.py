@@ -1,0 +1,37 @@
+"""Arguments of `examples/build_index.py` (no torch import: `--help` stays fast)."""
+
+from dataclasses import dataclass, field
+
+from .arguments import DATASETS
+
+INDEX_DTYPES = ("float16", "float32")
+FIRST_STAGES = ("exact", "hnsw")
+
+
+@dataclass
+class IndexArguments:
+    model: str = field(metadata={"help": "A saved SepsModel folder (with its processor) or a hub id."})
+    output_dir: str = field(
+        metadata={"help": "The index folder; a killed build resumes there without re-encoding finished shards."}
+    )
+    image_root: str | None = field(
+        default=None, metadata={"help": "Index every image under this folder (ids: paths relative to it)."}
+    )
+    dense_captions: str | None = field(
+        default=None,
+        metadata={"help": "With --image_root: a dense-caption jsonl (examples/generate_dense_captions.py)."},
+    )
+    data_root: str | None = field(
+        default=None, metadata={"help": "Or index a split of a dataset in the SEPS authors' layout."}
+    )
+    dataset: str | None = field(
+        default=None, metadata={"help": "With --data_root: f30k | coco | synthetic.", "choices": DATASETS}
+    )
+    split: str = field(default="test", metadata={"help": "With --data_root: the split to index."})
+    shard_size: int = field(default=1024, metadata={"help": "Images per shard file (the unit of resumption)."})
+    batch_size: int = field(default=32, metadata={"help": "Images per encoding batch."})
+    dtype: str = field(default="float16", metadata={"help": "Storage of the SEPS tokens.", "choices": INDEX_DTYPES})
+    first_stage: str = field(
+        default="exact",
+        metadata={"help": "exact: FAISS inner product over every image; hnsw: approximate.", "choices": FIRST_STAGES},
+    )

@@ -1,0 +1,193 @@
+"""Build a gallery index on disk (`transformers_seps.index`) from a folder of images or a dataset split, on one
+or many processes (`examples/build_index.py`).
+
+The gallery is cut into shards of `shard_size` images; process r of n encodes shards r, r + n, ... and writes each
+atomically. A killed build run again with the same arguments skips the finished shards. When all are written,
+the main process builds the first-stage FAISS index and writes the manifest (last).
+"""
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import torch
+from PIL import Image
+from tqdm.auto import tqdm
+
+from ..captioning import is_error_record, list_images, read_dense_captions
+from ..index import (
+    MANIFEST_FILE,
+    PROCESSOR_FOLDER,
+    STORAGE_DTYPES,
+    finalize_index,
+    finished_shards,
+    import_faiss,
+    model_fingerprint,
+    read_shard_header,
+    shard_name,
+    write_shard,
+)
+from ..modeling_seps import SepsModel
+from ..processing_seps import SepsProcessor
+from ..retrieval import encode_images, pad_and_stack
+from .cli import UsageError, check_choice, check_existing, check_int, check_model_location, check_writable_folder
+from .data import load_retrieval_split
+from .index_arguments import FIRST_STAGES, INDEX_DTYPES, IndexArguments
+
+if TYPE_CHECKING:
+    from accelerate import Accelerator
+
+
+@dataclass
+class GallerySource:
+    """The images to index, in order: ids, files, and each image's own dense caption (or None)."""
+
+    image_ids: list[str | int]
+    image_paths: list[Path]
+    dense_captions: list[str] | None
+
+
+def gallery_from_arguments(args: IndexArguments) -> GallerySource:
+    """The images of `--image_root` (with `--dense_captions`) or of `--data_root`'s split; `UsageError` on a bad
+    combination."""
+    if (args.image_root is None) == (args.data_root is None):
+        raise UsageError("give either --image_root (a folder of images) or --data_root (a dataset split), not both")
+    if args.data_root is not None:
+        if args.dataset is None:
+            raise UsageError("--data_root needs --dataset (f30k, coco or synthetic)")
+        split = load_retrieval_split(args.data_root, args.dataset, args.split, dense_captions="auto")
+        paths = [Path(split.image_root) / name for name in split.image_files]
+        return GallerySource(list(split.image_ids), paths, split.dense_captions)
+    images = list_images(check_existing("image_root", args.image_root, "folder"))
+    dense = None
+    if args.dense_captions is not None:
+        records = read_dense_captions(check_existing("dense_captions", args.dense_captions, "file"))
+        by_id = {str(record.get("image_id")): record for record in records}
+        missing = [image_id for image_id in images if image_id not in by_id or is_error_record(by_id[image_id])]
+        if missing:
+            raise UsageError(
+                f"--dense_captions {args.dense_captions}: no dense caption for {len(missing)} image(s) of "
+                f"--image_root, e.g. {missing[:3]}"
+            )
+        dense = [by_id[image_id]["text"] for image_id in images]
+    return GallerySource(list(images), list(images.values()), dense)
+
+
+def _read_image(path: Path) -> Image.Image:
+    try:
+        with Image.open(path) as image:
+            return image.convert("RGB")
+    except OSError as error:
+        raise UsageError(f"{path}: cannot read the image ({error})") from error
+
+
+def _check_finished_shard(path: Path, image_ids: list, fingerprint: str) -> None:
+    metadata = read_shard_header(path)[0].get("__metadata__", {})
+    if json.loads(metadata.get("image_ids", "null")) != image_ids or metadata.get("model_fingerprint") != fingerprint:
+        raise UsageError(
+            f"{path} holds other images or another model's features than this build would write: build into a new "
+            "--output_dir"
+        )
+
+
+def build_index(
+    model: SepsModel,
+    processor: SepsProcessor,
+    source: GallerySource,
+    directory: Path,
+    shard_size: int = 1024,
+    batch_size: int = 32,
+    dtype: torch.dtype = torch.float16,
+    first_stage: str = "exact",
+    accelerator: "Accelerator | None" = None,
+    progress: bool = True,
+) -> dict:
+    """Encode the gallery into `directory` (resuming a killed build) and return the index's manifest."""
+    rank, world = (accelerator.process_index, accelerator.num_processes) if accelerator is not None else (0, 1)
+    directory = Path(directory)
+    fingerprint = model_fingerprint(model)
+    plan = [
+        (start, min(start + shard_size, len(source.image_ids))) for start in range(0, len(source.image_ids), shard_size)
+    ]
+    names = [shard_name(start, end - start) for start, end in plan]
+    if (directory / MANIFEST_FILE).is_file():
+        manifest = json.loads((directory / MANIFEST_FILE).read_text())
+        if [entry["file"] for entry in manifest["shards"]] != names or manifest["model_fingerprint"] != fingerprint:
+            raise UsageError(f"--output_dir {directory} holds a finished index of other images or another model")
+        return manifest
+    directory.mkdir(parents=True, exist_ok=True)
+    finished = finished_shards(directory)
+    strangers = sorted(finished - set(names))
+    if strangers:
+        raise UsageError(f"--output_dir {directory} holds shards of another build ({strangers[0]}, ...): use a new one")
+    model.eval()
+    mine = range(rank, len(plan), world)
+    for shard in tqdm(mine, desc=f"shards of process {rank}", disable=not progress):
+        (start, end), name = plan[shard], names[shard]
+        ids = source.image_ids[start:end]
+        if name in finished:
+            _check_finished_shard(directory / name, ids, fingerprint)
+            continue
+        parts = []
+        for batch_start in range(start, end, batch_size):
+            rows = slice(batch_start, min(batch_start + batch_size, end))
+            images = [_read_image(path) for path in source.image_paths[rows]]
+            dense = source.dense_captions[rows] if source.dense_captions is not None else None
+            parts.append(encode_images(model, processor, images, dense))
+        dense = mask = None
+        if source.dense_captions is not None:
+            dense, mask = pad_and_stack(
+                [part.dense_embeds for part in parts], [part.dense_attention_mask for part in parts]
+            )
+        image_embeds = torch.cat([part.image_embeds for part in parts])
+        global_embeds = torch.cat([part.global_embeds for part in parts])
+        write_shard(directory, start, ids, image_embeds, global_embeds, dense, mask, dtype, fingerprint)
+    if accelerator is not None:
+        accelerator.wait_for_everyone()
+    if rank == 0:
+        processor.save_pretrained(directory / PROCESSOR_FOLDER)
+        finalize_index(directory, fingerprint, first_stage)
+    if accelerator is not None:
+        accelerator.wait_for_everyone()
+    return json.loads((directory / MANIFEST_FILE).read_text())
+
+
+def run_build_index(args: IndexArguments) -> dict:
+    """Check the arguments, load the model, and build (or resume) the index of `examples/build_index.py`."""
+    from accelerate import Accelerator
+
+    check_model_location("model", args.model)
+    check_int("shard_size", args.shard_size, 1)
+    check_int("batch_size", args.batch_size, 1)
+    check_choice("dtype", args.dtype, INDEX_DTYPES)
+    check_choice("first_stage", args.first_stage, FIRST_STAGES)
+    check_writable_folder("output_dir", Path(args.output_dir))
+    try:
+        import_faiss()
+    except ImportError as error:
+        raise UsageError(str(error)) from None
+    source = gallery_from_arguments(args)
+    accelerator = Accelerator(cpu=not torch.cuda.is_available())
+    model = SepsModel.from_pretrained(args.model).to(accelerator.device).eval()
+    processor = SepsProcessor.from_pretrained(args.model)
+    manifest = build_index(
+        model,
+        processor,
+        source,
+        Path(args.output_dir),
+        args.shard_size,
+        args.batch_size,
+        STORAGE_DTYPES[args.dtype],
+        args.first_stage,
+        accelerator,
+        progress=accelerator.is_local_main_process,
+    )
+    accelerator.print(
+        f"{args.output_dir}: {manifest['num_images']} images in {len(manifest['shards'])} shard(s), "
+        f"{manifest['dtype']} tokens, {manifest['first_stage']} first stage, dense captions "
+        f"{'on' if manifest['dense_length'] is not None else 'off'}"
+    )
+    accelerator.wait_for_everyone()
+    accelerator.end_training()
+    return manifest

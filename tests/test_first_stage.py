@@ -1,0 +1,180 @@
+"""The trained first stage: global embeddings (`SepsGlobalEmbedding`), their contrastive loss and the shortlist."""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from conftest import random_captions, tiny_config, tiny_model
+
+from transformers_seps import SepsConfig, SepsModel
+from transformers_seps.global_embedding import global_contrastive_loss
+from transformers_seps.loss import SepsForRetrievalTraining
+from transformers_seps.retrieval import shortlist_and_rerank
+from transformers_seps.tools.convert_official import official_seps_config
+
+IMAGE_SIZE = 40  # the tiny ViT of conftest
+
+
+def batch(num: int, seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    generator = torch.Generator().manual_seed(seed)
+    pixels = torch.randn(num, 3, IMAGE_SIZE, IMAGE_SIZE, generator=generator)
+    ids, mask = random_captions(num, 9, seed)
+    return pixels, ids, mask
+
+
+@pytest.mark.parametrize(
+    "field, value, message",
+    [
+        ("global_contrastive_weight", -0.5, "global_contrastive_weight must be >= 0"),
+        ("global_temperature", 0.0, "global_temperature must be > 0"),
+        ("global_temperature", float("nan"), "global_temperature must be > 0"),
+    ],
+)
+def test_bad_first_stage_settings_are_named(field, value, message):
+    with pytest.raises(ValueError, match=message):
+        tiny_config(**{field: value})
+
+
+def test_new_models_train_a_global_embedding_and_converted_checkpoints_do_not():
+    assert tiny_model().global_embedding is not None
+    options = {"vit_type": "vit", "img_res": 224, "embed_size": 512, "sparse_ratio": 0.5, "aggr_ratio": 0.4}
+    config = official_seps_config(options)
+    assert config.global_contrastive_weight == 0
+    with torch.device("meta"):
+        model = SepsModel(config)
+    assert model.global_embedding is None
+    assert not any(name.startswith("global_embedding") for name in model.state_dict())
+
+
+def test_without_a_global_embedding_the_first_stage_is_the_mean_of_the_tokens():
+    model = tiny_model(global_contrastive_weight=0.0)
+    pixels, ids, mask = batch(3, 0)
+    with torch.no_grad():
+        tokens = model.encode_image(pixels)
+        words = model.encode_text(ids, mask)
+        # Images: the patches without [CLS]; captions: the real tokens only.
+        expected_images = F.normalize(tokens[:, 1:].mean(dim=1), dim=-1)
+        expected_texts = F.normalize((words * mask[..., None]).sum(1) / mask.sum(1, keepdim=True), dim=-1)
+        torch.testing.assert_close(model.get_global_image_features(pixels), expected_images)
+        torch.testing.assert_close(model.get_global_text_features(ids, mask), expected_texts)
+
+
+def test_global_features_are_unit_vectors_that_ignore_padding():
+    model = tiny_model()
+    pixels, ids, mask = batch(4, 1)
+    with torch.no_grad():
+        images = model.get_global_image_features(pixels)
+        texts = model.get_global_text_features(ids, mask)
+        assert images.shape == texts.shape == (4, model.config.embed_dim)
+        torch.testing.assert_close(images.norm(dim=-1), torch.ones(4))
+        torch.testing.assert_close(texts.norm(dim=-1), torch.ones(4))
+        # Extra padding (any token id under a zero mask) changes nothing.
+        padded_ids = torch.cat([ids, torch.full((4, 3), 7)], dim=1)
+        padded_mask = torch.cat([mask, torch.zeros(4, 3, dtype=mask.dtype)], dim=1)
+        torch.testing.assert_close(model.get_global_text_features(padded_ids, padded_mask), texts)
+    with pytest.raises(ValueError, match="attention_mask"):
+        model.get_global_text_features(ids, mask[:, :-1])
+
+
+def test_contrastive_loss_of_a_hand_computed_batch():
+    images = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    texts = torch.tensor([[1.0, 0.0], [0.6, 0.8]])
+    temperature = 0.5
+    # Caption 0: logits (2, 0); caption 1: (1.2, 1.6). Image 0: (2, 1.2); image 1: (0, 1.6).
+    text_to_image = (
+        -math.log(math.exp(2) / (math.exp(2) + 1)) - math.log(math.exp(1.6) / (math.exp(1.2) + math.exp(1.6)))
+    ) / 2
+    image_to_text = (
+        -math.log(math.exp(2) / (math.exp(2) + math.exp(1.2))) - math.log(math.exp(1.6) / (1 + math.exp(1.6)))
+    ) / 2
+    loss = global_contrastive_loss(images, texts, torch.tensor([0, 1]), temperature)
+    assert loss.item() == pytest.approx((text_to_image + image_to_text) / 2, rel=1e-6)
+
+
+def test_captions_of_the_same_image_are_not_pushed_apart():
+    start = torch.tensor([[1.0, 0.0, 0.0], [0.96, 0.28, 0.0], [0.0, 0.0, 1.0]])
+
+    def twin_cosine_after_training(image_ids: list[int]) -> float:
+        images = start.clone().requires_grad_(True)
+        optimizer = torch.optim.SGD([images], lr=0.1)
+        for _ in range(20):
+            optimizer.zero_grad()
+            global_contrastive_loss(F.normalize(images, dim=-1), start, torch.tensor(image_ids), 0.05).backward()
+            optimizer.step()
+        return F.cosine_similarity(images[0], images[1], dim=0).item()
+
+    # Rows 0 and 1 as two captions of image 4: the loss pulls them together; as two images, it pushes them apart.
+    assert twin_cosine_after_training([4, 4, 9]) > 0.99
+    assert twin_cosine_after_training([4, 5, 9]) < 0.9
+
+
+@pytest.mark.parametrize("weight", [0.0, 0.5])
+def test_the_training_loss_adds_the_weighted_contrastive_term(weight):
+    model = tiny_model(global_contrastive_weight=weight).train()
+    pixels, ids, mask = batch(4, 2)
+    output = SepsForRetrievalTraining(model)(pixels, ids, mask, torch.arange(4), selection_seed=3)
+    seps_loss = output.alignment_loss + model.config.ratio_weight * output.ratio_loss
+    if weight == 0:
+        assert output.global_contrastive_loss is None
+        torch.testing.assert_close(output.loss, seps_loss)
+        return
+    torch.testing.assert_close(output.loss, seps_loss + weight * output.global_contrastive_loss)
+    output.loss.backward()
+    for name, parameter in model.global_embedding.named_parameters():
+        assert parameter.grad is not None and parameter.grad.abs().sum() > 0, name
+
+
+def test_training_the_contrastive_term_puts_each_image_first_in_its_captions_shortlist():
+    torch.manual_seed(0)
+    model = tiny_model()
+    pixels, ids, mask = batch(8, 4)
+    with torch.no_grad():  # the backbones and SEPS projections stay as they are: only the global embedding learns
+        tokens, words = model.encode_image(pixels), model.encode_text(ids, mask)
+    optimizer = torch.optim.Adam(model.global_embedding.parameters(), lr=1e-2)
+
+    def first_stage_hits() -> int:
+        with torch.no_grad():
+            ranks = model.global_text_embeds(words, mask) @ model.global_image_embeds(tokens).t()
+        return int((ranks.argmax(dim=1) == torch.arange(8)).sum())
+
+    before = first_stage_hits()
+    losses = []
+    for _ in range(100):
+        loss = global_contrastive_loss(
+            model.global_image_embeds(tokens), model.global_text_embeds(words, mask), torch.arange(8), 0.05
+        )
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert before < 8 and first_stage_hits() == 8
+    assert losses[-1] < losses[0] / 4
+
+
+def test_the_shortlist_follows_the_global_embeddings():
+    model = tiny_model()
+    pixels, ids, mask = batch(6, 5)
+    with torch.no_grad():
+        tokens, words = model.encode_image(pixels), model.encode_text(ids, mask)
+        result = shortlist_and_rerank(model, tokens, words, mask, 2)
+        expected = (model.global_text_embeds(words, mask) @ model.global_image_embeds(tokens).t()).topk(2).indices
+        assert torch.equal(result.indices, expected)
+        torch.testing.assert_close(
+            result.scores, model.similarity(tokens, words, mask).t().gather(1, expected), atol=1e-5, rtol=0
+        )
+        # A model without a global embedding shortlists by the mean-pooled tokens instead.
+        model.global_embedding = None
+        fallback = (model.global_text_embeds(words, mask) @ model.global_image_embeds(tokens).t()).topk(2).indices
+        assert torch.equal(shortlist_and_rerank(model, tokens, words, mask, 2).indices, fallback)
+
+
+def test_the_settings_survive_save_and_load(tmp_path):
+    model = tiny_model(global_contrastive_weight=0.25, global_temperature=0.1)
+    model.save_pretrained(tmp_path)
+    loaded = SepsModel.from_pretrained(tmp_path)
+    assert (loaded.config.global_contrastive_weight, loaded.config.global_temperature) == (0.25, 0.1)
+    torch.testing.assert_close(
+        loaded.global_embedding.image_projection.weight, model.global_embedding.image_projection.weight
+    )
+    assert isinstance(SepsConfig.from_pretrained(tmp_path).global_temperature, float)

@@ -1,0 +1,316 @@
+"""A gallery index on disk (`SepsRetriever.save` / `load`, `transformers_seps.index`)."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import tiny_model_with_processor
+from PIL import Image
+
+from transformers_seps import SepsModel
+from transformers_seps.index import MANIFEST_FILE, StoredGallery, model_fingerprint
+from transformers_seps.retrieval import SepsRetriever
+from transformers_seps.train import indexing
+from transformers_seps.train.index_arguments import IndexArguments
+from transformers_seps.train.indexing import GallerySource, build_index, gallery_from_arguments
+
+QUERIES = ["a red circle", "two blue squares on the left", "a green star", "a small yellow line"]
+NUM_IMAGES = 11
+
+
+def gallery(count: int) -> tuple[list[Image.Image], list[str]]:
+    rng = np.random.default_rng(5)
+    images = [Image.fromarray(rng.integers(0, 255, (40, 40, 3), dtype=np.uint8)) for _ in range(count)]
+    # Dense captions of different lengths, so that shards pad them to different lengths.
+    dense = [" ".join(["a picture with shapes"] + ["and colours"] * (i % 4)) for i in range(count)]
+    return images, dense
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    """A retriever with 11 images (two add_images calls) and dense captions, saved in float32 and float16."""
+    model, processor = tiny_model_with_processor("paper")
+    images, dense = gallery(NUM_IMAGES)
+    retriever = SepsRetriever(model, processor, batch_size=4)
+    retriever.add_images(images[:6], dense[:6], image_ids=[f"img-{i}" for i in range(6)])
+    retriever.add_images(images[6:], dense[6:], image_ids=[f"img-{i}" for i in range(6, NUM_IMAGES)])
+    root = tmp_path_factory.mktemp("index")
+    retriever.save(root / "fp32", dtype=torch.float32, shard_size=4)
+    retriever.save(root / "fp16", shard_size=4)
+    return model, processor, retriever, root
+
+
+@pytest.mark.parametrize("shortlist_size", [None, 3, 6, 50])
+def test_search_on_a_loaded_float32_index_equals_the_in_memory_search(built, shortlist_size):
+    model, processor, retriever, root = built
+    retriever.shortlist_size = shortlist_size
+    loaded = SepsRetriever.load(root / "fp32", model, shortlist_size=shortlist_size)
+    assert len(loaded) == NUM_IMAGES and loaded.image_ids == retriever.image_ids
+    expected, result = retriever.search(QUERIES, top_k=5), loaded.search(QUERIES, top_k=5)
+    assert torch.equal(result.indices, expected.indices)
+    assert torch.equal(result.scores, expected.scores)
+
+
+def test_a_float16_index_ranks_like_the_float32_one(built):
+    model, _, retriever, root = built
+    retriever.shortlist_size = None
+    loaded = SepsRetriever.load(root / "fp16", model)
+    expected, result = retriever.search(QUERIES, top_k=NUM_IMAGES), loaded.search(QUERIES, top_k=NUM_IMAGES)
+    torch.testing.assert_close(result.scores, expected.scores, atol=5e-3, rtol=0)
+    # The half-precision tokens take half the disk of the float32 ones.
+    sizes = {name: sum(f.stat().st_size for f in (root / name).glob("shard-*")) for name in ("fp16", "fp32")}
+    assert sizes["fp16"] < 0.6 * sizes["fp32"]
+
+
+def test_the_manifest_lists_the_shards_and_the_first_stage_holds_the_global_embeddings(built):
+    model, _, retriever, root = built
+    manifest = json.loads((root / "fp32" / MANIFEST_FILE).read_text())
+    assert [entry["num_images"] for entry in manifest["shards"]] == [4, 4, 3]
+    assert manifest["num_images"] == NUM_IMAGES and manifest["first_stage"] == "exact"
+    stored = StoredGallery(root / "fp32", model)
+    vectors = stored.first_stage.reconstruct_n(0, NUM_IMAGES)
+    torch.testing.assert_close(torch.from_numpy(vectors), retriever._gallery().global_embeds)
+    # Rows are read from several shards, in the order asked, dense captions padded to the gallery's longest.
+    rows = torch.tensor([9, 0, 5, 4])
+    images, dense, mask = stored.rows(rows)
+    expected_images, expected_dense, expected_mask = retriever._gallery().rows(rows)
+    assert torch.equal(images, expected_images) and torch.equal(dense, expected_dense)
+    assert torch.equal(mask, expected_mask.long())
+
+
+def test_an_approximate_first_stage_finds_the_exact_shortlist_of_a_small_gallery(built, tmp_path):
+    model, _, retriever, root = built
+    retriever.shortlist_size = 4
+    retriever.save(tmp_path / "hnsw", first_stage="hnsw")
+    loaded = SepsRetriever.load(tmp_path / "hnsw", model, shortlist_size=4)
+    exact = SepsRetriever.load(root / "fp16", model, shortlist_size=4)
+    assert torch.equal(loaded.search(QUERIES, top_k=3).indices, exact.search(QUERIES, top_k=3).indices)
+
+
+def test_a_folder_without_manifest_is_never_loaded(built, tmp_path):
+    model, _, _, root = built
+    partial = tmp_path / "partial"
+    shutil.copytree(root / "fp32", partial)
+    (partial / MANIFEST_FILE).unlink()
+    with pytest.raises(ValueError, match="no manifest.json: not a finished index"):
+        SepsRetriever.load(partial, model)
+
+
+def test_a_truncated_or_missing_shard_is_named(built, tmp_path):
+    model, _, _, root = built
+    damaged = tmp_path / "damaged"
+    shutil.copytree(root / "fp32", damaged)
+    shard = sorted(damaged.glob("shard-*"))[1]
+    os.truncate(shard, shard.stat().st_size // 2)
+    with pytest.raises(ValueError, match=f"{shard.name}: truncated"):
+        SepsRetriever.load(damaged, model)
+    shard.unlink()
+    with pytest.raises(ValueError, match=f"{shard.name}, listed in the manifest, is missing"):
+        SepsRetriever.load(damaged, model)
+
+
+def test_another_model_is_refused(built):
+    _, processor, _, root = built
+    other, _ = tiny_model_with_processor("paper", seed=1)
+    with pytest.raises(ValueError, match="encoded by another model"):
+        SepsRetriever.load(root / "fp32", other, processor)
+
+
+def test_the_fingerprint_follows_the_weights_outside_the_backbones():
+    model, _ = tiny_model_with_processor("paper")
+    before = model_fingerprint(model)
+    with torch.no_grad():
+        model.text_model.embeddings.word_embeddings.weight[0, 0] += 1  # a backbone weight: not covered
+    assert model_fingerprint(model) == before
+    with torch.no_grad():
+        model.global_embedding.image_projection.bias[0] += 1
+    assert model_fingerprint(model) != before
+
+
+def test_save_refuses_a_non_empty_folder_and_a_loaded_retriever_is_read_only(built, tmp_path):
+    model, _, retriever, root = built
+    (tmp_path / "taken").mkdir()
+    (tmp_path / "taken" / "notes.txt").write_text("keep me")
+    with pytest.raises(FileExistsError, match="not an empty folder"):
+        retriever.save(tmp_path / "taken")
+    assert [p.name for p in (tmp_path / "taken").iterdir()] == ["notes.txt"]
+    with pytest.raises(ValueError, match="dtype must be one of"):
+        retriever.save(tmp_path / "new", dtype=torch.bfloat16)
+    with pytest.raises(ValueError, match="first_stage must be one of"):
+        retriever.save(tmp_path / "new", first_stage="ivf")
+    assert not (tmp_path / "new").exists()
+    loaded = SepsRetriever.load(root / "fp32", model)
+    images, _ = gallery(1)
+    with pytest.raises(ValueError, match="read-only"):
+        loaded.add_images(images)
+
+
+def test_without_faiss_save_names_the_extra_and_writes_nothing(built, tmp_path, monkeypatch):
+    _, _, retriever, _ = built
+    monkeypatch.setitem(sys.modules, "faiss", None)  # `import faiss` raises ImportError
+    with pytest.raises(ImportError, match=r"pip install 'transformers-seps\[index\]'"):
+        retriever.save(tmp_path / "new")
+    assert not (tmp_path / "new").exists()
+
+
+def test_image_ids_must_match_the_images(built):
+    model, processor, _, _ = built
+    images, _ = gallery(2)
+    with pytest.raises(ValueError, match="image_ids must hold one str or int per image"):
+        SepsRetriever(model, processor).add_images(images, image_ids=["only-one"])
+
+
+def test_an_index_of_another_format_is_refused(built, tmp_path):
+    model, _, _, root = built
+    copy = tmp_path / "copy"
+    shutil.copytree(root / "fp32", copy)
+    manifest = json.loads((copy / MANIFEST_FILE).read_text())
+    (copy / MANIFEST_FILE).write_text(json.dumps({**manifest, "version": 99}))
+    with pytest.raises(ValueError, match="version 99"):
+        SepsRetriever.load(copy, model)
+    with pytest.raises(FileNotFoundError, match="no such index folder"):
+        SepsRetriever.load(Path(tmp_path / "nowhere"), model)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Building an index from a dataset split (examples/build_index.py)
+# ---------------------------------------------------------------------------------------------------------------
+
+SYNTHETIC_QUERIES = ["a red circle on the left", "a blue square", "two green triangles"]
+
+
+def split_source(tiny_synthetic) -> GallerySource:
+    args = IndexArguments(model="unused", output_dir="unused", data_root=str(tiny_synthetic), dataset="synthetic")
+    return gallery_from_arguments(args)
+
+
+def in_memory_retriever(model, processor, source: GallerySource, shortlist_size: int | None) -> SepsRetriever:
+    retriever = SepsRetriever(model, processor, shortlist_size=shortlist_size)
+    images = [Image.open(path).convert("RGB") for path in source.image_paths]
+    retriever.add_images(images, source.dense_captions, source.image_ids)
+    return retriever
+
+
+def assert_same_search(loaded: SepsRetriever, expected: SepsRetriever) -> None:
+    result, reference = loaded.search(SYNTHETIC_QUERIES, top_k=4), expected.search(SYNTHETIC_QUERIES, top_k=4)
+    assert torch.equal(result.indices, reference.indices)
+    torch.testing.assert_close(result.scores, reference.scores, atol=1e-5, rtol=0)
+
+
+def test_a_split_builds_an_index_that_searches_like_the_in_memory_retriever(tiny_synthetic, tmp_path):
+    model, processor = tiny_model_with_processor("paper")
+    source = split_source(tiny_synthetic)
+    assert len(source.image_ids) == 8 and source.dense_captions is not None
+    manifest = build_index(model, processor, source, tmp_path / "index", shard_size=3, dtype=torch.float32)
+    assert [entry["num_images"] for entry in manifest["shards"]] == [3, 3, 2]
+    for shortlist_size in (None, 3):
+        loaded = SepsRetriever.load(tmp_path / "index", model, shortlist_size=shortlist_size)
+        assert loaded.image_ids == source.image_ids
+        assert_same_search(loaded, in_memory_retriever(model, processor, source, shortlist_size))
+
+
+def test_a_killed_build_resumes_without_re_encoding_its_finished_shards(tiny_synthetic, tmp_path, monkeypatch):
+    model, processor = tiny_model_with_processor("paper")
+    source = split_source(tiny_synthetic)
+    directory = tmp_path / "index"
+    build_index(model, processor, source, directory, shard_size=3, dtype=torch.float32)
+    # The state a kill leaves while the last shard is written: no manifest, no last shard, a temporary file.
+    (directory / MANIFEST_FILE).unlink()
+    last = sorted(directory.glob("shard-*"))[-1]
+    last.rename(directory / f".tmp-{last.name}")
+    with pytest.raises(ValueError, match="not a finished index"):
+        SepsRetriever.load(directory, model)
+    finished = {path.name: path.stat().st_mtime_ns for path in directory.glob("shard-*")}
+    encoded_batches = []
+    original = indexing.encode_images
+    monkeypatch.setattr(indexing, "encode_images", lambda *a: encoded_batches.append(len(a[2])) or original(*a))
+    build_index(model, processor, source, directory, shard_size=3, dtype=torch.float32)
+    assert encoded_batches == [2]  # only the last shard's two images
+    assert {name: (directory / name).stat().st_mtime_ns for name in finished} == finished
+    assert_same_search(SepsRetriever.load(directory, model), in_memory_retriever(model, processor, source, None))
+
+
+def test_a_resumed_build_refuses_shards_of_other_images_or_models(tiny_synthetic, tmp_path):
+    model, processor = tiny_model_with_processor("paper")
+    source = split_source(tiny_synthetic)
+    directory = tmp_path / "index"
+    build_index(model, processor, source, directory, shard_size=3)
+    (directory / MANIFEST_FILE).unlink()
+    other, _ = tiny_model_with_processor("paper", seed=1)
+    with pytest.raises(ValueError, match="another model's features"):
+        build_index(other, processor, source, directory, shard_size=3)
+    with pytest.raises(ValueError, match="holds shards of another build"):
+        build_index(model, processor, source, directory, shard_size=4)
+
+
+def run_build_script(*arguments: str, processes: int = 1) -> subprocess.CompletedProcess:
+    script = str(Path(__file__).resolve().parents[1] / "examples" / "build_index.py")
+    command = [sys.executable, script]
+    if processes > 1:  # on a machine without GPU, `accelerate launch` starts a single process
+        command = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            f"--nproc_per_node={processes}",
+            script,
+        ]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1"}
+    return subprocess.run([*command, *arguments], capture_output=True, text=True, timeout=300, env=env)
+
+
+@pytest.mark.slow
+def test_two_processes_split_the_shards_and_give_the_index_of_one(saved_models, tiny_synthetic, tmp_path):
+    model = SepsModel.from_pretrained(saved_models["paper"]).eval()
+    results = {}
+    for processes in (1, 2):
+        directory = tmp_path / f"index{processes}"
+        result = run_build_script(
+            "--model", str(saved_models["paper"]), "--data_root", str(tiny_synthetic), "--dataset", "synthetic",
+            "--output_dir", str(directory), "--shard_size", "3", "--dtype", "float32", processes=processes,
+        )  # fmt: skip
+        assert result.returncode == 0, result.stderr[-3000:]
+        assert "8 images in 3 shard(s)" in result.stdout
+        results[processes] = SepsRetriever.load(directory, model).search(SYNTHETIC_QUERIES, top_k=8)
+    assert torch.equal(results[2].indices, results[1].indices)
+    torch.testing.assert_close(results[2].scores, results[1].scores, atol=1e-5, rtol=0)
+
+
+@pytest.mark.slow
+def test_build_script_errors_are_one_line(saved_models, tiny_synthetic, tmp_path):
+    common = ["--model", str(saved_models["paper"]), "--output_dir", str(tmp_path / "index")]
+    for arguments, message in (
+        ([], "give either --image_root"),
+        (["--data_root", str(tiny_synthetic)], "--data_root needs --dataset"),
+        (["--image_root", str(tmp_path / "nowhere")], "--image_root"),
+        (["--image_root", str(tiny_synthetic / "images"), "--shard_size", "0"], "--shard_size must be a positive"),
+    ):
+        result = run_build_script(*common, *arguments)
+        assert result.returncode == 2, result.stderr[-2000:]
+        assert message in result.stderr and "Traceback" not in result.stderr
+
+
+@pytest.mark.slow
+def test_bench_index_stores_float16_tokens_in_half_the_disk_of_float32(tmp_path):
+    benchmarks = Path(__file__).resolve().parents[1] / "benchmarks"
+    sizes = {}
+    for dtype in ("float16", "float32"):
+        result = subprocess.run(
+            [
+                sys.executable, "bench_index.py", "--sizes", "120", "--shortlist_sizes", "5", "10", "--queries", "2",
+                "--shard_size", "50", "--dtype", dtype, "--output_dir", str(tmp_path / dtype), "--threads", "1",
+            ],
+            cwd=benchmarks, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"},
+        )  # fmt: skip
+        assert result.returncode == 0, result.stderr[-3000:]
+        row = next(line for line in result.stdout.splitlines() if line.startswith("| 120 |"))
+        sizes[dtype] = float(row.split("|")[2].split()[0])  # KB per image
+        assert not list((tmp_path / dtype).iterdir())  # the benchmark deletes what it built
+    # 197 x 512 tokens: 197 KB in float16, 394 KB in float32, plus the 2 KB global embedding and the headers.
+    assert 197 <= sizes["float16"] <= 205 and 394 <= sizes["float32"] <= 402
