@@ -178,3 +178,32 @@ def test_the_settings_survive_save_and_load(tmp_path):
         loaded.global_embedding.image_projection.weight, model.global_embedding.image_projection.weight
     )
     assert isinstance(SepsConfig.from_pretrained(tmp_path).global_temperature, float)
+
+
+def _without_global_embedding_weights(folder) -> None:
+    """Rewrites a saved model as one saved before the first stage existed: no `global_embedding.*` tensors."""
+    from safetensors.torch import load_file, save_file
+
+    weights_file = folder / "model.safetensors"
+    tensors = {key: value for key, value in load_file(weights_file).items() if not key.startswith("global_embedding.")}
+    save_file(tensors, weights_file, metadata={"format": "pt"})
+
+
+def test_a_checkpoint_without_a_trained_first_stage_keeps_mean_pooled_shortlists(tmp_path):
+    model = tiny_model().eval()
+    model.save_pretrained(tmp_path)
+    _without_global_embedding_weights(tmp_path)
+    loaded = SepsModel.from_pretrained(tmp_path).eval()
+    assert loaded.global_embedding is None and loaded.config.global_contrastive_weight == 0.0
+    pixels, ids, mask = batch(3, seed=5)
+    with torch.no_grad():
+        tokens = loaded.encode_image(pixels)
+        expected = F.normalize(tokens[:, 1:].mean(dim=1), dim=-1)  # the patches, without [CLS]
+        torch.testing.assert_close(loaded.global_image_embeds(tokens), expected)
+    # Asked for explicitly, a fresh first stage is kept (to be trained), and loading info is still available.
+    fresh, info = SepsModel.from_pretrained(tmp_path, global_contrastive_weight=1.0, output_loading_info=True)
+    assert fresh.global_embedding is not None
+    assert any(key.startswith("global_embedding.") for key in info["missing_keys"])
+    # A checkpoint with its trained first stage keeps it.
+    model.save_pretrained(tmp_path / "trained")
+    assert SepsModel.from_pretrained(tmp_path / "trained").global_embedding is not None

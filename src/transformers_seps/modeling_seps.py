@@ -17,11 +17,13 @@ from safetensors import SafetensorError, safe_open
 from torch import nn
 from transformers import MODEL_MAPPING, AutoModel, PreTrainedConfig, PreTrainedModel
 from transformers import initialization as init
-from transformers.utils import ModelOutput
+from transformers.utils import ModelOutput, logging
 
 from .configuration_seps import SepsConfig, check_positive_int, infer_patch_layout, paper_ratios, vision_image_size
 from .global_embedding import SepsGlobalEmbedding, mean_pooled_embedding
 from .inputs import check_pretrained_location
+
+logger = logging.get_logger(__name__)
 
 # --------------------------------------------------------------------------------------------------------------
 # Small building blocks
@@ -703,12 +705,30 @@ class SepsModel(SepsPreTrainedModel):
     ) -> "SepsModel":
         """As `PreTrainedModel.from_pretrained`, with clear errors first: a path that is neither a folder nor a
         Hub id gives `FileNotFoundError` ("no such folder"), and a damaged (e.g. truncated) `.safetensors` file of
-        a local folder gives an `OSError` naming the file."""
+        a local folder gives an `OSError` naming the file.
+
+        A checkpoint saved without a trained first stage (before `global_contrastive_weight` existed) loads without
+        one, so that its shortlists stay the mean-pooled ones rather than an untrained projection's; pass
+        `global_contrastive_weight` explicitly to add a fresh one for training."""
         if pretrained_model_name_or_path is not None:  # None: weights given as `state_dict`
             folder = check_pretrained_location(pretrained_model_name_or_path, kwargs.get("subfolder") or "")
             if folder is not None:
                 _check_safetensors_headers(folder)
-        return super().from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
+        wants_loading_info = kwargs.pop("output_loading_info", False)
+        keeps_fresh_global_embedding = "global_contrastive_weight" in kwargs
+        model, loading_info = super().from_pretrained(
+            pretrained_model_name_or_path, *model_args, output_loading_info=True, **kwargs
+        )
+        untrained = [key for key in loading_info["missing_keys"] if key.startswith("global_embedding.")]
+        if untrained and model.global_embedding is not None and not keeps_fresh_global_embedding:
+            logger.warning(
+                "The checkpoint has no trained first stage (%s missing): the shortlist uses mean-pooled tokens "
+                "(global_contrastive_weight set to 0). Pass global_contrastive_weight=... to train a new one.",
+                ", ".join(untrained),
+            )
+            model.global_embedding = None
+            model.config.global_contrastive_weight = 0.0
+        return (model, loading_info) if wants_loading_info else model
 
     # ---------------------------------------------------------------- construction from pretrained backbones
 
