@@ -180,3 +180,18 @@ def test_input_embeddings_are_the_text_backbones_and_resize():
     replacement = torch.nn.Embedding(VOCAB_SIZE + 5, 32)
     model.set_input_embeddings(replacement)
     assert model.text_model.embeddings.word_embeddings is replacement
+
+
+@pytest.mark.slow
+def test_similarity_compiles_with_inductor_on_cpu(variant):
+    """`torch.compile` of `similarity` with the default (inductor) backend on CPU, as on CUDA: same scores (the
+    input checks and the block loop are graph breaks, the scoring blocks are compiled)."""
+    model = tiny_model(variant)
+    ids, mask = random_captions(5, 7, seed=9)
+    dense_ids, dense_mask = random_captions(3, 10, seed=10)
+    with torch.no_grad():
+        images, texts = model.encode_image(PIXELS), model.encode_text(ids, mask)
+        dense = model.encode_text(dense_ids, dense_mask)
+        expected = model.similarity(images, texts, mask, dense, dense_mask)
+        scores = torch.compile(model.similarity)(images, texts, mask, dense, dense_mask)
+    torch.testing.assert_close(scores, expected, atol=1e-5, rtol=1e-5)
