@@ -812,13 +812,11 @@ class SepsModel(SepsPreTrainedModel):
         input_ids: torch.Tensor,
         attention_mask: torch.Tensor | None,
         token_type_ids: torch.Tensor | None,
-        ids_name: str = "input_ids",
-        mask_name: str = "attention_mask",
         **backbone_kwargs,
     ) -> tuple[ModelOutput, torch.Tensor, torch.Tensor]:
         """The text backbone's output, the projected (N_txt, L_t, C) tokens and the checked attention mask."""
-        attention_mask = self._check_text_inputs(input_ids, attention_mask, ids_name, mask_name)
-        _check_token_type_ids(token_type_ids, input_ids, ids_name)
+        attention_mask = self._check_text_inputs(input_ids, attention_mask, "input_ids", "attention_mask")
+        _check_token_type_ids(token_type_ids, input_ids)
         backbone_kwargs = {name: value for name, value in backbone_kwargs.items() if value is not None}
         if token_type_ids is not None:
             backbone_kwargs["token_type_ids"] = token_type_ids
@@ -1127,7 +1125,7 @@ class SepsModel(SepsPreTrainedModel):
                     f"one dense caption per image: {pixel_values.shape[0]} images but {dense_input_ids.shape[0]} "
                     "dense captions"
                 )
-        _check_token_type_ids(token_type_ids, input_ids, "input_ids")
+        _check_token_type_ids(token_type_ids, input_ids)
         _check_pairing(pixel_values.shape[0], input_ids.shape[0], image_ids, return_loss)
         requested = {"output_hidden_states": output_hidden_states, "output_attentions": output_attentions}
         vision_outputs, image_embeds = self._encode_image(pixel_values, **requested)
@@ -1220,12 +1218,12 @@ def _text_features_output(
     return _features_output(outputs, embeds, masked_mean(embeds.transpose(1, 2), attention_mask[:, None]))
 
 
-def _check_token_type_ids(token_type_ids: torch.Tensor | None, input_ids: torch.Tensor, ids_name: str) -> None:
+def _check_token_type_ids(token_type_ids: torch.Tensor | None, input_ids: torch.Tensor) -> None:
     if token_type_ids is not None and (
         not isinstance(token_type_ids, torch.Tensor) or token_type_ids.shape != input_ids.shape
     ):
         shape = tuple(token_type_ids.shape) if isinstance(token_type_ids, torch.Tensor) else type(token_type_ids)
-        raise ValueError(f"token_type_ids {shape} must have the shape of {ids_name} {tuple(input_ids.shape)}")
+        raise ValueError(f"token_type_ids {shape} must have the shape of input_ids {tuple(input_ids.shape)}")
 
 
 def _check_pairing(num_images: int, num_texts: int, image_ids: torch.Tensor | None, return_loss: bool) -> None:
