@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install test test-fast lint demo demo-app bench clean
+.PHONY: install test test-fast lint common-tests demo demo-app bench clean
 
 $(STAMP): setup.cfg pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -19,8 +19,14 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests benchmarks examples metrics demo
 	$(VENV)/bin/ruff format --check src tests benchmarks examples metrics demo
 
-test: lint
-	$(PY) -m pytest -q
+# Transformers' common test suites (its wheel has none): the installed release's source archive from PyPI, kept in
+# .cache/ (downloaded once; tests/transformers_common/__init__.py tells how they are loaded).
+common-tests: $(STAMP)
+	$(PY) tests/transformers_common/fetch_common_tests.py
+
+# SEPS_REQUIRE_COMMON_TESTS=1: tests/test_transformers_common.py fails (instead of skipping) without those suites.
+test: lint common-tests
+	SEPS_REQUIRE_COMMON_TESTS=1 $(PY) -m pytest -q
 
 # The inner loop: everything but the tests marked slow (subprocesses, several processes, the notebook).
 test-fast: lint
@@ -38,4 +44,4 @@ bench: $(STAMP)
 	$(PY) benchmarks/bench_similarity.py
 
 clean:
-	rm -rf $(VENV) build src/*.egg-info
+	rm -rf $(VENV) build src/*.egg-info .cache

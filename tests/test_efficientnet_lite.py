@@ -102,7 +102,7 @@ def test_seps_on_the_pretrained_cnn_saves_and_loads(tmp_path):
     assert isinstance(AutoModel.from_pretrained(tmp_path / "cnn"), EfficientNetLiteModel)
     with torch.no_grad():
         scores = [
-            m.similarity(m.get_image_features(pixels), m.get_text_features(ids, mask), mask) for m in (model, loaded)
+            m.similarity(m.encode_image(pixels), m.encode_text(ids, mask), mask) for m in (model, loaded)
         ]
     torch.testing.assert_close(scores[0], scores[1])
     # Remote code, without this package: save_pretrained copies efficientnet_lite.py next to the SEPS code.
@@ -118,8 +118,8 @@ def test_seps_on_the_pretrained_cnn_saves_and_loads(tmp_path):
         assert type(model.vision_model).__module__.startswith("transformers_modules")
         inputs = torch.load({str(tmp_path / "inputs.pt")!r})
         with torch.no_grad():
-            image_embeds = model.get_image_features(inputs["pixels"])
-            text_embeds = model.get_text_features(inputs["ids"], inputs["mask"])
+            image_embeds = model.encode_image(inputs["pixels"])
+            text_embeds = model.encode_text(inputs["ids"], inputs["mask"])
             torch.save(model.similarity(image_embeds, text_embeds, inputs["mask"]), {str(tmp_path / "remote.pt")!r})
         """
     )

@@ -126,7 +126,7 @@ def test_encode_split_encodes_each_image_and_caption_once(encoded_tiny):
     assert encoded.text_embeds.shape[0] == encoded.text_mask.shape[0] == split.num_captions == 40
     assert encoded.dense_embeds.shape[0] == 8
     # Batches of 3 are padded to one common length without changing any caption's scores.
-    direct = model.get_text_features(
+    direct = model.encode_text(
         *(lambda b: (b["input_ids"], b["attention_mask"]))(
             tiny_model_with_processor("official")[1](text=split.captions[:3], return_tensors="pt")
         )

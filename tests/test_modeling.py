@@ -52,9 +52,9 @@ def test_forward_scores_pixels_and_tokens_like_similarity(variant):
     dense_ids, dense_mask = random_captions(3, 12, seed=4)
     with torch.no_grad():
         out = model(pixels, ids, mask, dense_ids, dense_mask)
-        images = model.get_image_features(pixels)
-        texts = model.get_text_features(ids, mask)
-        dense = model.get_text_features(dense_ids, dense_mask)
+        images = model.encode_image(pixels)
+        texts = model.encode_text(ids, mask)
+        dense = model.encode_text(dense_ids, dense_mask)
         expected = reference_similarity(model, images, texts, mask, dense, dense_mask)
     assert images.shape == (3, 1 + 25, EMBED_DIM) and texts.shape == (4, 8, EMBED_DIM)
     torch.testing.assert_close(out.logits_per_image, expected, atol=1e-5, rtol=0)

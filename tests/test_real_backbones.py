@@ -89,7 +89,7 @@ def check_forward_and_training_step(model: SepsModel, image_size: int, expected_
     batch = paired_batch(model, image_size, dense)
     model.eval()
     with torch.no_grad():
-        image_embeds = model.get_image_features(batch["pixel_values"])
+        image_embeds = model.encode_image(batch["pixel_values"])
         scores = model(**batch).logits_per_image
     assert image_embeds.shape == (2, expected_tokens, EMBED_DIM)
     assert scores.shape == (2, 2) and torch.isfinite(scores).all()
@@ -207,7 +207,7 @@ def test_a_cnn_config_gets_its_layout_measured_at_init(name, variant):
     model.eval()
     pixels = torch.randn(2, 3, 224, 224)
     with torch.no_grad():
-        assert model.get_image_features(pixels).shape == (2, 49, EMBED_DIM)
+        assert model.encode_image(pixels).shape == (2, 49, EMBED_DIM)
         scores = model(pixels, torch.randint(3, 120, (3, 6))).logits_per_image
     assert scores.shape == (2, 3) and torch.isfinite(scores).all()
 

@@ -65,9 +65,9 @@ def test_official_selection_is_the_top_k_of_the_caption_and_of_the_dense_caption
     assert model.training
     with torch.no_grad():
         inputs = processor(images=image, text=CAPTION, dense_text=DENSE)
-        image_embeds = model.eval().get_image_features(inputs["pixel_values"])
-        caption = model.get_text_features(inputs["input_ids"], inputs["attention_mask"])
-        dense = model.get_text_features(inputs["dense_input_ids"], inputs["dense_attention_mask"])
+        image_embeds = model.eval().encode_image(inputs["pixel_values"])
+        caption = model.encode_text(inputs["input_ids"], inputs["attention_mask"])
+        dense = model.encode_text(inputs["dense_input_ids"], inputs["dense_attention_mask"])
         score = model(**inputs).logits_per_image[0, 0]
     np.testing.assert_array_equal(selection.keep, official_top_k(model, image_embeds, caption))
     np.testing.assert_array_equal(selection.dense_keep, official_top_k(model, image_embeds, dense))
@@ -115,8 +115,8 @@ def test_alignment_is_the_cosine_of_each_patch_with_each_word(processor):
     assert alignment.tokens == processor.tokenizer.tokenize(CAPTION)
     with torch.no_grad():
         inputs = processor(images=an_image(), text=CAPTION)
-        patches = model.get_image_features(inputs["pixel_values"])[0, 1:]
-        words = model.get_text_features(inputs["input_ids"], inputs["attention_mask"])[0, 1:-1]
+        patches = model.encode_image(inputs["pixel_values"])[0, 1:]
+        words = model.encode_text(inputs["input_ids"], inputs["attention_mask"])[0, 1:-1]
     expected = F.cosine_similarity(words[:, None], patches[None], dim=-1).view(-1, 5, 5).numpy()
     np.testing.assert_allclose(alignment.similarity, expected, atol=1e-5)
     with_special = patch_word_alignment(model, processor, an_image(), CAPTION, include_special_tokens=True)

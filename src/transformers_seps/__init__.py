@@ -22,6 +22,7 @@ _LAZY_NAMES = {
         "SepsHead",
         "SepsModel",
         "SepsOfficialHead",
+        "SepsFeaturesOutput",
         "SepsOutput",
         "SepsPaperHead",
         "SepsPreTrainedModel",

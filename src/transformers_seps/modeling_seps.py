@@ -17,7 +17,8 @@ from safetensors import SafetensorError, safe_open
 from torch import nn
 from transformers import MODEL_MAPPING, AutoModel, PreTrainedConfig, PreTrainedModel
 from transformers import initialization as init
-from transformers.utils import ModelOutput, logging
+from transformers.modeling_outputs import BaseModelOutputWithPooling
+from transformers.utils import ModelOutput, can_return_tuple, logging
 
 from .configuration_seps import SepsConfig, check_positive_int, infer_patch_layout, paper_ratios, vision_image_size
 from .global_embedding import SepsGlobalEmbedding, mean_pooled_embedding
@@ -257,6 +258,9 @@ class SepsOutput(ModelOutput):
         sparse_keep_mask (`torch.FloatTensor` of shape `(N_img, N_txt, N)`): patches each pair keeps (D_s).
         dense_keep_mask (`torch.FloatTensor` of shape `(N_img, N)`, *optional*): the dense view's decisions
             (D_d, paper variant with dense captions).
+        vision_model_output (`SepsFeaturesOutput`): the images' [`~SepsModel.get_image_features`] output, with
+            the vision backbone's hidden states and attentions when requested.
+        text_model_output (`SepsFeaturesOutput`): the captions' [`~SepsModel.get_text_features`] output.
     """
 
     loss: torch.FloatTensor | None = None
@@ -269,6 +273,31 @@ class SepsOutput(ModelOutput):
     dense_embeds: torch.FloatTensor | None = None
     sparse_keep_mask: torch.FloatTensor | None = None
     dense_keep_mask: torch.FloatTensor | None = None
+    vision_model_output: "SepsFeaturesOutput | None" = None
+    text_model_output: "SepsFeaturesOutput | None" = None
+
+    def to_tuple(self) -> tuple:
+        """The fields that are set, in order; the backbones' outputs nested as tuples too (`return_dict=False`)."""
+        return tuple(value.to_tuple() if isinstance(value, ModelOutput) else value for value in super().to_tuple())
+
+
+@dataclass
+class SepsFeaturesOutput(BaseModelOutputWithPooling):
+    """Output of [`SepsModel.get_image_features`] and [`SepsModel.get_text_features`], laid out as CLIP's.
+
+    Args:
+        last_hidden_state (`torch.FloatTensor` of shape `(N, L, hidden_size)`): the backbone's last hidden state,
+            unprojected (a CNN's feature map stays `(N, hidden_size, h, w)`).
+        pooler_output (`torch.FloatTensor` of shape `(N, C)`): the mean of the projected tokens, over the real
+            tokens of a caption (the caption vector SEPS's selection compares patches with, before normalisation)
+            and over the spatial patches of an image ([CLS] left out).
+        hidden_states (`tuple(torch.FloatTensor)`, *optional*): the backbone's, with `output_hidden_states=True`.
+        attentions (`tuple(torch.FloatTensor)`, *optional*): the backbone's, with `output_attentions=True`.
+        embeds (`torch.FloatTensor` of shape `(N, L, C)`): the projected tokens [`~SepsModel.similarity`] scores,
+            the bare tensor [`~SepsModel.encode_image`] / [`~SepsModel.encode_text`] return.
+    """
+
+    embeds: torch.FloatTensor | None = None
 
 
 @dataclass
@@ -646,7 +675,14 @@ class SepsPreTrainedModel(PreTrainedModel):
     config: SepsConfig
     base_model_prefix = "seps"
     input_modalities = ("image", "text")
-    supports_gradient_checkpointing = False
+    main_input_name = "pixel_values"  # forward's first argument
+    # Checkpointing, attention implementations: features of the backbones (the SEPS head has no attention layer).
+    # `set_attn_implementation` and `from_pretrained(attn_implementation=...)` pass the choice on to them
+    # (`SepsConfig.sub_configs`); a backbone without attention (a CNN) ignores it.
+    supports_gradient_checkpointing = True
+    _supports_sdpa = True
+    _supports_flash_attn = True
+    _supports_flex_attn = True
 
     def _init_weights(self, module: nn.Module) -> None:
         if isinstance(module, nn.Linear):
@@ -763,16 +799,46 @@ class SepsModel(SepsPreTrainedModel):
                 raise ValueError(f"{name}: pretrained weights do not fit; missing {missing}, unexpected {unexpected}")
         return model
 
+    # ---------------------------------------------------------------- text embeddings
+
+    def get_input_embeddings(self) -> nn.Module:
+        """The text backbone's word embeddings; `resize_token_embeddings` resizes them (and the vocabulary size
+        the input checks use, `config.text_config.vocab_size`)."""
+        return self.text_model.get_input_embeddings()
+
+    def set_input_embeddings(self, value: nn.Module) -> None:
+        self.text_model.set_input_embeddings(value)
+
     # ---------------------------------------------------------------- encoders
 
     def encode_image(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """(N_img, 3, H, W) pixels -> (N_img, L_v, C) tokens: [CLS] (if the backbone has one) then N patches,
-        the `image_embeds` that [`~SepsModel.similarity`] scores.
+        the `image_embeds` that [`~SepsModel.similarity`] scores. The bare-tensor encoder the library uses;
+        [`~SepsModel.get_image_features`] wraps the same tokens in a `ModelOutput`.
 
         A CNN's (N_img, hidden, h, w) feature map becomes h*w patch tokens.
         """
+        return self._encode_image(pixel_values)[1]
+
+    def encode_text(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """(N_txt, L_t) token ids -> (N_txt, L_t, C) token embeddings ([CLS] and [SEP] included), the
+        `text_embeds` (captions) or `dense_embeds` (dense captions) that [`~SepsModel.similarity`] scores. The
+        bare-tensor encoder the library uses; [`~SepsModel.get_text_features`] wraps them in a `ModelOutput`."""
+        return self._encode_text(input_ids, attention_mask, token_type_ids)[1]
+
+    def _encode_image(self, pixel_values: torch.Tensor, **backbone_kwargs) -> tuple[ModelOutput, torch.Tensor]:
+        """The vision backbone's output and the projected (N_img, L_v, C) tokens. `backbone_kwargs`
+        (`output_hidden_states`, `output_attentions`) reach the backbone only when set: a CNN takes no
+        `output_attentions`."""
         self._check_pixel_values(pixel_values)
-        hidden = self.vision_model(pixel_values=pixel_values).last_hidden_state
+        backbone_kwargs = {name: value for name, value in backbone_kwargs.items() if value is not None}
+        outputs = self.vision_model(pixel_values=pixel_values, **backbone_kwargs)
+        hidden = outputs.last_hidden_state
         if hidden.dim() == 4:
             hidden = hidden.flatten(2).transpose(1, 2)
         expected = self.config.num_patches + int(self.config.vision_cls_token)
@@ -782,22 +848,63 @@ class SepsModel(SepsPreTrainedModel):
                 f"{tuple(pixel_values.shape[-2:])}; the config expects {expected} (num_patches="
                 f"{self.config.num_patches}, cls token={self.config.vision_cls_token}): resize the images"
             )
-        return self.vision_projection(hidden)
+        return outputs, self.vision_projection(hidden)
 
-    def encode_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """(N_txt, L_t) token ids -> (N_txt, L_t, C) token embeddings ([CLS] and [SEP] included), the
-        `text_embeds` (captions) or `dense_embeds` (dense captions) that [`~SepsModel.similarity`] scores."""
+    def _encode_text(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None,
+        token_type_ids: torch.Tensor | None,
+        **backbone_kwargs,
+    ) -> tuple[ModelOutput, torch.Tensor, torch.Tensor]:
+        """The text backbone's output, the projected (N_txt, L_t, C) tokens and the checked attention mask."""
         attention_mask = self._check_text_inputs(input_ids, attention_mask, "input_ids", "attention_mask")
-        hidden = self.text_model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-        return self.text_projection(hidden)
+        _check_token_type_ids(token_type_ids, input_ids)
+        backbone_kwargs = {name: value for name, value in backbone_kwargs.items() if value is not None}
+        if token_type_ids is not None:
+            backbone_kwargs["token_type_ids"] = token_type_ids
+        outputs = self.text_model(input_ids=input_ids, attention_mask=attention_mask, **backbone_kwargs)
+        return outputs, self.text_projection(outputs.last_hidden_state), attention_mask
 
-    def get_image_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        """Same as [`~SepsModel.encode_image`]."""
-        return self.encode_image(pixel_values)
+    @can_return_tuple
+    def get_image_features(
+        self,
+        pixel_values: torch.Tensor,
+        output_hidden_states: bool | None = None,
+        output_attentions: bool | None = None,
+    ) -> SepsFeaturesOutput:
+        """The images' features as a `ModelOutput` (CLIP's layout, see [`SepsFeaturesOutput`]): `.embeds` holds
+        the (N_img, L_v, C) tokens of [`~SepsModel.encode_image`], `.pooler_output` their mean over the patches.
+        Accepts `return_dict` (default `config.return_dict`; `False` gives a tuple)."""
+        outputs, embeds = self._encode_image(
+            pixel_values, output_hidden_states=output_hidden_states, output_attentions=output_attentions
+        )
+        return self._image_features_output(outputs, embeds)
 
-    def get_text_features(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """Same as [`~SepsModel.encode_text`]."""
-        return self.encode_text(input_ids, attention_mask)
+    @can_return_tuple
+    def get_text_features(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+        output_hidden_states: bool | None = None,
+        output_attentions: bool | None = None,
+    ) -> SepsFeaturesOutput:
+        """The captions' features as a `ModelOutput` (CLIP's layout, see [`SepsFeaturesOutput`]): `.embeds` holds
+        the (N_txt, L_t, C) tokens of [`~SepsModel.encode_text`], `.pooler_output` their mean over the real
+        tokens. Accepts `return_dict` (default `config.return_dict`; `False` gives a tuple)."""
+        outputs, embeds, attention_mask = self._encode_text(
+            input_ids,
+            attention_mask,
+            token_type_ids,
+            output_hidden_states=output_hidden_states,
+            output_attentions=output_attentions,
+        )
+        return _text_features_output(outputs, embeds, attention_mask)
+
+    def _image_features_output(self, outputs: ModelOutput, embeds: torch.Tensor) -> SepsFeaturesOutput:
+        patches = embeds[:, 1:] if self.config.vision_cls_token else embeds
+        return _features_output(outputs, embeds, patches.mean(dim=1))
 
     # ---------------------------------------------------------------- global embeddings (first stage)
 
@@ -1055,6 +1162,7 @@ class SepsModel(SepsPreTrainedModel):
 
     # ---------------------------------------------------------------- forward
 
+    @can_return_tuple
     def forward(
         self,
         pixel_values: torch.Tensor,
@@ -1066,6 +1174,8 @@ class SepsModel(SepsPreTrainedModel):
         return_loss: bool = False,
         max_violation: bool = True,
         token_type_ids: torch.Tensor | None = None,
+        output_hidden_states: bool | None = None,
+        output_attentions: bool | None = None,
     ) -> SepsOutput:
         """Score every image of the batch against every caption.
 
@@ -1078,8 +1188,12 @@ class SepsModel(SepsPreTrainedModel):
             return_loss: compute the loss; needs paired batches (N_img == N_txt, caption k describes image k).
             max_violation: hardest negative (True) or sum over negatives (the first
                 `config.max_violation_warmup_epochs` epochs).
-            token_type_ids: accepted and ignored (BERT tokenizers emit it, generic Transformers code passes it on;
-                SEPS encodes every caption as one segment).
+            token_type_ids: (N_txt, L_t) segment ids of the captions (BERT tokenizers emit them, all 0 for a
+                caption), passed on to the text backbone.
+            output_hidden_states, output_attentions: return the backbones' hidden states / attentions, in
+                `vision_model_output` and `text_model_output` (default: the backbones' configs).
+
+        `return_dict` (default `config.return_dict`): `False` gives `SepsOutput.to_tuple()`.
         """
         # Every input is checked before the encoders run.
         self._check_pixel_values(pixel_values)
@@ -1095,13 +1209,15 @@ class SepsModel(SepsPreTrainedModel):
                     f"one dense caption per image: {pixel_values.shape[0]} images but {dense_input_ids.shape[0]} "
                     "dense captions"
                 )
+        _check_token_type_ids(token_type_ids, input_ids)
         _check_pairing(pixel_values.shape[0], input_ids.shape[0], image_ids, return_loss)
-        image_embeds = self.encode_image(pixel_values)
-        text_embeds = self.encode_text(input_ids, attention_mask)
+        requested = {"output_hidden_states": output_hidden_states, "output_attentions": output_attentions}
+        vision_outputs, image_embeds = self._encode_image(pixel_values, **requested)
+        text_outputs, text_embeds, _ = self._encode_text(input_ids, attention_mask, token_type_ids, **requested)
         dense_embeds = None
         if dense_input_ids is not None:
             dense_embeds = self.encode_text(dense_input_ids, dense_attention_mask)
-        return self.score_embeddings(
+        output = self.score_embeddings(
             image_embeds,
             text_embeds,
             attention_mask,
@@ -1111,6 +1227,10 @@ class SepsModel(SepsPreTrainedModel):
             return_loss=return_loss,
             max_violation=max_violation,
         )
+        # Item assignment: a ModelOutput only lists (and `to_tuple` only returns) fields set that way or at init.
+        output["vision_model_output"] = self._image_features_output(vision_outputs, image_embeds)
+        output["text_model_output"] = _text_features_output(text_outputs, text_embeds, attention_mask)
+        return output
 
     def score_embeddings(
         self,
@@ -1164,6 +1284,32 @@ def _hidden_size(config: PreTrainedConfig) -> int | None:
         if isinstance(value, int):
             return value
     return None
+
+
+def _features_output(outputs: ModelOutput, embeds: torch.Tensor, pooled: torch.Tensor) -> SepsFeaturesOutput:
+    """A backbone's output with its projected tokens `embeds` and their pooled vector, as [`SepsFeaturesOutput`]."""
+    return SepsFeaturesOutput(
+        last_hidden_state=outputs.last_hidden_state,
+        pooler_output=pooled,
+        hidden_states=getattr(outputs, "hidden_states", None),
+        attentions=getattr(outputs, "attentions", None),
+        embeds=embeds,
+    )
+
+
+def _text_features_output(
+    outputs: ModelOutput, embeds: torch.Tensor, attention_mask: torch.Tensor
+) -> SepsFeaturesOutput:
+    """Captions' features; pooled: the mean of their real tokens."""
+    return _features_output(outputs, embeds, masked_mean(embeds.transpose(1, 2), attention_mask[:, None]))
+
+
+def _check_token_type_ids(token_type_ids: torch.Tensor | None, input_ids: torch.Tensor) -> None:
+    if token_type_ids is not None and (
+        not isinstance(token_type_ids, torch.Tensor) or token_type_ids.shape != input_ids.shape
+    ):
+        shape = tuple(token_type_ids.shape) if isinstance(token_type_ids, torch.Tensor) else type(token_type_ids)
+        raise ValueError(f"token_type_ids {shape} must have the shape of input_ids {tuple(input_ids.shape)}")
 
 
 def _check_pairing(num_images: int, num_texts: int, image_ids: torch.Tensor | None, return_loss: bool) -> None:
@@ -1222,6 +1368,7 @@ def _probe_vision_backbone(vision: PreTrainedModel, image_size: int) -> tuple[in
 __all__ = [
     "SEPS_HEADS",
     "SepsHead",
+    "SepsFeaturesOutput",
     "SepsModel",
     "SepsOfficialHead",
     "SepsOutput",
