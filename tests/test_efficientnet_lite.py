@@ -101,9 +101,7 @@ def test_seps_on_the_pretrained_cnn_saves_and_loads(tmp_path):
     assert isinstance(loaded.vision_model, EfficientNetLiteModel)
     assert isinstance(AutoModel.from_pretrained(tmp_path / "cnn"), EfficientNetLiteModel)
     with torch.no_grad():
-        scores = [
-            m.similarity(m.encode_image(pixels), m.encode_text(ids, mask), mask) for m in (model, loaded)
-        ]
+        scores = [m.similarity(m.encode_image(pixels), m.encode_text(ids, mask), mask) for m in (model, loaded)]
     torch.testing.assert_close(scores[0], scores[1])
     # Remote code, without this package: save_pretrained copies efficientnet_lite.py next to the SEPS code.
     torch.save({"pixels": pixels, "ids": ids, "mask": mask}, tmp_path / "inputs.pt")

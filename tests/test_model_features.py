@@ -32,12 +32,11 @@ def test_get_features_wrap_the_bare_tensors_with_pooled_vectors(variant):
     torch.testing.assert_close(text.embeds, text_tokens)
     # last_hidden_state: the backbones' own (width 32), as CLIP's; the projected tokens are `embeds` (width C).
     assert image.last_hidden_state.shape == (3, 26, 32) and text.last_hidden_state.shape == (4, 8, 32)
-    # pooled: the patches' mean ([CLS] left out) and the mean of each caption's real tokens.
-    torch.testing.assert_close(image.pooler_output, image_tokens[:, 1:].mean(dim=1))
-    lengths = mask.sum(dim=1)
-    expected = torch.stack([text_tokens[k, : lengths[k]].mean(dim=0) for k in range(4)])
-    torch.testing.assert_close(text.pooler_output, expected)
+    # pooled: the global embeddings, the first stage of a two-stage search (unit vectors).
+    torch.testing.assert_close(image.pooler_output, model.global_image_embeds(image_tokens))
+    torch.testing.assert_close(text.pooler_output, model.global_text_embeds(text_tokens, mask))
     assert text.pooler_output.shape == (4, EMBED_DIM)
+    torch.testing.assert_close(text.pooler_output.norm(dim=-1), torch.ones(4))
 
 
 def test_return_dict_false_gives_tuples(variant):

@@ -288,9 +288,8 @@ class SepsFeaturesOutput(BaseModelOutputWithPooling):
     Args:
         last_hidden_state (`torch.FloatTensor` of shape `(N, L, hidden_size)`): the backbone's last hidden state,
             unprojected (a CNN's feature map stays `(N, hidden_size, h, w)`).
-        pooler_output (`torch.FloatTensor` of shape `(N, C)`): the mean of the projected tokens, over the real
-            tokens of a caption (the caption vector SEPS's selection compares patches with, before normalisation)
-            and over the spatial patches of an image ([CLS] left out).
+        pooler_output (`torch.FloatTensor` of shape `(N, C)`): the global embedding, a unit vector (the first
+            stage of a two-stage search: [`~SepsModel.global_image_embeds`] / [`~SepsModel.global_text_embeds`]).
         hidden_states (`tuple(torch.FloatTensor)`, *optional*): the backbone's, with `output_hidden_states=True`.
         attentions (`tuple(torch.FloatTensor)`, *optional*): the backbone's, with `output_attentions=True`.
         embeds (`torch.FloatTensor` of shape `(N, L, C)`): the projected tokens [`~SepsModel.similarity`] scores,
@@ -874,7 +873,7 @@ class SepsModel(SepsPreTrainedModel):
         output_attentions: bool | None = None,
     ) -> SepsFeaturesOutput:
         """The images' features as a `ModelOutput` (CLIP's layout, see [`SepsFeaturesOutput`]): `.embeds` holds
-        the (N_img, L_v, C) tokens of [`~SepsModel.encode_image`], `.pooler_output` their mean over the patches.
+        the (N_img, L_v, C) tokens of [`~SepsModel.encode_image`], `.pooler_output` their global embedding.
         Accepts `return_dict` (default `config.return_dict`; `False` gives a tuple)."""
         outputs, embeds = self._encode_image(
             pixel_values, output_hidden_states=output_hidden_states, output_attentions=output_attentions
@@ -891,8 +890,8 @@ class SepsModel(SepsPreTrainedModel):
         output_attentions: bool | None = None,
     ) -> SepsFeaturesOutput:
         """The captions' features as a `ModelOutput` (CLIP's layout, see [`SepsFeaturesOutput`]): `.embeds` holds
-        the (N_txt, L_t, C) tokens of [`~SepsModel.encode_text`], `.pooler_output` their mean over the real
-        tokens. Accepts `return_dict` (default `config.return_dict`; `False` gives a tuple)."""
+        the (N_txt, L_t, C) tokens of [`~SepsModel.encode_text`], `.pooler_output` their global embedding.
+        Accepts `return_dict` (default `config.return_dict`; `False` gives a tuple)."""
         outputs, embeds, attention_mask = self._encode_text(
             input_ids,
             attention_mask,
@@ -900,11 +899,10 @@ class SepsModel(SepsPreTrainedModel):
             output_hidden_states=output_hidden_states,
             output_attentions=output_attentions,
         )
-        return _text_features_output(outputs, embeds, attention_mask)
+        return _features_output(outputs, embeds, self.global_text_embeds(embeds, attention_mask))
 
     def _image_features_output(self, outputs: ModelOutput, embeds: torch.Tensor) -> SepsFeaturesOutput:
-        patches = embeds[:, 1:] if self.config.vision_cls_token else embeds
-        return _features_output(outputs, embeds, patches.mean(dim=1))
+        return _features_output(outputs, embeds, self.global_image_embeds(embeds))
 
     # ---------------------------------------------------------------- global embeddings (first stage)
 
@@ -1229,7 +1227,9 @@ class SepsModel(SepsPreTrainedModel):
         )
         # Item assignment: a ModelOutput only lists (and `to_tuple` only returns) fields set that way or at init.
         output["vision_model_output"] = self._image_features_output(vision_outputs, image_embeds)
-        output["text_model_output"] = _text_features_output(text_outputs, text_embeds, attention_mask)
+        output["text_model_output"] = _features_output(
+            text_outputs, text_embeds, self.global_text_embeds(text_embeds, attention_mask)
+        )
         return output
 
     def score_embeddings(
@@ -1295,13 +1295,6 @@ def _features_output(outputs: ModelOutput, embeds: torch.Tensor, pooled: torch.T
         attentions=getattr(outputs, "attentions", None),
         embeds=embeds,
     )
-
-
-def _text_features_output(
-    outputs: ModelOutput, embeds: torch.Tensor, attention_mask: torch.Tensor
-) -> SepsFeaturesOutput:
-    """Captions' features; pooled: the mean of their real tokens."""
-    return _features_output(outputs, embeds, masked_mean(embeds.transpose(1, 2), attention_mask[:, None]))
 
 
 def _check_token_type_ids(token_type_ids: torch.Tensor | None, input_ids: torch.Tensor) -> None:
