@@ -207,3 +207,15 @@ def test_a_checkpoint_without_a_trained_first_stage_keeps_mean_pooled_shortlists
     # A checkpoint with its trained first stage keeps it.
     model.save_pretrained(tmp_path / "trained")
     assert SepsModel.from_pretrained(tmp_path / "trained").global_embedding is not None
+
+
+def test_forward_with_return_loss_is_the_whole_objective():
+    """`SepsModel.forward(return_loss=True)` trains the first stage too (as the training objective does)."""
+    model = tiny_model(global_contrastive_weight=0.5).train()
+    pixels, ids, mask = batch(4, 6)
+    output = model(pixel_values=pixels, input_ids=ids, attention_mask=mask, return_loss=True)
+    seps_loss = output.alignment_loss + model.config.ratio_weight * output.ratio_loss
+    torch.testing.assert_close(output.loss, seps_loss + 0.5 * output.global_contrastive_loss)
+    output.loss.backward()
+    for name, parameter in model.global_embedding.named_parameters():
+        assert parameter.grad is not None and parameter.grad.abs().sum() > 0, name

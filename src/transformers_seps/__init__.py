@@ -39,7 +39,7 @@ _LAZY_NAMES = {
         "write_dense_captions",
     ),
     "global_embedding": ("SepsGlobalEmbedding", "global_contrastive_loss"),
-    "loss": ("SepsForRetrievalTraining", "SepsTrainingOutput", "gather_with_grad", "pad_to_global_length"),
+    "loss": ("SepsForRetrievalTraining", "gather_with_grad", "pad_to_global_length"),
     "metrics": ("fold_metrics", "markdown_table", "mean_metrics", "retrieval_metrics"),
     "retrieval": ("RetrievalResult", "SepsRetriever", "score_pairs", "score_processed", "shortlist_and_rerank"),
     "calibration": ("calibration_loss", "fit_logit_scale"),

@@ -5,7 +5,6 @@ gather is the identity. The loss itself is `SepsModel.score_embeddings` (docs/mo
 """
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
@@ -13,7 +12,6 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from .global_embedding import global_contrastive_loss
 from .modeling_seps import SepsModel, SepsOutput
 
 
@@ -63,18 +61,10 @@ def pad_to_global_length(embeds: torch.Tensor, mask: torch.Tensor) -> tuple[torc
     return F.pad(embeds, (0, 0, 0, extra)), F.pad(mask, (0, extra))
 
 
-@dataclass
-class SepsTrainingOutput(SepsOutput):
-    """[`SepsOutput`] of the training objective; `loss` adds `config.global_contrastive_weight` *
-    `global_contrastive_loss` (None without a global embedding) to SEPS's loss."""
-
-    global_contrastive_loss: torch.FloatTensor | None = None
-
-
 class SepsForRetrievalTraining(nn.Module):
-    """Encodes the local batch, gathers the GLOBAL batch with gradients, scores it and returns the loss: SEPS's
-    (Eq. 6-7) plus, for a model with a global embedding, the contrastive loss that trains it (InfoNCE over the
-    global batch, `transformers_seps.global_embedding`).
+    """Encodes the local batch, gathers the GLOBAL batch with gradients, scores it and returns the loss of
+    [`SepsModel.score_embeddings`] on it: SEPS's (Eq. 6-7) plus, for a model with a global embedding, the
+    contrastive loss that trains it (InfoNCE over the global batch, `transformers_seps.global_embedding`).
 
     Wrap this module (not the bare `SepsModel`) with `accelerator.prepare`: everything that touches parameters
     then runs inside one DistributedDataParallel forward. N processes with batch B compute the loss, and after
@@ -152,7 +142,7 @@ class SepsForRetrievalTraining(nn.Module):
         dense_attention_mask: torch.Tensor | None = None,
         max_violation: bool = True,
         selection_seed: int | None = None,
-    ) -> SepsTrainingOutput:
+    ) -> SepsOutput:
         """Loss of the global batch. `selection_seed` seeds the Gumbel decisions, so every process (and a
         resumed run) samples the same ones; None keeps the global random state."""
         model = self.model
@@ -179,14 +169,4 @@ class SepsForRetrievalTraining(nn.Module):
             with torch.random.fork_rng(devices=devices):
                 torch.manual_seed(selection_seed)
                 output = score()
-        if model.global_embedding is None:
-            return SepsTrainingOutput(**output)
-        config = model.config
-        contrastive = global_contrastive_loss(
-            model.global_image_embeds(image_embeds),
-            model.global_text_embeds(text_embeds, text_mask),
-            image_ids,
-            config.global_temperature,
-        )
-        loss = output.loss + config.global_contrastive_weight * contrastive
-        return SepsTrainingOutput(**{**output, "loss": loss, "global_contrastive_loss": contrastive})
+        return output

@@ -21,7 +21,7 @@ from transformers.modeling_outputs import BaseModelOutputWithPooling
 from transformers.utils import ModelOutput, can_return_tuple, logging
 
 from .configuration_seps import SepsConfig, check_positive_int, infer_patch_layout, paper_ratios, vision_image_size
-from .global_embedding import SepsGlobalEmbedding, mean_pooled_embedding
+from .global_embedding import SepsGlobalEmbedding, global_contrastive_loss, mean_pooled_embedding
 from .inputs import check_pretrained_location
 
 logger = logging.get_logger(__name__)
@@ -247,9 +247,12 @@ class SepsOutput(ModelOutput):
     """Output of [`SepsModel.forward`].
 
     Args:
-        loss (`torch.FloatTensor` of shape `()`, *optional*): alignment loss + `ratio_weight` * ratio loss.
+        loss (`torch.FloatTensor` of shape `()`, *optional*): alignment loss + `ratio_weight` * ratio loss
+            (+ `global_contrastive_weight` * global contrastive loss, for a model with a trained first stage).
         alignment_loss (`torch.FloatTensor` of shape `()`, *optional*): the triplet loss (Eq. 6).
         ratio_loss (`torch.FloatTensor` of shape `()`, *optional*): the ratio loss (Eq. 7, unweighted).
+        global_contrastive_loss (`torch.FloatTensor` of shape `()`, *optional*): the InfoNCE loss that trains the
+            first stage (`transformers_seps.global_embedding`, unweighted); None without one.
         logits_per_image (`torch.FloatTensor` of shape `(N_img, N_txt)`): `config.logit_scale` * S(I_j, T_i).
         logits_per_text (`torch.FloatTensor` of shape `(N_txt, N_img)`): its transpose.
         image_embeds (`torch.FloatTensor` of shape `(N_img, L_v, C)`): projected image tokens.
@@ -266,6 +269,7 @@ class SepsOutput(ModelOutput):
     loss: torch.FloatTensor | None = None
     alignment_loss: torch.FloatTensor | None = None
     ratio_loss: torch.FloatTensor | None = None
+    global_contrastive_loss: torch.FloatTensor | None = None
     logits_per_image: torch.FloatTensor | None = None
     logits_per_text: torch.FloatTensor | None = None
     image_embeds: torch.FloatTensor | None = None
@@ -742,8 +746,8 @@ class SepsModel(SepsPreTrainedModel):
         Hub id gives `FileNotFoundError` ("no such folder"), and a damaged (e.g. truncated) `.safetensors` file of
         a local folder gives an `OSError` naming the file.
 
-        A checkpoint saved without a trained first stage (before `global_contrastive_weight` existed) loads without
-        one, so that its shortlists stay the mean-pooled ones rather than an untrained projection's; pass
+        A checkpoint with a trained SEPS head but no first stage (saved before `global_contrastive_weight` existed)
+        loads without one, so that its shortlists stay the mean-pooled ones rather than an untrained projection's; pass
         `global_contrastive_weight` explicitly to add a fresh one for training."""
         if pretrained_model_name_or_path is not None:  # None: weights given as `state_dict`
             folder = check_pretrained_location(pretrained_model_name_or_path, kwargs.get("subfolder") or "")
@@ -754,8 +758,11 @@ class SepsModel(SepsPreTrainedModel):
         model, loading_info = super().from_pretrained(
             pretrained_model_name_or_path, *model_args, output_loading_info=True, **kwargs
         )
-        untrained = [key for key in loading_info["missing_keys"] if key.startswith("global_embedding.")]
-        if untrained and model.global_embedding is not None and not keeps_fresh_global_embedding:
+        missing = loading_info["missing_keys"]
+        untrained = [key for key in missing if key.startswith("global_embedding.")]
+        # A trained SEPS head without a first stage: a checkpoint from before the first stage existed.
+        head_was_loaded = not any(key.startswith("head.") for key in missing)
+        if untrained and head_was_loaded and model.global_embedding is not None and not keeps_fresh_global_embedding:
             logger.warning(
                 "The checkpoint has no trained first stage (%s missing): the shortlist uses mean-pooled tokens "
                 "(global_contrastive_weight set to 0). Pass global_contrastive_weight=... to train a new one.",
@@ -1252,7 +1259,7 @@ class SepsModel(SepsPreTrainedModel):
         scores, sparse_keep_mask, dense_keep_mask = self._score(
             image_embeds, text_embeds, text_attention_mask, dense_embeds, dense_attention_mask, None, True
         )
-        loss = alignment_loss = ratio_loss = None
+        loss = alignment_loss = ratio_loss = contrastive_loss = None
         if return_loss:
             config = self.config
             alignment_loss = vse_triplet_loss(scores, image_ids, config.margin, max_violation)
@@ -1260,12 +1267,21 @@ class SepsModel(SepsPreTrainedModel):
             if dense_keep_mask is not None:
                 ratio_loss = ratio_loss + config.lambda_dense * (config.sparse_ratio - dense_keep_mask.mean()) ** 2
             loss = alignment_loss + config.ratio_weight * ratio_loss
+            if self.global_embedding is not None:
+                contrastive_loss = global_contrastive_loss(
+                    self.global_image_embeds(image_embeds),
+                    self.global_text_embeds(text_embeds, text_attention_mask),
+                    image_ids if image_ids is not None else torch.arange(image_embeds.shape[0], device=scores.device),
+                    config.global_temperature,
+                )
+                loss = loss + config.global_contrastive_weight * contrastive_loss
         # Logits scaled as CLIP's, for a softmax over them; the loss above stays on S (Eq. 6).
         logits = scores * self.config.logit_scale
         return SepsOutput(
             loss=loss,
             alignment_loss=alignment_loss,
             ratio_loss=ratio_loss,
+            global_contrastive_loss=contrastive_loss,
             logits_per_image=logits,
             logits_per_text=logits.t(),
             image_embeds=image_embeds,

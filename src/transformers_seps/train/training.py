@@ -18,9 +18,9 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 # From the package, not its modules: the first use registers the Auto classes, so saved folders get `auto_map`.
-from .. import SepsModel, SepsProcessor
+from .. import SepsModel, SepsOutput, SepsProcessor
 from ..calibration import fit_logit_scale
-from ..loss import SepsForRetrievalTraining, SepsTrainingOutput
+from ..loss import SepsForRetrievalTraining
 from ..metrics import FOLD_SIZE, fold_metrics, markdown_table, mean_metrics, retrieval_metrics
 from .arguments import DEFAULT_SYNTHETIC_ROOT, VIT_SCRATCH, DataArguments, ModelArguments, RetrievalTrainingArguments
 from .backbones import backbone_hub_ids, build_processor, load_text_backbone, load_vision_backbone
@@ -642,7 +642,7 @@ def train_one_epoch(run: TrainingRun, epoch: int, bar: tqdm, checkpoint_every: i
             save_checkpoint(run)
 
 
-def _log_step(run: TrainingRun, output: SepsTrainingOutput, epoch: int, bar: tqdm) -> None:
+def _log_step(run: TrainingRun, output: SepsOutput, epoch: int, bar: tqdm) -> None:
     learning_rate = run.scheduler.get_last_lr()[0]
     bar.update(1)
     bar.set_postfix(loss=f"{output.loss.item():.3f}", lr=f"{learning_rate:.2e}", epoch=epoch)
