@@ -2,6 +2,7 @@
 
 import json
 import os
+import runpy
 import shutil
 import subprocess
 import sys
@@ -13,7 +14,7 @@ import torch
 from conftest import tiny_model_with_processor
 from PIL import Image
 
-from transformers_seps import SepsModel
+from transformers_seps import SepsModel, SepsProcessor
 from transformers_seps.index import MANIFEST_FILE, StoredGallery, model_fingerprint
 from transformers_seps.retrieval import SepsRetriever
 from transformers_seps.train import indexing
@@ -268,39 +269,46 @@ def run_build_script(*arguments: str, processes: int = 1) -> subprocess.Complete
 @pytest.mark.slow
 def test_two_processes_split_the_shards_and_give_the_index_of_one(saved_models, tiny_synthetic, tmp_path):
     model = SepsModel.from_pretrained(saved_models["paper"]).eval()
-    results = {}
-    for processes in (1, 2):
-        directory = tmp_path / f"index{processes}"
-        result = run_build_script(
-            "--model", str(saved_models["paper"]), "--data_root", str(tiny_synthetic), "--dataset", "synthetic",
-            "--output_dir", str(directory), "--shard_size", "3", "--dtype", "float32", processes=processes,
-        )  # fmt: skip
-        assert result.returncode == 0, result.stderr[-3000:]
-        assert "8 images in 3 shard(s)" in result.stdout
-        results[processes] = SepsRetriever.load(directory, model).search(SYNTHETIC_QUERIES, top_k=8)
-    assert torch.equal(results[2].indices, results[1].indices)
-    torch.testing.assert_close(results[2].scores, results[1].scores, atol=1e-5, rtol=0)
+    processor = SepsProcessor.from_pretrained(saved_models["paper"])
+    build_index(model, processor, split_source(tiny_synthetic), tmp_path / "index1", shard_size=3, dtype=torch.float32)
+    result = run_build_script(
+        "--model", str(saved_models["paper"]), "--data_root", str(tiny_synthetic), "--dataset", "synthetic",
+        "--output_dir", str(tmp_path / "index2"), "--shard_size", "3", "--dtype", "float32", processes=2,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "8 images in 3 shard(s)" in result.stdout
+    one, two = (
+        SepsRetriever.load(tmp_path / name, model).search(SYNTHETIC_QUERIES, top_k=8) for name in ("index1", "index2")
+    )
+    assert torch.equal(two.indices, one.indices)
+    torch.testing.assert_close(two.scores, one.scores, atol=1e-5, rtol=0)
 
 
-@pytest.mark.slow
-def test_build_script_errors_are_one_line(saved_models, tiny_synthetic, tmp_path):
-    common = ["--model", str(saved_models["paper"]), "--output_dir", str(tmp_path / "index")]
-    for arguments, message in (
+@pytest.mark.parametrize(
+    "arguments, message",
+    [
         ([], "give either --image_root"),
-        (["--data_root", str(tiny_synthetic)], "--data_root needs --dataset"),
-        (["--image_root", str(tmp_path / "nowhere")], "--image_root"),
-        (["--image_root", str(tiny_synthetic / "images"), "--shard_size", "0"], "--shard_size must be a positive"),
-    ):
-        result = run_build_script(*common, *arguments)
-        assert result.returncode == 2, result.stderr[-2000:]
-        assert message in result.stderr and "Traceback" not in result.stderr
+        (["--data_root", "{synthetic}"], "--data_root needs --dataset"),
+        (["--image_root", "{tmp}/nowhere"], "--image_root"),
+        (["--image_root", "{synthetic}/images", "--shard_size", "0"], "--shard_size must be a positive"),
+    ],
+)
+def test_build_script_errors_are_one_line(saved_models, tiny_synthetic, tmp_path, capsys, arguments, message):
+    main = runpy.run_path(str(Path(__file__).resolve().parents[1] / "examples" / "build_index.py"))["main"]
+    places = {"synthetic": str(tiny_synthetic), "tmp": str(tmp_path)}
+    argv = ["--model", str(saved_models["paper"]), "--output_dir", str(tmp_path / "index")]
+    with pytest.raises(SystemExit) as exit_info:
+        main([*argv, *(argument.format(**places) for argument in arguments)])
+    assert exit_info.value.code == 2
+    stderr = capsys.readouterr().err
+    assert message in stderr and "Traceback" not in stderr and len(stderr.strip().splitlines()) == 1
 
 
 @pytest.mark.slow
-def test_bench_index_stores_float16_tokens_in_half_the_disk_of_float32(tmp_path):
+def test_bench_index_reports_the_disk_of_float16_tokens(tmp_path):
     benchmarks = Path(__file__).resolve().parents[1] / "benchmarks"
     sizes = {}
-    for dtype in ("float16", "float32"):
+    for dtype in ("float16",):  # float32's disk: test_a_float16_index_ranks_like_the_float32_one
         result = subprocess.run(
             [
                 sys.executable, "bench_index.py", "--sizes", "120", "--shortlist_sizes", "5", "10", "--queries", "2",
@@ -313,4 +321,4 @@ def test_bench_index_stores_float16_tokens_in_half_the_disk_of_float32(tmp_path)
         sizes[dtype] = float(row.split("|")[2].split()[0])  # KB per image
         assert not list((tmp_path / dtype).iterdir())  # the benchmark deletes what it built
     # 197 x 512 tokens: 197 KB in float16, 394 KB in float32, plus the 2 KB global embedding and the headers.
-    assert 197 <= sizes["float16"] <= 205 and 394 <= sizes["float32"] <= 402
+    assert 197 <= sizes["float16"] <= 205
