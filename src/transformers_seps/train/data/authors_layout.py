@@ -15,8 +15,8 @@ One dataset folder `data_root` (the authors' `data/f30k`, `data/coco`) holds, fo
 Splits are train/dev/test (Flickr30K) and train/dev/testall (COCO). The authors ship no dense-caption file for
 dev: such a split loads with `dense_captions=None` (the model's dense terms drop out).
 
-A dense caption belongs to the image it describes, always (docs/model.md, section 2): every caption row carries the dense
-caption of ITS OWN image, and every image row the dense caption of that image.
+A dense caption belongs to the image it describes, always (docs/model.md, section 2): every caption row carries the
+dense caption of ITS OWN image, and every image row the dense caption of that image.
 """
 
 from __future__ import annotations
