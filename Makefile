@@ -16,8 +16,8 @@ $(STAMP): setup.cfg pyproject.toml constraints.txt
 install: $(STAMP)
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check src tests benchmarks examples metrics demo
-	$(VENV)/bin/ruff format --check src tests benchmarks examples metrics demo
+	$(VENV)/bin/ruff check --no-cache src tests benchmarks examples metrics demo
+	$(VENV)/bin/ruff format --no-cache --check src tests benchmarks examples metrics demo
 
 # Transformers' common test suites (its wheel has none): the installed release's source archive from PyPI, kept in
 # .cache/ (downloaded once; tests/transformers_common/__init__.py tells how they are loaded).
