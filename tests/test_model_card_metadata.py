@@ -28,7 +28,12 @@ from transformers_seps.train.arguments import (
 )
 from transformers_seps.train.cli import UsageError
 from transformers_seps.train.evaluation import run_evaluation
-from transformers_seps.train.model_card import HUB_DATASETS, PIPELINE_TAG, model_index_results
+from transformers_seps.train.model_card import (
+    HUB_DATASETS,
+    PIPELINE_TAG,
+    model_index_results,
+    render_trained_model_card,
+)
 from transformers_seps.train.training import run_training
 
 __all__ = ["tiny_backbones"]  # a fixture of test_authors_layout, used here
@@ -158,3 +163,25 @@ def test_training_writes_a_card_with_the_test_results(tiny_backbones, tmp_path: 
     assert values["Image-to-text R@1"][0] == round(results["i2t_r1"], 2)
     assert all(args == {"dense_pairing": "image"} for _, args in values.values())
     assert "| best dev epoch (rSum) | 0 (" in card.text
+
+
+@pytest.mark.parametrize(
+    ("dataset", "dense_pairing", "claims", "not_claimed"),
+    [
+        ("synthetic", "none", ["every test image", "without dense captions"], ["Flickr30K", "MS-COCO", "own dense"]),
+        ("f30k", "image", ["Flickr30K 1K test", "its own dense caption"], ["MS-COCO", "without dense"]),
+        ("coco", "image", ["MS-COCO 5K test", "five 1K folds"], ["Flickr30K"]),
+    ],
+)
+def test_the_card_states_the_protocol_of_its_own_data_and_pairing(
+    dataset: str, dense_pairing: str, claims: list[str], not_claimed: list[str]
+):
+    card = render_trained_model_card(
+        "run", "org/run", dataset, {"data": dataset}, eval_results=metrics(1.0), dense_pairing=dense_pairing
+    )
+    results = card.split("## Results", 1)[1].split("## How to score pairs", 1)[0].replace("\n", " ")
+    for text in claims:
+        assert text in results
+    for text in not_claimed:
+        assert text not in results
+    assert "the the" not in results

@@ -106,7 +106,7 @@ def card_metadata(
 def our_results_text(eval_results: Mapping[str, Any], dataset: str | None, dense_pairing: str) -> str:
     """Our measured results: the protocol in words and the table (the card's `model-index` holds the same)."""
     whole, folds = honest_metrics(eval_results)
-    test_set = _TEST_SETS.get(dataset, "the test split")
+    test_set = _TEST_SETS.get(dataset, "test split")
     intro = (
         f"**Ours**, measured on the {test_set} with `transformers_seps` (the protocol below: "
         f"{DENSE_PAIRING_PROTOCOLS[dense_pairing]}); the card's `model-index` holds the same numbers."
@@ -115,6 +115,24 @@ def our_results_text(eval_results: Mapping[str, Any], dataset: str | None, dense
     if folds is not None:
         table += "\n" + markdown_table(folds, "1K folds (mean of 5)").split("\n", 2)[2]
     return textwrap.fill(intro, width=CARD_WIDTH) + "\n\n" + table
+
+
+def protocol_text(dataset: str, dense_pairing: str) -> str:
+    """How the test results of a card were measured: the test set, and how dense captions were paired."""
+    test_sets = {
+        "f30k": "Flickr30K 1K test (1000 images x 5000 captions)",
+        "coco": "MS-COCO 5K test (5000 images x 25000 captions) and the mean of its five 1K folds",
+    }
+    test_set = test_sets.get(dataset, "every test image against every test caption")
+    pairing = {
+        "image": "Each candidate image is scored with its own dense caption, never with that of the image a caption "
+        "was written for",
+        "none": "The model was trained and tested without dense captions",
+    }[dense_pairing]
+    return (
+        f"Protocol: {test_set}; image-to-text counts the best of an image's captions. {pairing} "
+        "(`examples/evaluate_retrieval.py`)."
+    )
 
 
 def render_trained_model_card(
@@ -149,11 +167,7 @@ def render_trained_model_card(
         "with `examples/train_retrieval.py` of transformers-seps; the checkpoint is the epoch with the best rSum on "
         "the dev split."
     )
-    protocol = (
-        "Protocol: Flickr30K 1K test (1000 images x 5000 captions), MS-COCO 5K test and the mean of its five 1K "
-        "folds; image-to-text counts the best of an image's 5 captions. Each candidate image is scored with its own "
-        "dense caption, never with that of the image a caption was written for (`examples/evaluate_retrieval.py`)."
-    )
+    protocol = protocol_text(dataset, dense_pairing)
     measured = (
         our_results_text(eval_results, dataset, dense_pairing)
         if eval_results is not None
