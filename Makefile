@@ -26,11 +26,11 @@ common-tests: $(STAMP)
 
 # SEPS_REQUIRE_COMMON_TESTS=1: tests/test_transformers_common.py fails (instead of skipping) without those suites.
 test: lint common-tests
-	SEPS_REQUIRE_COMMON_TESTS=1 $(PY) -m pytest -q
+	SEPS_REQUIRE_COMMON_TESTS=1 $(PY) -m pytest -q -n 2
 
 # The inner loop: everything but the tests marked slow (subprocesses, several processes, the notebook).
 test-fast: lint
-	$(PY) -m pytest -q -m "not slow"
+	$(PY) -m pytest -q -n 2 -m "not slow"
 
 # Trains on the synthetic benchmark with backbones that need no download, then prints the test table.
 demo: $(STAMP)

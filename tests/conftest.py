@@ -1,10 +1,18 @@
 """Shared fixtures: tiny backbones built from configs (nothing is downloaded)."""
 
+import os
+
 import pytest
 import torch
 from transformers import BertConfig, SwinConfig, ViTConfig
 
 from transformers_seps import SepsConfig, SepsModel
+
+# `make test` runs two pytest-xdist workers on the two cores: each worker, and each process it starts, takes one
+# thread (two threads each would oversubscribe the cores).
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ["OMP_NUM_THREADS"] = "1"
+    torch.set_num_threads(1)
 
 EMBED_DIM = 24
 VOCAB_SIZE = 120
