@@ -50,6 +50,7 @@ def main() -> None:
     parser.add_argument("--captions", type=int, default=48)
     parser.add_argument("--rounds", type=int, default=40)
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument("--no_dense", action="store_true", help="score without dense captions (the caption branch)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     reuse_freed_cpu_memory()
@@ -57,11 +58,12 @@ def main() -> None:
     images = torch.randn(args.images, 197, 512, generator=generator)
     texts = torch.randn(args.captions, 16, 512, generator=generator)
     text_mask = torch.ones(args.captions, 16, dtype=torch.long)
-    dense = torch.randn(args.images, 128, 512, generator=generator)
-    dense_mask = torch.ones(args.images, 128, dtype=torch.long)
+    dense = None if args.no_dense else torch.randn(args.images, 128, 512, generator=generator)
+    dense_mask = None if args.no_dense else torch.ones(args.images, 128, dtype=torch.long)
     print(
         f"torch {torch.__version__}, {args.threads} threads, {args.images} images x {args.captions} captions, "
-        f"{args.rounds} rounds, this checkout against {args.rev}"
+        f"{args.rounds} rounds, {'without' if args.no_dense else 'with'} dense captions, this checkout against "
+        f"{args.rev}"
     )
     with tempfile.TemporaryDirectory() as folder:
         earlier = modeling_at(args.rev, Path(folder))
