@@ -412,6 +412,30 @@ def kept_softmax(
     return torch.where(underflow, exact, weights / torch.where(underflow, torch.ones_like(total), total))
 
 
+# Blocks of `SepsModel.similarity` when neither its `chunk_size` nor `config.similarity_chunk_size` is set (README,
+# Speed, knobs): on CPU the fastest block measured; on CUDA as many pairs as fit in this share of the free memory.
+CPU_CHUNK_SIZE = 256
+CUDA_MEMORY_SHARE = 0.5
+# A block holds at least this many images when it can (a block of fewer captions, sorted by length, pads less).
+_IMAGES_PER_BLOCK = 8
+
+
+def default_similarity_chunk_size(config: SepsConfig, device: torch.device, max_words: int) -> int:
+    """Pairs per block for captions of at most `max_words` tokens on `device`: `CPU_CHUNK_SIZE` on any device but
+    CUDA; on CUDA the pairs whose float32 intermediates fill `CUDA_MEMORY_SHARE` of the free memory (at least 1).
+
+    Per pair, the largest intermediates of `SepsHead.score_block` are the (N_c, N) weights, weights x Gram matrix
+    and their product (all-patch path), the (K, N) Gram rows (kept-patch path) and the (N, W) patch-word products
+    with their kept rows.
+    """
+    if device.type != "cuda":
+        return CPU_CHUNK_SIZE
+    free_bytes, _ = torch.cuda.mem_get_info(device)
+    patches, kept = config.num_patches, config.num_kept_patches
+    floats_per_pair = 3 * config.num_aggregated_patches * patches + kept * patches + 2 * patches * max_words
+    return max(1, int(free_bytes * CUDA_MEMORY_SHARE) // (4 * floats_per_pair))
+
+
 def _kept_rows(values: torch.Tensor, kept: torch.Tensor) -> torch.Tensor:
     """Each pair's kept rows of per-image values: `values` (I, N, T_v, ...), with T_v = 1 (rows shared by the
     block's texts) or T (one row per text), and `kept` (I, T, K) patch indices -> (I, T, K, ...)."""
@@ -1051,9 +1075,17 @@ class SepsModel(SepsPreTrainedModel):
             return self.head.prepare_images(image_embeds[:, 1:], image_embeds[:, 0], dense)
         return self.head.prepare_images(image_embeds, None, dense)
 
-    def _pair_block_size(self, num_texts: int, chunk_size: int | None) -> tuple[int, int]:
-        chunk = chunk_size or self.config.similarity_chunk_size
-        texts_per_block = min(num_texts, chunk)
+    def _chunk_size(self, chunk_size: int | None, device: torch.device, max_words: int) -> int:
+        """Pairs per block: `chunk_size`, else `config.similarity_chunk_size`, else chosen from the device."""
+        return (
+            chunk_size
+            or self.config.similarity_chunk_size
+            or default_similarity_chunk_size(self.config, device, max_words)
+        )
+
+    def _pair_block_size(self, num_texts: int, chunk: int) -> tuple[int, int]:
+        """(images, captions) per block of `chunk` pairs: captions up to a share of the block, images the rest."""
+        texts_per_block = min(num_texts, max(1, chunk // _IMAGES_PER_BLOCK))
         return max(1, chunk // texts_per_block), texts_per_block
 
     def _score(
@@ -1108,7 +1140,9 @@ class SepsModel(SepsPreTrainedModel):
         length_order = torch.argsort(text_attention_mask.sum(dim=1), stable=True)
         text_side = _TextSide.from_embeddings(text_embeds, text_attention_mask)[length_order]
         num_images, num_texts = image_embeds.shape[0], text_embeds.shape[0]
-        images_per_block, texts_per_block = self._pair_block_size(num_texts, chunk_size)
+        device = image_embeds.device
+        chunk = self._chunk_size(chunk_size, device, text_embeds.shape[1])
+        images_per_block, texts_per_block = self._pair_block_size(num_texts, chunk)
 
         rows, mask_rows = [], []
         for image_start in range(0, num_images, images_per_block):
@@ -1128,7 +1162,8 @@ class SepsModel(SepsPreTrainedModel):
         sparse_masks = torch.cat(mask_rows, dim=0)[:, original_order] if return_masks else None
 
         if dense is not None:
-            dense_column = self.head.dense_branch(image_side, dense, chunk_size or self.config.similarity_chunk_size)
+            dense_chunk = self._chunk_size(chunk_size, device, dense_embeds.shape[1])
+            dense_column = self.head.dense_branch(image_side, dense, dense_chunk)
             if dense_column is not None:
                 scores = scores + dense_column
         return scores, sparse_masks, image_side.dense_keep_mask
@@ -1152,8 +1187,9 @@ class SepsModel(SepsPreTrainedModel):
             dense_embeds: (N_img, L_d, C), ONE dense caption per image, the image's own (docs/model.md, section 2).
                 Without it the dense terms drop out.
             dense_attention_mask: (N_img, L_d).
-            chunk_size: pairs scored at once (default `config.similarity_chunk_size`); memory is
-                O(chunk_size * (N_c * N + L * C)), never N_img * N_txt * N * C.
+            chunk_size: pairs scored at once (default `config.similarity_chunk_size`, else chosen from the device:
+                `default_similarity_chunk_size`); memory is O(chunk_size * (N_c * N + N * L_t)), never
+                N_img * N_txt * N * C.
             dtype: `torch.bfloat16` runs the two large products of the scoring (patches x words, weights x Gram
                 matrix) in bfloat16, faster where the hardware has bfloat16 matrix units (CUDA, CPUs with AMX or
                 AVX512-BF16; much slower on others) at a cost in precision (README, Speed); the selection, the
@@ -1443,6 +1479,7 @@ __all__ = [
     "SepsRelevanceHead",
     "SepsTokenAggregator",
     "gumbel_keep_mask",
+    "default_similarity_chunk_size",
     "kept_aggregation_weights",
     "kept_softmax",
     "masked_softmax",
