@@ -70,7 +70,10 @@ def main() -> None:
         for variant in ("official", "paper"):
             vision = ViTConfig(hidden_size=512, num_hidden_layers=1, num_attention_heads=8, intermediate_size=64)
             text = BertConfig(hidden_size=512, num_hidden_layers=1, num_attention_heads=8, intermediate_size=64)
-            config = SepsConfig(vision_config=vision, text_config=text, embed_dim=512, variant=variant)
+            # The CPU default block, set explicitly: earlier revisions have no default chosen from the device.
+            config = SepsConfig(
+                vision_config=vision, text_config=text, embed_dim=512, variant=variant, similarity_chunk_size=256
+            )
             torch.manual_seed(0)
             models = {"now": SepsModel(config).eval(), args.rev: earlier.SepsModel(config).eval()}
             # The earlier revision kept the variant's parameters at the top level (no `head.` prefix).
