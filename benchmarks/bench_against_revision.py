@@ -70,12 +70,11 @@ def main() -> None:
         for variant in ("official", "paper"):
             vision = ViTConfig(hidden_size=512, num_hidden_layers=1, num_attention_heads=8, intermediate_size=64)
             text = BertConfig(hidden_size=512, num_hidden_layers=1, num_attention_heads=8, intermediate_size=64)
-            # The CPU default block, set explicitly: earlier revisions have no default chosen from the device.
-            config = SepsConfig(
-                vision_config=vision, text_config=text, embed_dim=512, variant=variant, similarity_chunk_size=256
-            )
+            config = SepsConfig(vision_config=vision, text_config=text, embed_dim=512, variant=variant)
+            # Each version with its own default block: earlier revisions had 256 in the config, none from the device.
+            earlier_config = SepsConfig(**{**config.to_dict(), "similarity_chunk_size": 256})
             torch.manual_seed(0)
-            models = {"now": SepsModel(config).eval(), args.rev: earlier.SepsModel(config).eval()}
+            models = {"now": SepsModel(config).eval(), args.rev: earlier.SepsModel(earlier_config).eval()}
             # The earlier revision kept the variant's parameters at the top level (no `head.` prefix).
             weights = models["now"].state_dict()
             if not any(key.startswith("head.") for key in models[args.rev].state_dict()):

@@ -19,7 +19,7 @@ def cuda_with_free_memory(free_bytes: int):
 
 def test_on_cpu_the_default_block_is_the_measured_one():
     config = tiny_config("official")
-    assert default_similarity_chunk_size(config, torch.device("cpu"), max_words=16) == CPU_CHUNK_SIZE == 256
+    assert default_similarity_chunk_size(config, torch.device("cpu"), max_words=16) == CPU_CHUNK_SIZE == 512
 
 
 def test_on_cuda_the_default_block_fills_a_share_of_the_free_memory():
@@ -58,7 +58,7 @@ def test_an_explicit_block_wins_over_the_config_which_wins_over_the_device():
 
 @pytest.mark.parametrize(
     ("num_texts", "chunk", "expected"),
-    [(64, 256, (8, 32)), (5, 256, (51, 5)), (64, 4, (4, 1)), (1000, 100000, (100, 1000))],
+    [(64, 256, (8, 32)), (64, 512, (8, 64)), (5, 256, (51, 5)), (64, 4, (4, 1)), (1000, 100000, (100, 1000))],
 )
 def test_a_block_holds_several_images_and_a_share_of_the_captions(num_texts, chunk, expected):
     images_per_block, texts_per_block = tiny_model("official")._pair_block_size(num_texts, chunk)

@@ -191,7 +191,7 @@ class SepsConfig(PreTrainedConfig):
             Temperature of that contrastive loss (logits are cosine / temperature).
         similarity_chunk_size (`int`, *optional*):
             Image-caption pairs scored at once by `SepsModel.similarity`; bounds its memory. None (the default)
-            chooses from the device (`transformers_seps.modeling_seps.default_similarity_chunk_size`): 256 on CPU,
+            chooses from the device (`transformers_seps.modeling_seps.default_similarity_chunk_size`): 512 on CPU,
             the fastest measured (`benchmarks/bench_similarity.py --chunk_sizes ...`, README, Speed); on CUDA as
             many pairs as fit in half the free memory. A value set here (or `similarity(chunk_size=...)`) wins.
         initializer_range (`float`, defaults to 0.02):

@@ -414,7 +414,7 @@ def kept_softmax(
 
 # Blocks of `SepsModel.similarity` when neither its `chunk_size` nor `config.similarity_chunk_size` is set (README,
 # Speed, knobs): on CPU the fastest block measured; on CUDA as many pairs as fit in this share of the free memory.
-CPU_CHUNK_SIZE = 256
+CPU_CHUNK_SIZE = 512
 CUDA_MEMORY_SHARE = 0.5
 # A block holds at least this many images when it can (a block of fewer captions, sorted by length, pads less).
 _IMAGES_PER_BLOCK = 8
