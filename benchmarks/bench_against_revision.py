@@ -50,6 +50,7 @@ def main() -> None:
     parser.add_argument("--captions", type=int, default=48)
     parser.add_argument("--rounds", type=int, default=40)
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument("--no_dense", action="store_true", help="score without dense captions (the caption branch)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     reuse_freed_cpu_memory()
@@ -57,11 +58,12 @@ def main() -> None:
     images = torch.randn(args.images, 197, 512, generator=generator)
     texts = torch.randn(args.captions, 16, 512, generator=generator)
     text_mask = torch.ones(args.captions, 16, dtype=torch.long)
-    dense = torch.randn(args.images, 128, 512, generator=generator)
-    dense_mask = torch.ones(args.images, 128, dtype=torch.long)
+    dense = None if args.no_dense else torch.randn(args.images, 128, 512, generator=generator)
+    dense_mask = None if args.no_dense else torch.ones(args.images, 128, dtype=torch.long)
     print(
         f"torch {torch.__version__}, {args.threads} threads, {args.images} images x {args.captions} captions, "
-        f"{args.rounds} rounds, this checkout against {args.rev}"
+        f"{args.rounds} rounds, {'without' if args.no_dense else 'with'} dense captions, this checkout against "
+        f"{args.rev}"
     )
     with tempfile.TemporaryDirectory() as folder:
         earlier = modeling_at(args.rev, Path(folder))
@@ -69,8 +71,10 @@ def main() -> None:
             vision = ViTConfig(hidden_size=512, num_hidden_layers=1, num_attention_heads=8, intermediate_size=64)
             text = BertConfig(hidden_size=512, num_hidden_layers=1, num_attention_heads=8, intermediate_size=64)
             config = SepsConfig(vision_config=vision, text_config=text, embed_dim=512, variant=variant)
+            # Each version with its own default block: earlier revisions had 256 in the config, none from the device.
+            earlier_config = SepsConfig(**{**config.to_dict(), "similarity_chunk_size": 256})
             torch.manual_seed(0)
-            models = {"now": SepsModel(config).eval(), args.rev: earlier.SepsModel(config).eval()}
+            models = {"now": SepsModel(config).eval(), args.rev: earlier.SepsModel(earlier_config).eval()}
             # The earlier revision kept the variant's parameters at the top level (no `head.` prefix).
             weights = models["now"].state_dict()
             if not any(key.startswith("head.") for key in models[args.rev].state_dict()):

@@ -13,9 +13,11 @@ median over the rounds. Rows:
 
 `--dtype bfloat16` runs `similarity(dtype=torch.bfloat16)`; the loop stays float32, so the difference is the
 bfloat16 path's error. `--profile` prints where `similarity` spends its time on the caption branch.
+`--chunk_sizes A B ... [--thread_counts 1 2]` instead times `similarity` on the official caption branch for each
+block size and thread count, in alternating rounds (the knobs of the README's Speed section), and exits.
 
     .venv/bin/python benchmarks/bench_similarity.py [--images 128 --captions 64 --reference_captions 16]
-        [--rounds 5] [--threads 2] [--dtype bfloat16] [--profile]
+        [--rounds 5] [--threads 2] [--dtype bfloat16] [--profile] [--chunk_sizes 64 256 1024 --thread_counts 1 2]
 """
 
 import argparse
@@ -86,6 +88,26 @@ def profile_table(function, rows: int = 12) -> str:
     return recorded.key_averages(group_by_input_shape=True).table(sort_by="self_cpu_time_total", row_limit=rows)
 
 
+def knob_table(images: torch.Tensor, texts: torch.Tensor, text_mask: torch.Tensor, args: argparse.Namespace) -> None:
+    """Pairs/s of `similarity` on the official caption branch for each block size and thread count."""
+    model = build_model("official", args.embed_dim)
+    settings = [
+        (chunk, threads) for threads in args.thread_counts or [torch.get_num_threads()] for chunk in args.chunk_sizes
+    ]
+
+    def timed(chunk: int, threads: int):
+        torch.set_num_threads(threads)
+        return model.similarity(images, texts, text_mask, chunk_size=chunk)
+
+    with torch.no_grad():
+        timed(args.chunk_sizes[0], torch.get_num_threads())  # warm-up
+        _, median = interleaved({setting: lambda setting=setting: timed(*setting) for setting in settings}, args.rounds)
+    print("| chunk_size | threads | pairs/s |")
+    print("| ---: | ---: | ---: |")
+    for chunk, threads in settings:
+        print(f"| {chunk} | {threads} | {images.shape[0] * texts.shape[0] / median[chunk, threads]:,.0f} |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--images", type=int, default=128)
@@ -100,6 +122,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     parser.add_argument("--dtype", choices=DTYPES, default="float32", help="scoring dtype of similarity()")
     parser.add_argument("--profile", action="store_true", help="profile similarity() on the caption branch")
+    parser.add_argument("--chunk_sizes", type=int, nargs="+", help="time these block sizes instead (knobs)")
+    parser.add_argument("--thread_counts", type=int, nargs="+", help="with --chunk_sizes: these thread counts")
     args = parser.parse_args()
     dtype = getattr(torch, args.dtype)
     if args.threads:
@@ -113,6 +137,13 @@ def main() -> None:
     )
     dense = torch.randn(args.images, args.dense_tokens, args.embed_dim, generator=generator)
     dense_mask = torch.ones(args.images, args.dense_tokens, dtype=torch.long)
+    if args.chunk_sizes:
+        print(
+            f"torch {torch.__version__}; {args.images} images x {args.captions} captions of "
+            f"{args.min_caption_tokens}-{args.caption_tokens} tokens, {args.rounds} alternating rounds, median"
+        )
+        knob_table(images, texts, text_mask, args)
+        return
     subset = slice(0, args.reference_captions)
     reference_pairs, pairs = args.images * args.reference_captions, args.images * args.captions
 

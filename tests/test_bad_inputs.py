@@ -121,7 +121,7 @@ BAD_INPUTS: list[tuple[str, Callable[[Context], Any], type[Exception], str]] = [
         "config-int-float",
         lambda c: tiny_config(similarity_chunk_size=2.5),
         ValueError,
-        r"similarity_chunk_size must be an integer >= 1, got 2.5 \(float\)",
+        r"similarity_chunk_size must be an integer >= 1 or None, got 2.5 \(float\)",
     ),
     (
         "config-topk-str",

@@ -97,7 +97,8 @@ _FIELD_RULES: tuple[tuple[tuple[str, ...], type, str, Callable[[Any], bool], boo
         False,
     ),
     (("beta",), float, "in [0, 0.5] (Eq. 3 weights 1 - 2*beta)", lambda v: 0 <= v <= 0.5, False),
-    (("embed_dim", "relevance_topk", "similarity_chunk_size"), int, "an integer >= 1", lambda v: v >= 1, False),
+    (("embed_dim", "relevance_topk"), int, "an integer >= 1", lambda v: v >= 1, False),
+    (("similarity_chunk_size",), int, "an integer >= 1 or None", lambda v: v >= 1, True),
     (("max_violation_warmup_epochs",), int, "an integer >= 0", lambda v: v >= 0, False),
     (("gumbel_tau", "logit_scale", "global_temperature"), float, "> 0", lambda v: v > 0, False),
     (
@@ -188,9 +189,11 @@ class SepsConfig(PreTrainedConfig):
             the untrained cosine of mean-pooled SEPS tokens (the authors' converted checkpoints).
         global_temperature (`float`, defaults to 0.05):
             Temperature of that contrastive loss (logits are cosine / temperature).
-        similarity_chunk_size (`int`, defaults to 256):
-            Image-caption pairs scored at once by `SepsModel.similarity`; bounds its memory. Small blocks keep
-            the per-pair tensors in the CPU cache (`benchmarks/bench_similarity.py --chunk_size N` measures it).
+        similarity_chunk_size (`int`, *optional*):
+            Image-caption pairs scored at once by `SepsModel.similarity`; bounds its memory. None (the default)
+            chooses from the device (`transformers_seps.modeling_seps.default_similarity_chunk_size`): 512 on CPU,
+            the fastest measured (`benchmarks/bench_similarity.py --chunk_sizes ...`, README, Speed); on CUDA as
+            many pairs as fit in half the free memory. A value set here (or `similarity(chunk_size=...)`) wins.
         initializer_range (`float`, defaults to 0.02):
             Kept for Transformers' initialisation helpers; the SEPS head uses Xavier-uniform linear layers.
         logit_scale (`float`, defaults to 1.0):
@@ -230,7 +233,7 @@ class SepsConfig(PreTrainedConfig):
     lambda_dense: float = 1.0
     global_contrastive_weight: float = 1.0
     global_temperature: float = 0.05
-    similarity_chunk_size: int = 256
+    similarity_chunk_size: int | None = None
     initializer_range: float = 0.02
     logit_scale: float = 1.0
 

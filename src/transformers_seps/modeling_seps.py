@@ -70,8 +70,13 @@ def masked_softmax(logits: torch.Tensor, keep_mask: torch.Tensor, dim: int = -1)
 
 def top_k_keep_mask(scores: torch.Tensor, k: int) -> torch.Tensor:
     """Float mask (..., N) with ones at the k highest scores of the last dimension (inference decisions)."""
+    return _top_k_selection(scores, k)[0]
+
+
+def _top_k_selection(scores: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """`top_k_keep_mask(scores, k)` and the (..., k) indices of the kept entries."""
     indices = scores.topk(k, dim=-1).indices
-    return torch.zeros_like(scores).scatter(-1, indices, 1.0)
+    return torch.zeros_like(scores).scatter(-1, indices, 1.0), indices
 
 
 def gumbel_keep_mask(keep_probability: torch.Tensor, tau: float) -> torch.Tensor:
@@ -222,16 +227,24 @@ def _cosine_with_words(weights: torch.Tensor, patch_words: torch.Tensor, gram: t
     results and everything after them in float32.
 
     Args:
-        weights: (I, T, K, N) float32 patch weights of K tokens per pair.
-        patch_words: (I, T, N, W) dot products of the patches with the (normalised) words.
-        gram: (I, N, N) patch Gram matrices.
+        weights: (I, T, K, R) float32 weights of K tokens per pair on R patches: all N, or each pair's kept ones.
+        patch_words: (I, T, R, W) dot products of those patches with the (normalised) words.
+        gram: (I, N, N) patch Gram matrices, or (I, T, R, R) each pair's block of them.
 
     Returns:
         (I, T, K, W) float32.
     """
+    dots = torch.matmul(weights.to(gram.dtype), patch_words).float()
+    return _normalized_dots(weights, dots, gram)
+
+
+def _normalized_dots(weights: torch.Tensor, dots: torch.Tensor, gram: torch.Tensor) -> torch.Tensor:
+    """`dots` (I, T, K, W) = (w P) . x divided by ||w P|| = sqrt(w G w^T) (`_cosine_with_words`)."""
     matmul_weights = weights.to(gram.dtype)
-    dots = torch.matmul(matmul_weights, patch_words).float()
-    weighted_gram = torch.bmm(matmul_weights.flatten(1, 2), gram).view_as(weights).float()
+    if gram.dim() == 3:  # one Gram matrix per image, shared by its pairs: a single batched product
+        weighted_gram = torch.bmm(matmul_weights.flatten(1, 2), gram).view_as(weights).float()
+    else:
+        weighted_gram = torch.matmul(matmul_weights, gram).float()
     squared_norms = (weighted_gram * weights).sum(dim=-1, keepdim=True)
     # An all-zero weight row (no dropped patch to fuse) is a zero token: cosine 0, not 0 / 0.
     return dots / squared_norms.clamp_min(torch.finfo(squared_norms.dtype).tiny).sqrt()
@@ -399,6 +412,55 @@ def kept_softmax(
     return torch.where(underflow, exact, weights / torch.where(underflow, torch.ones_like(total), total))
 
 
+# Blocks of `SepsModel.similarity` when neither its `chunk_size` nor `config.similarity_chunk_size` is set (README,
+# Speed, knobs): on CPU the fastest block measured; on CUDA as many pairs as fit in this share of the free memory.
+CPU_CHUNK_SIZE = 512
+CUDA_MEMORY_SHARE = 0.5
+# A block holds at least this many images when it can (a block of fewer captions, sorted by length, pads less).
+_IMAGES_PER_BLOCK = 8
+
+
+def default_similarity_chunk_size(config: SepsConfig, device: torch.device, max_words: int) -> int:
+    """Pairs per block for captions of at most `max_words` tokens on `device`: `CPU_CHUNK_SIZE` on any device but
+    CUDA; on CUDA the pairs whose float32 intermediates fill `CUDA_MEMORY_SHARE` of the free memory (at least 1).
+
+    Per pair, the largest intermediates of `SepsHead.score_block` are the (N_c, N) weights, weights x Gram matrix
+    and their product (all-patch path), the (K, N) Gram rows (kept-patch path) and the (N, W) patch-word products
+    with their kept rows.
+    """
+    if device.type != "cuda":
+        return CPU_CHUNK_SIZE
+    free_bytes, _ = torch.cuda.mem_get_info(device)
+    patches, kept = config.num_patches, config.num_kept_patches
+    floats_per_pair = 3 * config.num_aggregated_patches * patches + kept * patches + 2 * patches * max_words
+    return max(1, int(free_bytes * CUDA_MEMORY_SHARE) // (4 * floats_per_pair))
+
+
+def _kept_rows(values: torch.Tensor, kept: torch.Tensor) -> torch.Tensor:
+    """Each pair's kept rows of per-image values: `values` (I, N, T_v, ...), with T_v = 1 (rows shared by the
+    block's texts) or T (one row per text), and `kept` (I, T, K) patch indices -> (I, T, K, ...)."""
+    num_images, num_patches, num_texts = values.shape[:3]
+    rows = (kept + torch.arange(num_images, device=kept.device).view(-1, 1, 1) * num_patches) * num_texts
+    if num_texts > 1:
+        rows = rows + torch.arange(num_texts, device=kept.device).view(1, -1, 1)
+    row_shape = values.shape[3:]
+    return values.reshape(-1, *row_shape).index_select(0, rows.flatten()).view(*kept.shape, *row_shape)
+
+
+def kept_aggregation_weights(logits: torch.Tensor, shifted_exp: torch.Tensor, kept: torch.Tensor) -> torch.Tensor:
+    """`kept_softmax(logits, shifted_exp, keep_mask, normalize=False)` on each pair's kept patches only, for a
+    selection that keeps exactly K patches per pair at the indices `kept` (I, T, K): (I, T, N_c, K) weights from
+    per-image (I, N_c, N) logits and exponentials, gathered instead of multiplied by a mask over all N patches.
+    Rows whose shared exponentials underflow are the softmax of their kept logits (all of a row's entries are kept).
+    """
+    weights = _kept_rows(shifted_exp.transpose(1, 2).unsqueeze(2), kept).transpose(-1, -2)
+    underflow = weights.sum(dim=-1, keepdim=True) < _SHARED_EXP_FLOOR
+    if not bool(underflow.any()):
+        return weights
+    exact = torch.softmax(_kept_rows(logits.transpose(1, 2).unsqueeze(2), kept).transpose(-1, -2), dim=-1)
+    return torch.where(underflow, exact, weights)
+
+
 def _image_side(
     patches: torch.Tensor, cls: torch.Tensor | None, aggregator: SepsTokenAggregator, **fields: torch.Tensor
 ) -> _ImageSide:
@@ -440,8 +502,11 @@ class SepsHead(nn.Module, ABC):
         """Everything about the images that does not depend on the caption, once per image."""
 
     @abstractmethod
-    def select_patches(self, image: _ImageSide, text_similarity: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Selection scores and keep masks D_s (I, T, N) of a block from the caption scores cos(t, P_n)."""
+    def select_patches(
+        self, image: _ImageSide, text_similarity: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """Selection scores and keep masks D_s (I, T, N) of a block from the caption scores cos(t, P_n), and the
+        (I, T, K) indices of the kept patches when the masks are a top-K selection (None for sampled masks)."""
 
     @abstractmethod
     def fuses_dropped_patches(self) -> bool:
@@ -477,25 +542,35 @@ class SepsHead(nn.Module, ABC):
     def score_block(self, image: _ImageSide, text: _TextSide) -> tuple[torch.Tensor, torch.Tensor]:
         """Scores (I, T) and sparse keep masks (I, T, N) of a block of pairs."""
         text_similarity = _einsum_with_text("ind,td->itn", image.patches_norm, text.global_norm).contiguous()
-        selection_scores, keep_mask = self.select_patches(image, text_similarity)
+        selection_scores, keep_mask, kept = self.select_patches(image, text_similarity)
+        # In the scoring dtype of `similarity(dtype=...)`, which the patches and their Gram matrix already have.
+        patch_words = _einsum_with_text("inc,twc->intw", image.patches, text.words_norm.to(image.patches.dtype))
         # Eq. 4, docs/model.md 3.4: each token is a softmax over the kept patches of per-image logits; with a dense
         # view (4.5), plus its token, i.e. one weight matrix per pair on the same patches.
         # Only the cosines of the tokens use the weights: unnormalised unless the dense view's weights are added.
-        weights = kept_softmax(
-            image.aggregation_logits.unsqueeze(1),
-            image.aggregation_exp.unsqueeze(1),
-            keep_mask.unsqueeze(2),
-            normalize=image.dense_weights is not None,
-        )  # (I, T, N_c, N)
-        if image.dense_weights is not None:
-            weights = weights + image.dense_weights.unsqueeze(1)
-        # In the scoring dtype of `similarity(dtype=...)`, which the patches and their Gram matrix already have.
-        patch_words = _einsum_with_text("inc,twc->itnw", image.patches, text.words_norm.to(image.patches.dtype))
-        pieces = [_cosine_with_words(weights, patch_words, image.gram)]  # (I, T, N_c, W)
+        if kept is not None and image.dense_weights is None:
+            # The weights are zero outside each pair's K kept patches: both products run on those alone,
+            # w (P x) = w_K (P x)_K and w G w^T = w_K G_KK w_K^T (a quarter of the Gram product's work).
+            weights = kept_aggregation_weights(image.aggregation_logits, image.aggregation_exp, kept)
+            kept_gram = _kept_rows(image.gram.unsqueeze(2), kept).gather(
+                -1, kept.unsqueeze(2).expand(-1, -1, kept.shape[-1], -1)
+            )  # (I, T, K, K)
+            pieces = [_cosine_with_words(weights, _kept_rows(patch_words, kept), kept_gram)]  # (I, T, N_c, W)
+        else:
+            weights = kept_softmax(
+                image.aggregation_logits.unsqueeze(1),
+                image.aggregation_exp.unsqueeze(1),
+                keep_mask.unsqueeze(2),
+                normalize=image.dense_weights is not None,
+            )  # (I, T, N_c, N)
+            if image.dense_weights is not None:
+                weights = weights + image.dense_weights.unsqueeze(1)
+            pieces = [_cosine_with_words(weights, patch_words.transpose(1, 2), image.gram)]
         if self.fuses_dropped_patches():
             # docs/model.md 3.3: one extra token fuses the dropped patches, weighted by a softmax of their scores.
-            fuse_weights = masked_softmax(selection_scores, 1 - keep_mask).unsqueeze(2)
-            pieces.append(_cosine_with_words(fuse_weights, patch_words, image.gram))
+            fuse_weights = masked_softmax(selection_scores, 1 - keep_mask)  # (I, T, N)
+            fuse_dots = torch.einsum("itn,intw->itw", fuse_weights.to(patch_words.dtype), patch_words).float()
+            pieces.append(_normalized_dots(fuse_weights.unsqueeze(2), fuse_dots.unsqueeze(2), image.gram))
             if image.cls is not None:
                 cls = F.normalize(image.cls, dim=-1)
                 pieces.insert(0, _einsum_with_text("id,twd->itw", cls, text.words_norm).unsqueeze(2))
@@ -529,10 +604,12 @@ class SepsOfficialHead(SepsHead):
         side.self_scores = side.self_scores.detach()  # docs/model.md 3.9: the selection scores carry no gradient
         return side
 
-    def select_patches(self, image: _ImageSide, text_similarity: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def select_patches(
+        self, image: _ImageSide, text_similarity: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         # docs/model.md 3.1-3.3: s_im + s_st, hard top-K.
         selection_scores = image.self_scores.unsqueeze(1) + text_similarity.detach()
-        return selection_scores, top_k_keep_mask(selection_scores, self.config.num_kept_patches)
+        return selection_scores, *_top_k_selection(selection_scores, self.config.num_kept_patches)
 
     def fuses_dropped_patches(self) -> bool:
         return True
@@ -587,11 +664,12 @@ class SepsPaperHead(SepsHead):
         self.word_relevance = SepsRelevanceHead(config.relevance_topk)
         self.token_relevance = SepsRelevanceHead(config.relevance_topk)
 
-    def decide(self, scores: torch.Tensor) -> torch.Tensor:
-        """Keep decisions over the last (patch) axis: Gumbel samples in training, top-K otherwise."""
+    def decide(self, scores: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Keep decisions over the last (patch) axis: Gumbel samples in training, top-K otherwise; and the kept
+        indices of a top-K selection (None for samples)."""
         if self.training:
-            return gumbel_keep_mask(scores, self.config.gumbel_tau)
-        return top_k_keep_mask(scores, self.config.num_kept_patches)
+            return gumbel_keep_mask(scores, self.config.gumbel_tau), None
+        return _top_k_selection(scores, self.config.num_kept_patches)
 
     def prepare_images(self, patches: torch.Tensor, cls: torch.Tensor | None, dense: _TextSide | None) -> _ImageSide:
         side = _image_side(patches, cls, self.sparse_aggregator, patch_scores=_run_head(self.patch_scorer, patches))
@@ -605,13 +683,15 @@ class SepsPaperHead(SepsHead):
             dense_view = ((1 - 2 * beta) * side.patch_scores + 2 * beta * (side.dense_scores + side.self_scores)) / (
                 1 + 2 * beta
             )
-            side.dense_keep_mask = self.decide(dense_view)
+            side.dense_keep_mask = self.decide(dense_view)[0]
             side.dense_weights = masked_softmax(
                 _run_head(self.dense_aggregator, patches), side.dense_keep_mask.unsqueeze(1)
             )
         return side
 
-    def select_patches(self, image: _ImageSide, text_similarity: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def select_patches(
+        self, image: _ImageSide, text_similarity: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         # Eq. 3, each weight normalised by the total so the score is a keep probability in [0, 1].
         beta = self.config.beta
         semantic = min_max_normalize(text_similarity) + 2 * image.self_scores.unsqueeze(1)
@@ -620,7 +700,7 @@ class SepsPaperHead(SepsHead):
             semantic = semantic + image.dense_scores.unsqueeze(1)
             total = 1 + 2 * beta
         selection_scores = ((1 - 2 * beta) * image.patch_scores.unsqueeze(1) + beta * semantic) / total
-        return selection_scores, self.decide(selection_scores)
+        return selection_scores, *self.decide(selection_scores)
 
     def fuses_dropped_patches(self) -> bool:
         return self.config.keep_cls_and_extra_token
@@ -995,9 +1075,17 @@ class SepsModel(SepsPreTrainedModel):
             return self.head.prepare_images(image_embeds[:, 1:], image_embeds[:, 0], dense)
         return self.head.prepare_images(image_embeds, None, dense)
 
-    def _pair_block_size(self, num_texts: int, chunk_size: int | None) -> tuple[int, int]:
-        chunk = chunk_size or self.config.similarity_chunk_size
-        texts_per_block = min(num_texts, chunk)
+    def _chunk_size(self, chunk_size: int | None, device: torch.device, max_words: int) -> int:
+        """Pairs per block: `chunk_size`, else `config.similarity_chunk_size`, else chosen from the device."""
+        return (
+            chunk_size
+            or self.config.similarity_chunk_size
+            or default_similarity_chunk_size(self.config, device, max_words)
+        )
+
+    def _pair_block_size(self, num_texts: int, chunk: int) -> tuple[int, int]:
+        """(images, captions) per block of `chunk` pairs: captions up to a share of the block, images the rest."""
+        texts_per_block = min(num_texts, max(1, chunk // _IMAGES_PER_BLOCK))
         return max(1, chunk // texts_per_block), texts_per_block
 
     def _score(
@@ -1052,7 +1140,9 @@ class SepsModel(SepsPreTrainedModel):
         length_order = torch.argsort(text_attention_mask.sum(dim=1), stable=True)
         text_side = _TextSide.from_embeddings(text_embeds, text_attention_mask)[length_order]
         num_images, num_texts = image_embeds.shape[0], text_embeds.shape[0]
-        images_per_block, texts_per_block = self._pair_block_size(num_texts, chunk_size)
+        device = image_embeds.device
+        chunk = self._chunk_size(chunk_size, device, text_embeds.shape[1])
+        images_per_block, texts_per_block = self._pair_block_size(num_texts, chunk)
 
         rows, mask_rows = [], []
         for image_start in range(0, num_images, images_per_block):
@@ -1072,7 +1162,8 @@ class SepsModel(SepsPreTrainedModel):
         sparse_masks = torch.cat(mask_rows, dim=0)[:, original_order] if return_masks else None
 
         if dense is not None:
-            dense_column = self.head.dense_branch(image_side, dense, chunk_size or self.config.similarity_chunk_size)
+            dense_chunk = self._chunk_size(chunk_size, device, dense_embeds.shape[1])
+            dense_column = self.head.dense_branch(image_side, dense, dense_chunk)
             if dense_column is not None:
                 scores = scores + dense_column
         return scores, sparse_masks, image_side.dense_keep_mask
@@ -1096,8 +1187,9 @@ class SepsModel(SepsPreTrainedModel):
             dense_embeds: (N_img, L_d, C), ONE dense caption per image, the image's own (docs/model.md, section 2).
                 Without it the dense terms drop out.
             dense_attention_mask: (N_img, L_d).
-            chunk_size: pairs scored at once (default `config.similarity_chunk_size`); memory is
-                O(chunk_size * (N_c * N + L * C)), never N_img * N_txt * N * C.
+            chunk_size: pairs scored at once (default `config.similarity_chunk_size`, else chosen from the device:
+                `default_similarity_chunk_size`); memory is O(chunk_size * (N_c * N + N * L_t)), never
+                N_img * N_txt * N * C.
             dtype: `torch.bfloat16` runs the two large products of the scoring (patches x words, weights x Gram
                 matrix) in bfloat16, faster where the hardware has bfloat16 matrix units (CUDA, CPUs with AMX or
                 AVX512-BF16; much slower on others) at a cost in precision (README, Speed); the selection, the
@@ -1387,6 +1479,8 @@ __all__ = [
     "SepsRelevanceHead",
     "SepsTokenAggregator",
     "gumbel_keep_mask",
+    "default_similarity_chunk_size",
+    "kept_aggregation_weights",
     "kept_softmax",
     "masked_softmax",
     "min_max_normalize",
