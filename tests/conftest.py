@@ -75,6 +75,20 @@ def random_captions(num: int, max_len: int, seed: int, min_len: int = 3) -> tupl
     return ids * mask, mask
 
 
+def random_pair_embeddings(
+    num_images: int, num_captions: int, num_tokens: int, caption_len: int, dense_len: int, seed: int
+) -> tuple[torch.Tensor, ...]:
+    """Random image tokens ([CLS] + patches), captions of random lengths and one dense caption per image (embeddings
+    of size EMBED_DIM), with their masks: (images, texts, text_mask, dense, dense_mask)."""
+    generator = torch.Generator().manual_seed(seed)
+    images = torch.randn(num_images, num_tokens, EMBED_DIM, generator=generator)
+    _, text_mask = random_captions(num_captions, caption_len, seed=seed + 1)
+    _, dense_mask = random_captions(num_images, dense_len, seed=seed + 2)
+    texts = torch.randn(num_captions, caption_len, EMBED_DIM, generator=generator)
+    dense = torch.randn(num_images, dense_len, EMBED_DIM, generator=generator)
+    return images, texts, text_mask, dense, dense_mask
+
+
 @pytest.fixture(params=["paper", "official"])
 def variant(request) -> str:
     return request.param

@@ -6,7 +6,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from conftest import EMBED_DIM, random_captions, tiny_config, tiny_model
+from conftest import random_pair_embeddings, tiny_config, tiny_model
 from reference_seps import reference_similarity
 
 from transformers_seps.modeling_seps import (
@@ -23,14 +23,7 @@ NUM_IMAGES, NUM_CAPTIONS = 3, 4
 
 
 def embeddings(num_tokens: int) -> tuple[torch.Tensor, ...]:
-    """Image tokens ([CLS] + patches), captions and one dense caption per image, with masks."""
-    generator = torch.Generator().manual_seed(5)
-    images = torch.randn(NUM_IMAGES, num_tokens, EMBED_DIM, generator=generator)
-    _, text_mask = random_captions(NUM_CAPTIONS, 7, seed=1)
-    _, dense_mask = random_captions(NUM_IMAGES, 11, seed=2)
-    texts = torch.randn(NUM_CAPTIONS, 7, EMBED_DIM, generator=generator)
-    dense = torch.randn(NUM_IMAGES, 11, EMBED_DIM, generator=generator)
-    return images, texts, text_mask, dense, dense_mask
+    return random_pair_embeddings(NUM_IMAGES, NUM_CAPTIONS, num_tokens, caption_len=7, dense_len=11, seed=5)
 
 
 @pytest.mark.parametrize("with_dense", [True, False])

@@ -8,7 +8,7 @@ from unittest import mock
 
 import pytest
 import torch
-from conftest import EMBED_DIM, random_captions, tiny_config
+from conftest import random_pair_embeddings, tiny_config
 from reference_seps import reference_similarity
 
 from transformers_seps import modeling_seps
@@ -24,13 +24,7 @@ NUM_IMAGES, NUM_CAPTIONS = 3, 5
 
 
 def embeddings(num_tokens: int) -> tuple[torch.Tensor, ...]:
-    generator = torch.Generator().manual_seed(11)
-    images = torch.randn(NUM_IMAGES, num_tokens, EMBED_DIM, generator=generator)
-    _, text_mask = random_captions(NUM_CAPTIONS, 9, seed=3)
-    _, dense_mask = random_captions(NUM_IMAGES, 12, seed=4)
-    texts = torch.randn(NUM_CAPTIONS, 9, EMBED_DIM, generator=generator)
-    dense = torch.randn(NUM_IMAGES, 12, EMBED_DIM, generator=generator)
-    return images, texts, text_mask, dense, dense_mask
+    return random_pair_embeddings(NUM_IMAGES, NUM_CAPTIONS, num_tokens, caption_len=9, dense_len=12, seed=11)
 
 
 def without_kept_indices(head):
