@@ -280,3 +280,12 @@ def test_a_first_stage_saved_before_pooling_queries_existed_loads_with_its_singl
     # A config that says nothing of the first stage gets today's defaults.
     del saved["global_contrastive_weight"]
     assert SepsConfig.from_dict(saved).global_pooling_queries == SepsConfig().global_pooling_queries == 8
+
+
+def test_the_first_stage_leaves_the_other_modules_initialisation_unchanged():
+    """The SEPS side of a seeded model is the same with any first stage or none, so runs stay comparable."""
+    reference = dict(tiny_model(global_contrastive_weight=0.0).named_parameters())
+    for overrides in ({"global_pooling_queries": 1}, {"global_pooling_queries": 8}):
+        for name, parameter in tiny_model(**overrides).named_parameters():
+            if not name.startswith("global_embedding."):
+                assert torch.equal(parameter, reference[name]), (overrides, name)

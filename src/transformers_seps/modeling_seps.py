@@ -737,7 +737,9 @@ class SepsModel(SepsPreTrainedModel):
         # The first stage of a two-stage search (`transformers_seps.global_embedding`), if a loss trains it.
         self.global_embedding = None
         if config.global_contrastive_weight > 0:
-            self.global_embedding = SepsGlobalEmbedding(embed_dim, config.global_pooling_queries)
+            # On a forked RNG: its size does not shift the draws that `post_init` makes for the other modules.
+            with torch.random.fork_rng(devices=[]):
+                self.global_embedding = SepsGlobalEmbedding(embed_dim, config.global_pooling_queries)
         self.post_init()
 
     @classmethod
