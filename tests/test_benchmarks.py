@@ -42,10 +42,12 @@ def test_bench_eval_agrees_with_the_reference_loop():
 def test_bench_two_stage_on_a_saved_model(saved_models, tiny_synthetic):
     output = run_benchmark(
         "bench_two_stage.py", "--model", str(saved_models["paper"]), "--data_root", str(tiny_synthetic),
-        "--shortlist_sizes", "3", "100",
+        "--shortlist_sizes", "3", "5", "100",
     )  # fmt: skip
     rows = table_rows(output)
     assert rows["exhaustive"][3] == "100.0"  # the exhaustive search always holds the caption's image
+    # Exhaustive SEPS holds the image in its top 5 as often as its t2i R@5 says.
+    assert rows["shortlist 5 + SEPS"][4] == rows["exhaustive"][1]
     assert "shortlist 3 + SEPS" in rows and "shortlist 100 + SEPS" not in rows  # 100 >= the 8-image gallery
 
 

@@ -1,5 +1,6 @@
 """The trained first stage: global embeddings (`SepsGlobalEmbedding`), their contrastive loss and the shortlist."""
 
+import json
 import math
 
 import pytest
@@ -8,7 +9,7 @@ import torch.nn.functional as F
 from conftest import random_captions, tiny_config, tiny_model
 
 from transformers_seps import SepsConfig, SepsModel
-from transformers_seps.global_embedding import global_contrastive_loss
+from transformers_seps.global_embedding import SepsGlobalEmbedding, global_contrastive_loss
 from transformers_seps.loss import SepsForRetrievalTraining
 from transformers_seps.retrieval import shortlist_and_rerank
 from transformers_seps.tools.convert_official import official_seps_config
@@ -29,6 +30,8 @@ def batch(num: int, seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor
         ("global_contrastive_weight", -0.5, "global_contrastive_weight must be >= 0"),
         ("global_temperature", 0.0, "global_temperature must be > 0"),
         ("global_temperature", float("nan"), "global_temperature must be > 0"),
+        ("global_pooling_queries", 0, "global_pooling_queries must be an integer >= 1, got 0"),
+        ("global_detach_tokens", "yes", "global_detach_tokens must be True or False, got 'yes'"),
     ],
 )
 def test_bad_first_stage_settings_are_named(field, value, message):
@@ -170,10 +173,11 @@ def test_the_shortlist_follows_the_global_embeddings():
 
 
 def test_the_settings_survive_save_and_load(tmp_path):
-    model = tiny_model(global_contrastive_weight=0.25, global_temperature=0.1)
+    model = tiny_model(global_contrastive_weight=0.25, global_temperature=0.1, global_pooling_queries=3)
     model.save_pretrained(tmp_path)
     loaded = SepsModel.from_pretrained(tmp_path)
     assert (loaded.config.global_contrastive_weight, loaded.config.global_temperature) == (0.25, 0.1)
+    assert loaded.config.global_pooling_queries == 3
     torch.testing.assert_close(
         loaded.global_embedding.image_projection.weight, model.global_embedding.image_projection.weight
     )
@@ -219,3 +223,69 @@ def test_forward_with_return_loss_is_the_whole_objective():
     output.loss.backward()
     for name, parameter in model.global_embedding.named_parameters():
         assert parameter.grad is not None and parameter.grad.abs().sum() > 0, name
+
+
+def _two_axis_embedding(num_queries: int) -> SepsGlobalEmbedding:
+    """2-d tokens; query 0 favours tokens along the first axis, query 1 along the second (sharply); the
+    projection keeps query 0's first coordinate and the last query's second one."""
+    embedding = SepsGlobalEmbedding(2, num_queries)
+    with torch.no_grad():
+        for pool, projection in ((embedding.image_pool, embedding.image_projection),
+                                 (embedding.text_pool, embedding.text_projection)):  # fmt: skip
+            pool.weight.copy_(torch.tensor([[10.0, 0.0], [0.0, 10.0]])[:num_queries])
+            projection.weight.zero_()
+            projection.bias.zero_()
+            projection.weight[0, 0] = projection.weight[1, -1] = 1.0
+    return embedding
+
+
+def test_several_pooling_queries_keep_several_objects_in_one_vector():
+    # Two "objects" (tokens along each axis) and a background token.
+    tokens = torch.tensor([[[1.0, 0.0], [0.0, 1.0], [0.0, 0.0]]])
+    both = _two_axis_embedding(2).embed_image(tokens)
+    # Each query pools its own object with the same weight, so both coordinates come out equal.
+    torch.testing.assert_close(both, torch.tensor([[1.0, 1.0]]) / math.sqrt(2))
+    # One query settles on one object: the other one is (almost) lost.
+    assert _two_axis_embedding(1).embed_image(tokens)[0, 1] < 0.01
+    # Each query's softmax skips masked tokens: without the second object, query 1 pools the other two evenly.
+    caption = _two_axis_embedding(2).embed_text(tokens, torch.tensor([[1, 0, 1]]))
+    torch.testing.assert_close(caption, torch.tensor([[1.0, 0.0]]))
+
+
+@pytest.mark.parametrize("detach", [True, False])
+def test_detached_tokens_keep_the_contrastive_gradient_in_the_first_stage(detach):
+    model = tiny_model(global_detach_tokens=detach).train()
+    pixels, ids, mask = batch(4, 7)
+    output = model(pixel_values=pixels, input_ids=ids, attention_mask=mask, return_loss=True)
+    output.global_contrastive_loss.backward()
+    for name, parameter in model.global_embedding.named_parameters():
+        assert parameter.grad is not None and parameter.grad.abs().sum() > 0, name
+    seps_parameters = [p for name, p in model.named_parameters() if not name.startswith("global_embedding.")]
+    reached_seps = any(p.grad is not None and p.grad.abs().sum() > 0 for p in seps_parameters)
+    assert reached_seps is not detach
+
+
+def test_a_first_stage_saved_before_pooling_queries_existed_loads_with_its_single_query(tmp_path):
+    model = tiny_model(global_pooling_queries=1).eval()
+    model.save_pretrained(tmp_path)
+    config_file = tmp_path / "config.json"
+    saved = json.loads(config_file.read_text())
+    del saved["global_pooling_queries"]
+    config_file.write_text(json.dumps(saved))
+    loaded = SepsModel.from_pretrained(tmp_path).eval()
+    assert loaded.config.global_pooling_queries == 1
+    pixels, _, _ = batch(2, 8)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.get_global_image_features(pixels), model.get_global_image_features(pixels))
+    # A config that says nothing of the first stage gets today's defaults.
+    del saved["global_contrastive_weight"]
+    assert SepsConfig.from_dict(saved).global_pooling_queries == SepsConfig().global_pooling_queries == 8
+
+
+def test_the_first_stage_leaves_the_other_modules_initialisation_unchanged():
+    """The SEPS side of a seeded model is the same with any first stage or none, so runs stay comparable."""
+    reference = dict(tiny_model(global_contrastive_weight=0.0).named_parameters())
+    for overrides in ({"global_pooling_queries": 1}, {"global_pooling_queries": 8}):
+        for name, parameter in tiny_model(**overrides).named_parameters():
+            if not name.startswith("global_embedding."):
+                assert torch.equal(parameter, reference[name]), (overrides, name)

@@ -4,8 +4,10 @@ import json
 import os
 import runpy
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -322,3 +324,44 @@ def test_bench_index_reports_the_disk_of_float16_tokens(tmp_path):
         assert not list((tmp_path / dtype).iterdir())  # the benchmark deletes what it built
     # 197 x 512 tokens: 197 KB in float16, 394 KB in float32, plus the 2 KB global embedding and the headers.
     assert 197 <= sizes["float16"] <= 205
+
+
+@pytest.mark.slow
+def test_a_build_killed_for_real_resumes_from_its_finished_shards(saved_models, tiny_synthetic, tmp_path):
+    model = SepsModel.from_pretrained(saved_models["paper"]).eval()
+    processor = SepsProcessor.from_pretrained(saved_models["paper"])
+    build_index(model, processor, split_source(tiny_synthetic), tmp_path / "whole", shard_size=1, dtype=torch.float32)
+    script = str(Path(__file__).resolve().parents[1] / "examples" / "build_index.py")
+    arguments = [
+        sys.executable, script, "--model", str(saved_models["paper"]), "--data_root", str(tiny_synthetic),
+        "--dataset", "synthetic", "--output_dir", str(tmp_path / "killed"), "--shard_size", "1", "--dtype", "float32",
+    ]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1"}
+    directory = tmp_path / "killed"
+    build = subprocess.Popen(arguments, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        # SIGKILL as soon as the first of the 8 one-image shards is on disk.
+        while build.poll() is None and not any(directory.glob("shard-*")):
+            time.sleep(0.002)
+        build.kill()
+        build.wait(timeout=60)
+    finally:
+        if build.poll() is None:
+            build.kill()
+    assert build.returncode == -signal.SIGKILL, "the build ended before its first shard was on disk"
+    assert not (directory / MANIFEST_FILE).exists()
+    finished = {path.name: path.stat().st_mtime_ns for path in directory.glob("shard-*")}
+    assert 1 <= len(finished) < 8
+    with pytest.raises(ValueError, match="not a finished index"):
+        SepsRetriever.load(directory, model)
+    rerun = subprocess.run(arguments, env=env, capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert "8 images in 8 shard(s)" in rerun.stdout
+    # The shards finished before the kill were kept, not encoded and written again.
+    assert {name: (directory / name).stat().st_mtime_ns for name in finished} == finished
+    assert not list(directory.glob(".tmp-*"))
+    whole, resumed = (
+        SepsRetriever.load(tmp_path / name, model).search(SYNTHETIC_QUERIES, top_k=8) for name in ("whole", "killed")
+    )
+    assert torch.equal(resumed.indices, whole.indices)
+    torch.testing.assert_close(resumed.scores, whole.scores, atol=1e-5, rtol=0)

@@ -97,7 +97,7 @@ _FIELD_RULES: tuple[tuple[tuple[str, ...], type, str, Callable[[Any], bool], boo
         False,
     ),
     (("beta",), float, "in [0, 0.5] (Eq. 3 weights 1 - 2*beta)", lambda v: 0 <= v <= 0.5, False),
-    (("embed_dim", "relevance_topk"), int, "an integer >= 1", lambda v: v >= 1, False),
+    (("embed_dim", "relevance_topk", "global_pooling_queries"), int, "an integer >= 1", lambda v: v >= 1, False),
     (("similarity_chunk_size",), int, "an integer >= 1 or None", lambda v: v >= 1, True),
     (("max_violation_warmup_epochs",), int, "an integer >= 0", lambda v: v >= 0, False),
     (("gumbel_tau", "logit_scale", "global_temperature"), float, "> 0", lambda v: v > 0, False),
@@ -116,7 +116,13 @@ _FIELD_RULES: tuple[tuple[tuple[str, ...], type, str, Callable[[Any], bool], boo
         lambda v: v >= 0,
         False,
     ),
-    (("keep_cls_and_extra_token", "detach_selected_patches"), bool, "True or False", lambda v: True, False),
+    (
+        ("keep_cls_and_extra_token", "detach_selected_patches", "global_detach_tokens"),
+        bool,
+        "True or False",
+        lambda v: True,
+        False,
+    ),
     (("num_patches", "vision_hidden_size"), int, "an integer >= 1 or None", lambda v: v >= 1, True),
     (("vision_cls_token",), bool, "True, False or None", lambda v: True, True),
 )
@@ -189,6 +195,13 @@ class SepsConfig(PreTrainedConfig):
             the untrained cosine of mean-pooled SEPS tokens (the authors' converted checkpoints).
         global_temperature (`float`, defaults to 0.05):
             Temperature of that contrastive loss (logits are cosine / temperature).
+        global_pooling_queries (`int`, defaults to 8):
+            Learned attention-pooling queries per modality of the global embedding; their pooled tokens are
+            concatenated before the projection, so that one vector can describe several objects of an image.
+        global_detach_tokens (`bool`, defaults to `True`):
+            The contrastive loss trains the global embedding only: it sees the SEPS tokens detached from the graph,
+            so that the projections and backbones learn from the SEPS loss alone. `False` lets its gradient reach
+            them too (README, "Speed", measures both).
         similarity_chunk_size (`int`, *optional*):
             Image-caption pairs scored at once by `SepsModel.similarity`; bounds its memory. None (the default)
             chooses from the device (`transformers_seps.modeling_seps.default_similarity_chunk_size`): 512 on CPU,
@@ -233,6 +246,8 @@ class SepsConfig(PreTrainedConfig):
     lambda_dense: float = 1.0
     global_contrastive_weight: float = 1.0
     global_temperature: float = 0.05
+    global_pooling_queries: int = 8
+    global_detach_tokens: bool = True
     similarity_chunk_size: int | None = None
     initializer_range: float = 0.02
     logit_scale: float = 1.0
@@ -247,6 +262,14 @@ class SepsConfig(PreTrainedConfig):
         if getattr(self.text_config, "model_type", "") in _PADDING_OFFSET_MODEL_TYPES:
             positions -= (self.text_config.pad_token_id or 0) + 1
         return positions
+
+    @classmethod
+    def from_dict(cls, config_dict: dict[str, Any], **kwargs) -> "SepsConfig":
+        """As `PreTrainedConfig.from_dict`; a config saved with a first stage but without `global_pooling_queries`
+        (written before that field existed) had a single pooling query, and keeps it."""
+        if "global_contrastive_weight" in config_dict and "global_pooling_queries" not in config_dict:
+            config_dict = {**config_dict, "global_pooling_queries": 1}
+        return super().from_dict(config_dict, **kwargs)
 
     def __post_init__(self, **kwargs):
         super().__post_init__(**kwargs)

@@ -10,31 +10,35 @@ from torch import nn
 
 
 def masked_token_softmax(logits: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-    """Softmax of (N, L) token logits over the tokens where `mask` (N, L) is true (all of them when None)."""
+    """Softmax of (N, ..., L) token logits over the tokens where `mask` (N, L) is true (all of them when None)."""
     if mask is not None:
-        logits = logits.masked_fill(~mask.bool(), float("-inf"))
+        mask = mask.bool().view(mask.shape[0], *([1] * (logits.dim() - 2)), mask.shape[-1])
+        logits = logits.masked_fill(~mask, float("-inf"))
     return logits.softmax(dim=-1)
 
 
 class SepsGlobalEmbedding(nn.Module):
-    """Attention pooling (a learned score per token, softmax over the real tokens) and a linear projection, one
-    of each per modality; the output is L2-normalised, so that inner product is cosine.
+    """Attention pooling with `num_queries` learned queries (a score per token and query, softmax over the real
+    tokens), the pooled vectors concatenated and linearly projected, one pooling and projection per modality; the
+    output is L2-normalised, so that inner product is cosine.
 
-    Images pool all their tokens ([CLS] included), captions their real tokens.
+    Several queries let one vector describe several objects of an image: a single query's softmax settles on a
+    few tokens (README, "Speed"). Images pool all their tokens ([CLS] included), captions their real tokens.
     """
 
-    def __init__(self, embed_dim: int):
+    def __init__(self, embed_dim: int, num_queries: int = 1):
         super().__init__()
         # No bias: the softmax over the tokens would ignore it.
-        self.image_pool = nn.Linear(embed_dim, 1, bias=False)
-        self.text_pool = nn.Linear(embed_dim, 1, bias=False)
-        self.image_projection = nn.Linear(embed_dim, embed_dim)
-        self.text_projection = nn.Linear(embed_dim, embed_dim)
+        self.image_pool = nn.Linear(embed_dim, num_queries, bias=False)
+        self.text_pool = nn.Linear(embed_dim, num_queries, bias=False)
+        self.image_projection = nn.Linear(num_queries * embed_dim, embed_dim)
+        self.text_projection = nn.Linear(num_queries * embed_dim, embed_dim)
 
     @staticmethod
     def _pool(tokens: torch.Tensor, mask: torch.Tensor | None, score: nn.Linear, projection: nn.Linear) -> torch.Tensor:
-        weights = masked_token_softmax(score(tokens).squeeze(-1), mask)
-        return F.normalize(projection(torch.einsum("nl,nlc->nc", weights, tokens)), dim=-1)
+        weights = masked_token_softmax(score(tokens).transpose(1, 2), mask)  # (N, queries, L)
+        pooled = torch.einsum("nql,nlc->nqc", weights, tokens).flatten(1)
+        return F.normalize(projection(pooled), dim=-1)
 
     def embed_image(self, image_embeds: torch.Tensor) -> torch.Tensor:
         """(N_img, L_v, C) `SepsModel.encode_image` tokens -> (N_img, C) unit vectors."""

@@ -815,7 +815,11 @@ class SepsModel(SepsPreTrainedModel):
         # The variant's selection, aggregation and alignment (docs/model.md, sections 3 and 4).
         self.head = SEPS_HEADS[config.variant](config)
         # The first stage of a two-stage search (`transformers_seps.global_embedding`), if a loss trains it.
-        self.global_embedding = SepsGlobalEmbedding(embed_dim) if config.global_contrastive_weight > 0 else None
+        self.global_embedding = None
+        if config.global_contrastive_weight > 0:
+            # On a forked RNG: its size does not shift the draws that `post_init` makes for the other modules.
+            with torch.random.fork_rng(devices=[]):
+                self.global_embedding = SepsGlobalEmbedding(embed_dim, config.global_pooling_queries)
         self.post_init()
 
     @classmethod
@@ -1360,9 +1364,12 @@ class SepsModel(SepsPreTrainedModel):
                 ratio_loss = ratio_loss + config.lambda_dense * (config.sparse_ratio - dense_keep_mask.mean()) ** 2
             loss = alignment_loss + config.ratio_weight * ratio_loss
             if self.global_embedding is not None:
+                image_tokens, text_tokens = image_embeds, text_embeds
+                if config.global_detach_tokens:  # the first stage learns from the SEPS tokens without reshaping them
+                    image_tokens, text_tokens = image_embeds.detach(), text_embeds.detach()
                 contrastive_loss = global_contrastive_loss(
-                    self.global_image_embeds(image_embeds),
-                    self.global_text_embeds(text_embeds, text_attention_mask),
+                    self.global_image_embeds(image_tokens),
+                    self.global_text_embeds(text_tokens, text_attention_mask),
                     image_ids if image_ids is not None else torch.arange(image_embeds.shape[0], device=scores.device),
                     config.global_temperature,
                 )
