@@ -1,6 +1,9 @@
 """Shared fixtures: tiny backbones built from configs (nothing is downloaded)."""
 
 import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -73,6 +76,17 @@ def random_captions(num: int, max_len: int, seed: int, min_len: int = 3) -> tupl
     ids = torch.randint(3, VOCAB_SIZE, (num, max_len), generator=generator)
     mask = (torch.arange(max_len)[None] < lengths[:, None]).long()
     return ids * mask, mask
+
+
+def run_example(script: str, *arguments: str, processes: int = 1) -> subprocess.CompletedProcess:
+    """`examples/<script>` in a subprocess (one thread, no progress bars); with `processes` > 1 under
+    torch.distributed.run (on a machine without GPU, `accelerate launch` starts a single process)."""
+    path = str(Path(__file__).resolve().parents[1] / "examples" / script)
+    command = [sys.executable, path]
+    if processes > 1:
+        command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}", path]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1"}
+    return subprocess.run([*command, *arguments], capture_output=True, text=True, timeout=300, env=env)
 
 
 def random_pair_embeddings(

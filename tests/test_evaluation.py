@@ -1,14 +1,11 @@
 import json
-import os
 import shutil
 import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from conftest import tiny_model_with_processor
+from conftest import run_example, tiny_model_with_processor
 
 from transformers_seps.metrics import (
     METRIC_KEYS,
@@ -186,20 +183,7 @@ def test_pairings_that_need_dense_captions_fail_without_them(tiny_synthetic):
 
 
 def run_script(*arguments: str, processes: int = 1) -> subprocess.CompletedProcess:
-    script = str(Path(__file__).resolve().parents[1] / "examples" / "evaluate_retrieval.py")
-    if processes == 1:
-        command = [sys.executable, script]
-    else:
-        command = [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",  # on a machine without GPU, `accelerate launch` starts a single process
-            "--standalone",
-            f"--nproc_per_node={processes}",
-            script,
-        ]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1"}
-    return subprocess.run([*command, *arguments], capture_output=True, text=True, timeout=300, env=env)
+    return run_example("evaluate_retrieval.py", *arguments, processes=processes)
 
 
 @pytest.mark.slow

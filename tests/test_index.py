@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import tiny_model_with_processor
+from conftest import run_example, tiny_model_with_processor
 from PIL import Image
 
 from transformers_seps import SepsModel, SepsProcessor
@@ -253,19 +253,7 @@ def test_a_resumed_build_refuses_shards_of_other_images_or_models(tiny_synthetic
 
 
 def run_build_script(*arguments: str, processes: int = 1) -> subprocess.CompletedProcess:
-    script = str(Path(__file__).resolve().parents[1] / "examples" / "build_index.py")
-    command = [sys.executable, script]
-    if processes > 1:  # on a machine without GPU, `accelerate launch` starts a single process
-        command = [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--standalone",
-            f"--nproc_per_node={processes}",
-            script,
-        ]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1"}
-    return subprocess.run([*command, *arguments], capture_output=True, text=True, timeout=300, env=env)
+    return run_example("build_index.py", *arguments, processes=processes)
 
 
 @pytest.mark.slow
