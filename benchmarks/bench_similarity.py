@@ -108,6 +108,16 @@ def knob_table(images: torch.Tensor, texts: torch.Tensor, text_mask: torch.Tenso
         print(f"| {chunk} | {threads} | {images.shape[0] * texts.shape[0] / median[chunk, threads]:,.0f} |")
 
 
+def ratio_row(
+    label: str, loop_note: str, results: dict, median: dict, pairs: int, reference_pairs: int, subset: slice
+) -> str:
+    """A table row: `similarity`'s pairs/s ("ours") against the loop's ("loop"), the ratio, and the largest score
+    difference on the captions both scored."""
+    fast, slow = pairs / median["ours"], reference_pairs / median["loop"]
+    difference = (results["ours"][:, subset] - results["loop"]).abs().max().item()
+    return f"| {label} | {fast:,.0f} pairs/s | {slow:,.0f} pairs/s{loop_note} | {fast / slow:.1f}x | {difference:.1e} |"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--images", type=int, default=128)
@@ -167,12 +177,8 @@ def main() -> None:
                 },
                 args.rounds,
             )
-            fast, slow = pairs / median["ours"], reference_pairs / median["loop"]
-            difference = (results["ours"][:, subset] - results["loop"]).abs().max().item()
             print(
-                f"| {variant} caption branch | {fast:,.0f} pairs/s | {slow:,.0f} pairs/s | {fast / slow:.1f}x | "
-                f"{difference:.1e} |",
-                flush=True,
+                ratio_row(f"{variant} caption branch", "", results, median, pairs, reference_pairs, subset), flush=True
             )
             if variant == "official":
                 dense_captions = [d[m.bool()] for d, m in zip(dense[subset], dense_mask[subset], strict=True)]
@@ -209,13 +215,10 @@ def main() -> None:
                     },
                     args.rounds,
                 )
-                fast, slow = pairs / median["ours"], reference_pairs / median["loop"]
-                difference = (results["ours"][:, subset] - results["loop"]).abs().max().item()
-                print(
-                    f"| paper with dense captions | {fast:,.0f} pairs/s | {slow:,.0f} pairs/s (our loop) | "
-                    f"{fast / slow:.1f}x | {difference:.1e} |",
-                    flush=True,
+                row = ratio_row(
+                    "paper with dense captions", " (our loop)", results, median, pairs, reference_pairs, subset
                 )
+                print(row, flush=True)
             if args.profile:
                 print(f"\nprofile of similarity(), {variant} caption branch:")
                 print(profile_table(lambda model=model: model.similarity(images, texts, text_mask, dtype=dtype)))
