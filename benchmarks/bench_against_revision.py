@@ -79,7 +79,11 @@ def main() -> None:
             weights = models["now"].state_dict()
             if not any(key.startswith("head.") for key in models[args.rev].state_dict()):
                 weights = {key.removeprefix("head."): value for key, value in weights.items()}
-            models[args.rev].load_state_dict(weights)
+            # The first stage takes no part in `similarity` and its layout changed (issue 14): not compared.
+            weights = {key: value for key, value in weights.items() if not key.startswith("global_embedding.")}
+            missing, unexpected = models[args.rev].load_state_dict(weights, strict=False)
+            if unexpected or any(not key.startswith("global_embedding.") for key in missing):
+                raise RuntimeError(f"{args.rev} does not take this checkout's weights: {missing=}, {unexpected=}")
             times = {name: [] for name in models}
             with torch.no_grad():
                 scores = {name: m.similarity(images, texts, text_mask, dense, dense_mask) for name, m in models.items()}
