@@ -13,11 +13,15 @@ median over the rounds. Rows:
 
 `--dtype bfloat16` runs `similarity(dtype=torch.bfloat16)`; the loop stays float32, so the difference is the
 bfloat16 path's error. `--profile` prints where `similarity` spends its time on the caption branch.
+`--floor` prints how far `similarity` is from this machine's floor on the official caption branch: the
+multiply-adds per pair of its operations (counted from the shapes) at the fp32 GEMM rate measured here on the
+patch-word product's shape; the rest of the time goes to gathers and element-wise passes (README, Speed).
 `--chunk_sizes A B ... [--thread_counts 1 2]` instead times `similarity` on the official caption branch for each
 block size and thread count, in alternating rounds (the knobs of the README's Speed section), and exits.
 
     .venv/bin/python benchmarks/bench_similarity.py [--images 128 --captions 64 --reference_captions 16]
-        [--rounds 5] [--threads 2] [--dtype bfloat16] [--profile] [--chunk_sizes 64 256 1024 --thread_counts 1 2]
+        [--rounds 5] [--threads 2] [--dtype bfloat16] [--profile] [--floor]
+        [--chunk_sizes 64 256 1024 --thread_counts 1 2]
 """
 
 import argparse
@@ -108,6 +112,50 @@ def knob_table(images: torch.Tensor, texts: torch.Tensor, text_mask: torch.Tenso
         print(f"| {chunk} | {threads} | {images.shape[0] * texts.shape[0] / median[chunk, threads]:,.0f} |")
 
 
+def multiply_adds_per_pair(config: SepsConfig, words: float) -> dict[str, float]:
+    """Multiply-adds per (image, caption) pair of the matrix products of `similarity` on the official caption
+    branch, by step, for captions of `words` tokens (per-image work, done once per image, left out)."""
+    patches, dim = config.num_patches, config.embed_dim
+    kept, tokens = config.num_kept_patches, config.num_aggregated_patches
+    return {
+        "selection (patches x caption)": patches * dim,
+        "patches x words": patches * dim * words,
+        "kept tokens x words (weights x patch-words)": tokens * kept * words,
+        "kept tokens' norms (weights x kept Gram block)": tokens * kept * kept,
+        "fused token (dots and norm)": patches * (words + patches),
+        "[CLS] x words": dim * words,
+    }
+
+
+def gemm_rate(rows: int, dim: int, columns: int, rounds: int) -> float:
+    """Multiply-adds per second of a float32 (rows, dim) @ (dim, columns) product, median of `rounds`."""
+    left, right = torch.randn(rows, dim), torch.randn(dim, columns)
+    left @ right  # warm-up
+    times = [seconds(lambda: left @ right)[1] for _ in range(max(rounds, 5))]
+    return rows * dim * columns / statistics.median(times)
+
+
+def floor_report(config: SepsConfig, words: float, measured_pairs_per_second: float, rounds: int) -> None:
+    """What the official caption branch's multiply-adds would cost at the GEMM rate of this machine, and the
+    share of that floor `similarity` reaches."""
+    counts = multiply_adds_per_pair(config, words)
+    total = sum(counts.values())
+    # The patch-word product of a block of 8 images x 64 captions, the largest GEMM of the scoring.
+    rate = gemm_rate(8 * config.num_patches, config.embed_dim, round(64 * words), rounds)
+    floor = rate / total
+    threads = torch.get_num_threads()
+    print(f"\nfloor, official caption branch (torch threads: {threads}, {words:.1f} words per caption):")
+    print("| step | multiply-adds per pair |")
+    print("| --- | ---: |")
+    for step, count in counts.items():
+        print(f"| {step} | {count / 1e6:.3f} M |")
+    print(f"| total | {total / 1e6:.3f} M |")
+    print(
+        f"GEMM rate {rate / 1e9:.1f} G multiply-adds/s -> floor {floor:,.0f} pairs/s; similarity "
+        f"{measured_pairs_per_second:,.0f} pairs/s = {100 * measured_pairs_per_second / floor:.0f}% of it"
+    )
+
+
 def ratio_row(
     label: str, loop_note: str, results: dict, median: dict, pairs: int, reference_pairs: int, subset: slice
 ) -> str:
@@ -132,6 +180,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     parser.add_argument("--dtype", choices=DTYPES, default="float32", help="scoring dtype of similarity()")
     parser.add_argument("--profile", action="store_true", help="profile similarity() on the caption branch")
+    parser.add_argument("--floor", action="store_true", help="share of this machine's floor (official, caption)")
     parser.add_argument("--chunk_sizes", type=int, nargs="+", help="time these block sizes instead (knobs)")
     parser.add_argument("--thread_counts", type=int, nargs="+", help="with --chunk_sizes: these thread counts")
     args = parser.parse_args()
@@ -180,6 +229,9 @@ def main() -> None:
             print(
                 ratio_row(f"{variant} caption branch", "", results, median, pairs, reference_pairs, subset), flush=True
             )
+            if variant == "official" and args.floor:
+                words = text_mask.sum(dim=1).float().mean().item()
+                floor_report(model.config, words, pairs / median["ours"], args.rounds)
             if variant == "official":
                 dense_captions = [d[m.bool()] for d, m in zip(dense[subset], dense_mask[subset], strict=True)]
                 with_dense = lambda model=model: model.similarity(  # noqa: E731
