@@ -283,7 +283,7 @@ def test_a_first_stage_saved_before_pooling_queries_existed_loads_with_its_singl
         torch.testing.assert_close(loaded.get_global_image_features(pixels), model.get_global_image_features(pixels))
     # A config that says nothing of the first stage gets today's defaults.
     del saved["global_contrastive_weight"]
-    assert SepsConfig.from_dict(saved).global_pooling_queries == SepsConfig().global_pooling_queries == 8
+    assert SepsConfig.from_dict(saved).global_pooling_queries == SepsConfig().global_pooling_queries == 16
 
 
 def test_the_first_stage_leaves_the_other_modules_initialisation_unchanged():

@@ -106,7 +106,7 @@ def test_bad_image_vector_counts_are_named(overrides, message):
 
 def test_a_config_saved_before_image_vectors_existed_loads_with_one_vector(tmp_path):
     """runs/demo/best and other models of before this field: one vector of all 8 queries, searched as before."""
-    model = tiny_model(global_image_vectors=1).eval()
+    model = tiny_model(global_pooling_queries=8, global_image_vectors=1).eval()
     model.save_pretrained(tmp_path)
     config_file = tmp_path / "config.json"
     saved = json.loads(config_file.read_text())
@@ -122,7 +122,7 @@ def test_a_config_saved_before_image_vectors_existed_loads_with_one_vector(tmp_p
         torch.testing.assert_close(features, model.get_global_image_features(pixels))
     # A model saved with the default keeps one vector per query (None is written and read back).
     tiny_model().save_pretrained(tmp_path / "new")
-    assert SepsConfig.from_pretrained(tmp_path / "new").num_global_image_vectors == 8
+    assert SepsConfig.from_pretrained(tmp_path / "new").num_global_image_vectors == 16
 
 
 @pytest.mark.parametrize("first_stage", ["exact", "hnsw"])

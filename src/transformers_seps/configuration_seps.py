@@ -195,7 +195,7 @@ class SepsConfig(PreTrainedConfig):
             the untrained cosine of mean-pooled SEPS tokens (the authors' converted checkpoints).
         global_temperature (`float`, defaults to 0.05):
             Temperature of that contrastive loss (logits are cosine / temperature).
-        global_pooling_queries (`int`, defaults to 8):
+        global_pooling_queries (`int`, defaults to 16):
             Learned attention-pooling queries per modality of the global embedding; a caption's pooled tokens are
             concatenated before the projection, so that one vector can describe several objects.
         global_image_vectors (`int`, *optional*):
@@ -254,7 +254,7 @@ class SepsConfig(PreTrainedConfig):
     lambda_dense: float = 1.0
     global_contrastive_weight: float = 1.0
     global_temperature: float = 0.05
-    global_pooling_queries: int = 8
+    global_pooling_queries: int = 16
     global_image_vectors: int | None = None
     global_detach_tokens: bool = True
     similarity_chunk_size: int | None = None
