@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import tiny_config, tiny_model
+from conftest import random_captions, tiny_config, tiny_model
 
 from transformers_seps import SepsConfig, SepsModel
 from transformers_seps.global_embedding import SepsGlobalEmbedding, first_stage_scores, global_contrastive_loss
@@ -28,6 +28,17 @@ def test_an_image_scores_a_caption_by_its_best_vector():
     torch.testing.assert_close(first_stage_scores(captions, images), expected)
     # One vector per image: the plain inner product.
     torch.testing.assert_close(first_stage_scores(captions, images[:, 1:2]), captions @ images[:, 1].t())
+
+
+def test_training_can_score_by_a_smooth_maximum():
+    captions = torch.tensor([[1.0, 0.0]])
+    images = torch.tensor([[[0.6, 0.8], [1.0, 0.0]], [[0.0, 1.0], [0.0, 1.0]]])
+    smoothing = 0.1
+    expected = torch.tensor([[smoothing * math.log(math.exp(6) + math.exp(10)), smoothing * math.log(2)]])
+    torch.testing.assert_close(first_stage_scores(captions, images, smoothing), expected)
+    # Between the maximum and the maximum + s log V.
+    maximum = first_stage_scores(captions, images)
+    assert (maximum <= expected).all() and (expected <= maximum + smoothing * math.log(2) + 1e-6).all()
 
 
 def _axis_pooling_embedding(image_vectors: int) -> SepsGlobalEmbedding:
@@ -70,6 +81,20 @@ def test_the_contrastive_loss_takes_the_best_vector_of_each_image():
     assert loss.item() == pytest.approx(expected, rel=1e-6)
 
 
+def test_the_training_loss_uses_the_configured_smooth_maximum():
+    model = tiny_model(global_pooling_queries=4, global_max_smoothing=0.2)  # eval: no dropout between the calls
+    generator = torch.Generator().manual_seed(3)
+    pixels = torch.randn(4, 3, IMAGE_SIZE, IMAGE_SIZE, generator=generator)
+    ids, mask = random_captions(4, 9, seed=3)
+    output = model(pixel_values=pixels, input_ids=ids, attention_mask=mask, return_loss=True)
+    with torch.no_grad():
+        images = model.global_image_embeds(model.encode_image(pixels))
+        texts = model.global_text_embeds(model.encode_text(ids, mask), mask)
+    losses = {s: global_contrastive_loss(images, texts, torch.arange(4), 0.05, s).item() for s in (0.0, 0.2)}
+    assert output.global_contrastive_loss.item() == pytest.approx(losses[0.2], rel=1e-5)
+    assert losses[0.2] != pytest.approx(losses[0.0], rel=1e-3)
+
+
 def test_new_models_keep_one_image_vector_per_pooling_query():
     model = tiny_model(global_pooling_queries=4)
     assert model.config.global_image_vectors is None and model.config.num_global_image_vectors == 4
@@ -91,6 +116,7 @@ def test_new_models_keep_one_image_vector_per_pooling_query():
     "overrides, message",
     [
         ({"global_image_vectors": 0}, "global_image_vectors must be an integer >= 1 or None, got 0"),
+        ({"global_max_smoothing": -0.1}, "global_max_smoothing must be >= 0, got -0.1"),
         ({"global_image_vectors": 2.5}, r"global_image_vectors must be an integer >= 1 or None, got 2.5 \(float\)"),
         (
             {"global_pooling_queries": 8, "global_image_vectors": 3},
@@ -99,7 +125,7 @@ def test_new_models_keep_one_image_vector_per_pooling_query():
         ),
     ],
 )
-def test_bad_image_vector_counts_are_named(overrides, message):
+def test_bad_image_vector_settings_are_named(overrides, message):
     with pytest.raises(ValueError, match=message):
         tiny_config(**overrides)
 
@@ -110,11 +136,12 @@ def test_a_config_saved_before_image_vectors_existed_loads_with_one_vector(tmp_p
     model.save_pretrained(tmp_path)
     config_file = tmp_path / "config.json"
     saved = json.loads(config_file.read_text())
-    del saved["global_image_vectors"]
+    for field in ("global_image_vectors", "global_max_smoothing"):
+        del saved[field]
     config_file.write_text(json.dumps(saved))
     loaded = SepsModel.from_pretrained(tmp_path).eval()
     assert loaded.config.global_image_vectors == loaded.config.num_global_image_vectors == 1
-    assert loaded.config.global_pooling_queries == 8
+    assert loaded.config.global_pooling_queries == 8 and loaded.config.global_max_smoothing == 0.0
     pixels = torch.randn(2, 3, IMAGE_SIZE, IMAGE_SIZE, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         features = loaded.get_global_image_features(pixels)

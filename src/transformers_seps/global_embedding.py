@@ -63,17 +63,22 @@ class SepsGlobalEmbedding(nn.Module):
         return self._pool(text_embeds, attention_mask, self.text_pool, self.text_projection, 1)[:, 0]
 
 
-def first_stage_scores(text_global: torch.Tensor, image_global: torch.Tensor) -> torch.Tensor:
+def first_stage_scores(text_global: torch.Tensor, image_global: torch.Tensor, smoothing: float = 0.0) -> torch.Tensor:
     """The first stage's score of every caption-image pair: the largest inner product of the caption's vector with
     the image's vectors (PVSE's max over an image's embeddings).
 
     Args:
         text_global: (N_txt, D) caption vectors.
         image_global: (N_img, V, D) image vectors, V per image.
+        smoothing: 0 (search) takes the maximum; s > 0 (training) the smooth maximum s * logsumexp(x / s), which
+            lets every vector near the best one learn (at most s * log V above the maximum).
 
     Returns: (N_txt, N_img).
     """
-    return torch.einsum("td,ivd->tiv", text_global, image_global).amax(dim=-1)
+    products = torch.einsum("td,ivd->tiv", text_global, image_global)
+    if smoothing == 0:
+        return products.amax(dim=-1)
+    return smoothing * torch.logsumexp(products / smoothing, dim=-1)
 
 
 def mean_pooled_embedding(tokens: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
@@ -84,7 +89,11 @@ def mean_pooled_embedding(tokens: torch.Tensor, mask: torch.Tensor | None = None
 
 
 def global_contrastive_loss(
-    image_global: torch.Tensor, text_global: torch.Tensor, image_ids: torch.Tensor, temperature: float
+    image_global: torch.Tensor,
+    text_global: torch.Tensor,
+    image_ids: torch.Tensor,
+    temperature: float,
+    max_smoothing: float = 0.0,
 ) -> torch.Tensor:
     """Symmetric InfoNCE of a paired batch (caption k describes image k), as CLIP's and BLIP's ITC.
 
@@ -93,8 +102,9 @@ def global_contrastive_loss(
         image_ids: (N,) image identities; every image with the caption's image id is a positive (the target
             spreads evenly over them), so repeated images of a batch are not pushed apart.
         temperature: logits are the `first_stage_scores` (the best of an image's cosines) / temperature.
+        max_smoothing: the `smoothing` of `first_stage_scores` (0: the maximum a search takes).
     """
-    logits = first_stage_scores(text_global, image_global) / temperature
+    logits = first_stage_scores(text_global, image_global, max_smoothing) / temperature
     positives = (image_ids[:, None] == image_ids[None, :]).to(logits.dtype)
     targets = positives / positives.sum(dim=1, keepdim=True)
     return (F.cross_entropy(logits, targets) + F.cross_entropy(logits.t(), targets)) / 2

@@ -1378,6 +1378,7 @@ class SepsModel(SepsPreTrainedModel):
                     self.global_text_embeds(text_tokens, text_attention_mask),
                     image_ids if image_ids is not None else torch.arange(image_embeds.shape[0], device=scores.device),
                     config.global_temperature,
+                    config.global_max_smoothing,
                 )
                 loss = loss + config.global_contrastive_weight * contrastive_loss
         # Logits scaled as CLIP's, for a softmax over them; the loss above stays on S (Eq. 6).
