@@ -1,5 +1,5 @@
 """Several first-stage vectors per image, scored by the best one (`global_image_vectors`, PVSE's max over an
-image's embeddings): the score, why it finds crowded scenes, old configs, the loss and the FAISS index."""
+image's embeddings): the score, why it finds crowded scenes, the init, old configs, the loss and the FAISS index."""
 
 import json
 import math
@@ -8,6 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from conftest import random_captions, tiny_config, tiny_model
+from safetensors.torch import load_file, save_file
 
 from transformers_seps import SepsConfig, SepsModel
 from transformers_seps.global_embedding import SepsGlobalEmbedding, first_stage_scores, global_contrastive_loss
@@ -110,6 +111,26 @@ def test_new_models_keep_one_image_vector_per_pooling_query():
     assert grouped.global_embedding.image_projection.weight.shape == (embed_dim, 2 * embed_dim)
     with torch.no_grad():
         assert grouped.get_global_image_features(pixels).shape == (3, 2, embed_dim)
+
+
+def _has_pytorch_default_init(layer: torch.nn.Linear) -> bool:
+    """Weights and bias uniform in +-1/sqrt(fan_in), as `nn.Linear` draws them (xavier's bound is larger here)."""
+    bound = 1 / math.sqrt(layer.in_features)
+    parameters = [layer.weight] if layer.bias is None else [layer.weight, layer.bias]
+    return all(0.9 * bound < parameter.abs().max() <= bound for parameter in parameters)
+
+
+def test_the_first_stage_starts_from_pytorchs_linear_init_and_seps_from_xavier(tmp_path):
+    model = tiny_model()
+    assert all(_has_pytorch_default_init(layer) for layer in model.global_embedding.children())
+    assert not _has_pytorch_default_init(model.vision_projection)  # xavier, zero bias
+    # A fresh first stage added to a checkpoint without one is initialised the same way; trained ones are kept.
+    model.save_pretrained(tmp_path)
+    weights = {k: v for k, v in load_file(tmp_path / "model.safetensors").items() if "global_embedding" not in k}
+    save_file(weights, tmp_path / "model.safetensors", metadata={"format": "pt"})
+    fresh = SepsModel.from_pretrained(tmp_path, global_contrastive_weight=1.0)
+    assert all(_has_pytorch_default_init(layer) for layer in fresh.global_embedding.children())
+    assert torch.equal(fresh.vision_projection.weight, model.vision_projection.weight)
 
 
 @pytest.mark.parametrize(
