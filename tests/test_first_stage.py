@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from conftest import random_captions, tiny_config, tiny_model
 
 from transformers_seps import SepsConfig, SepsModel
-from transformers_seps.global_embedding import SepsGlobalEmbedding, global_contrastive_loss
+from transformers_seps.global_embedding import SepsGlobalEmbedding, first_stage_scores, global_contrastive_loss
 from transformers_seps.loss import SepsForRetrievalTraining
 from transformers_seps.retrieval import shortlist_and_rerank
 from transformers_seps.tools.convert_official import official_seps_config
@@ -57,7 +57,7 @@ def test_without_a_global_embedding_the_first_stage_is_the_mean_of_the_tokens():
         tokens = model.encode_image(pixels)
         words = model.encode_text(ids, mask)
         # Images: the patches without [CLS]; captions: the real tokens only.
-        expected_images = F.normalize(tokens[:, 1:].mean(dim=1), dim=-1)
+        expected_images = F.normalize(tokens[:, 1:].mean(dim=1), dim=-1)[:, None]  # one vector per image
         expected_texts = F.normalize((words * mask[..., None]).sum(1) / mask.sum(1, keepdim=True), dim=-1)
         torch.testing.assert_close(model.get_global_image_features(pixels), expected_images)
         torch.testing.assert_close(model.get_global_text_features(ids, mask), expected_texts)
@@ -69,8 +69,9 @@ def test_global_features_are_unit_vectors_that_ignore_padding():
     with torch.no_grad():
         images = model.get_global_image_features(pixels)
         texts = model.get_global_text_features(ids, mask)
-        assert images.shape == texts.shape == (4, model.config.embed_dim)
-        torch.testing.assert_close(images.norm(dim=-1), torch.ones(4))
+        assert images.shape == (4, model.config.num_global_image_vectors, model.config.embed_dim)
+        assert texts.shape == (4, model.config.embed_dim)
+        torch.testing.assert_close(images.norm(dim=-1), torch.ones(images.shape[:2]))
         torch.testing.assert_close(texts.norm(dim=-1), torch.ones(4))
         # Extra padding (any token id under a zero mask) changes nothing.
         padded_ids = torch.cat([ids, torch.full((4, 3), 7)], dim=1)
@@ -91,7 +92,7 @@ def test_contrastive_loss_of_a_hand_computed_batch():
     image_to_text = (
         -math.log(math.exp(2) / (math.exp(2) + math.exp(1.2))) - math.log(math.exp(1.6) / (1 + math.exp(1.6)))
     ) / 2
-    loss = global_contrastive_loss(images, texts, torch.tensor([0, 1]), temperature)
+    loss = global_contrastive_loss(images[:, None], texts, torch.tensor([0, 1]), temperature)
     assert loss.item() == pytest.approx((text_to_image + image_to_text) / 2, rel=1e-6)
 
 
@@ -103,7 +104,8 @@ def test_captions_of_the_same_image_are_not_pushed_apart():
         optimizer = torch.optim.SGD([images], lr=0.1)
         for _ in range(20):
             optimizer.zero_grad()
-            global_contrastive_loss(F.normalize(images, dim=-1), start, torch.tensor(image_ids), 0.05).backward()
+            image_vectors = F.normalize(images, dim=-1)[:, None]
+            global_contrastive_loss(image_vectors, start, torch.tensor(image_ids), 0.05).backward()
             optimizer.step()
         return F.cosine_similarity(images[0], images[1], dim=0).item()
 
@@ -138,7 +140,7 @@ def test_training_the_contrastive_term_puts_each_image_first_in_its_captions_sho
 
     def first_stage_hits() -> int:
         with torch.no_grad():
-            ranks = model.global_text_embeds(words, mask) @ model.global_image_embeds(tokens).t()
+            ranks = first_stage_scores(model.global_text_embeds(words, mask), model.global_image_embeds(tokens))
         return int((ranks.argmax(dim=1) == torch.arange(8)).sum())
 
     before = first_stage_hits()
@@ -161,14 +163,16 @@ def test_the_shortlist_follows_the_global_embeddings():
     with torch.no_grad():
         tokens, words = model.encode_image(pixels), model.encode_text(ids, mask)
         result = shortlist_and_rerank(model, tokens, words, mask, 2)
-        expected = (model.global_text_embeds(words, mask) @ model.global_image_embeds(tokens).t()).topk(2).indices
+        expected = first_stage_scores(model.global_text_embeds(words, mask), model.global_image_embeds(tokens))
+        expected = expected.topk(2).indices
         assert torch.equal(result.indices, expected)
         torch.testing.assert_close(
             result.scores, model.similarity(tokens, words, mask).t().gather(1, expected), atol=1e-5, rtol=0
         )
         # A model without a global embedding shortlists by the mean-pooled tokens instead.
         model.global_embedding = None
-        fallback = (model.global_text_embeds(words, mask) @ model.global_image_embeds(tokens).t()).topk(2).indices
+        fallback = first_stage_scores(model.global_text_embeds(words, mask), model.global_image_embeds(tokens))
+        fallback = fallback.topk(2).indices
         assert torch.equal(shortlist_and_rerank(model, tokens, words, mask, 2).indices, fallback)
 
 
@@ -202,7 +206,7 @@ def test_a_checkpoint_without_a_trained_first_stage_keeps_mean_pooled_shortlists
     pixels, ids, mask = batch(3, seed=5)
     with torch.no_grad():
         tokens = loaded.encode_image(pixels)
-        expected = F.normalize(tokens[:, 1:].mean(dim=1), dim=-1)  # the patches, without [CLS]
+        expected = F.normalize(tokens[:, 1:].mean(dim=1), dim=-1)[:, None]  # the patches, without [CLS]
         torch.testing.assert_close(loaded.global_image_embeds(tokens), expected)
     # Asked for explicitly, a fresh first stage is kept (to be trained), and loading info is still available.
     fresh, info = SepsModel.from_pretrained(tmp_path, global_contrastive_weight=1.0, output_loading_info=True)
@@ -228,7 +232,7 @@ def test_forward_with_return_loss_is_the_whole_objective():
 def _two_axis_embedding(num_queries: int) -> SepsGlobalEmbedding:
     """2-d tokens; query 0 favours tokens along the first axis, query 1 along the second (sharply); the
     projection keeps query 0's first coordinate and the last query's second one."""
-    embedding = SepsGlobalEmbedding(2, num_queries)
+    embedding = SepsGlobalEmbedding(2, num_queries)  # one image vector of all queries
     with torch.no_grad():
         for pool, projection in ((embedding.image_pool, embedding.image_projection),
                                  (embedding.text_pool, embedding.text_projection)):  # fmt: skip
@@ -242,11 +246,11 @@ def _two_axis_embedding(num_queries: int) -> SepsGlobalEmbedding:
 def test_several_pooling_queries_keep_several_objects_in_one_vector():
     # Two "objects" (tokens along each axis) and a background token.
     tokens = torch.tensor([[[1.0, 0.0], [0.0, 1.0], [0.0, 0.0]]])
-    both = _two_axis_embedding(2).embed_image(tokens)
+    both = _two_axis_embedding(2).embed_image(tokens)[:, 0]
     # Each query pools its own object with the same weight, so both coordinates come out equal.
     torch.testing.assert_close(both, torch.tensor([[1.0, 1.0]]) / math.sqrt(2))
     # One query settles on one object: the other one is (almost) lost.
-    assert _two_axis_embedding(1).embed_image(tokens)[0, 1] < 0.01
+    assert _two_axis_embedding(1).embed_image(tokens)[0, 0, 1] < 0.01
     # Each query's softmax skips masked tokens: without the second object, query 1 pools the other two evenly.
     caption = _two_axis_embedding(2).embed_text(tokens, torch.tensor([[1, 0, 1]]))
     torch.testing.assert_close(caption, torch.tensor([[1.0, 0.0]]))
@@ -279,7 +283,7 @@ def test_a_first_stage_saved_before_pooling_queries_existed_loads_with_its_singl
         torch.testing.assert_close(loaded.get_global_image_features(pixels), model.get_global_image_features(pixels))
     # A config that says nothing of the first stage gets today's defaults.
     del saved["global_contrastive_weight"]
-    assert SepsConfig.from_dict(saved).global_pooling_queries == SepsConfig().global_pooling_queries == 8
+    assert SepsConfig.from_dict(saved).global_pooling_queries == SepsConfig().global_pooling_queries == 16
 
 
 def test_the_first_stage_leaves_the_other_modules_initialisation_unchanged():

@@ -98,7 +98,7 @@ _FIELD_RULES: tuple[tuple[tuple[str, ...], type, str, Callable[[Any], bool], boo
     ),
     (("beta",), float, "in [0, 0.5] (Eq. 3 weights 1 - 2*beta)", lambda v: 0 <= v <= 0.5, False),
     (("embed_dim", "relevance_topk", "global_pooling_queries"), int, "an integer >= 1", lambda v: v >= 1, False),
-    (("similarity_chunk_size",), int, "an integer >= 1 or None", lambda v: v >= 1, True),
+    (("similarity_chunk_size", "global_image_vectors"), int, "an integer >= 1 or None", lambda v: v >= 1, True),
     (("max_violation_warmup_epochs",), int, "an integer >= 0", lambda v: v >= 0, False),
     (("gumbel_tau", "logit_scale", "global_temperature"), float, "> 0", lambda v: v > 0, False),
     (
@@ -110,6 +110,7 @@ _FIELD_RULES: tuple[tuple[tuple[str, ...], type, str, Callable[[Any], bool], boo
             "leaky_relu_slope",
             "initializer_range",
             "global_contrastive_weight",
+            "global_max_smoothing",
         ),
         float,
         ">= 0",
@@ -195,9 +196,22 @@ class SepsConfig(PreTrainedConfig):
             the untrained cosine of mean-pooled SEPS tokens (the authors' converted checkpoints).
         global_temperature (`float`, defaults to 0.05):
             Temperature of that contrastive loss (logits are cosine / temperature).
-        global_pooling_queries (`int`, defaults to 8):
-            Learned attention-pooling queries per modality of the global embedding; their pooled tokens are
-            concatenated before the projection, so that one vector can describe several objects of an image.
+        global_pooling_queries (`int`, defaults to 16):
+            Learned attention-pooling queries per modality of the global embedding; a caption's pooled tokens are
+            concatenated before the projection, so that one vector can describe several objects.
+        global_image_vectors (`int`, *optional*):
+            Vectors an image keeps in the first stage; it must divide `global_pooling_queries`. The image's
+            queries are split into that many groups, each group's pooled tokens concatenated and projected (one
+            projection shared by the groups) to a unit vector, and an image scores a caption by its best vector,
+            as PVSE's multiple image embeddings (`transformers_seps.global_embedding.first_stage_scores`). None
+            (the default): one vector per pooling query. 1: a single vector of all queries (the first stage
+            before this field existed: a config saved without it loads with 1).
+            [`~SepsModel.get_global_image_features`] returns (N, `num_global_image_vectors`, C).
+        global_max_smoothing (`float`, defaults to 0.1):
+            In the contrastive loss only, an image's score is the smooth maximum s * logsumexp(cosines / s) of its
+            vectors' cosines (s this value; 0: the maximum, as search takes), so that more than the best vector
+            learns from each caption. It measured better than the maximum on the synthetic benchmark (README,
+            "Speed"). No effect with one image vector.
         global_detach_tokens (`bool`, defaults to `True`):
             The contrastive loss trains the global embedding only: it sees the SEPS tokens detached from the graph,
             so that the projections and backbones learn from the SEPS loss alone. `False` lets its gradient reach
@@ -246,7 +260,9 @@ class SepsConfig(PreTrainedConfig):
     lambda_dense: float = 1.0
     global_contrastive_weight: float = 1.0
     global_temperature: float = 0.05
-    global_pooling_queries: int = 8
+    global_pooling_queries: int = 16
+    global_image_vectors: int | None = None
+    global_max_smoothing: float = 0.1
     global_detach_tokens: bool = True
     similarity_chunk_size: int | None = None
     initializer_range: float = 0.02
@@ -265,10 +281,12 @@ class SepsConfig(PreTrainedConfig):
 
     @classmethod
     def from_dict(cls, config_dict: dict[str, Any], **kwargs) -> "SepsConfig":
-        """As `PreTrainedConfig.from_dict`; a config saved with a first stage but without `global_pooling_queries`
-        (written before that field existed) had a single pooling query, and keeps it."""
-        if "global_contrastive_weight" in config_dict and "global_pooling_queries" not in config_dict:
-            config_dict = {**config_dict, "global_pooling_queries": 1}
+        """As `PreTrainedConfig.from_dict`; a config saved with a first stage but without `global_pooling_queries`,
+        `global_image_vectors` or `global_max_smoothing` (written before that field existed) had a single pooling
+        query, a single image vector or no smoothing, and keeps it."""
+        if "global_contrastive_weight" in config_dict:
+            written_before = {"global_pooling_queries": 1, "global_image_vectors": 1, "global_max_smoothing": 0.0}
+            config_dict = {**written_before, **config_dict}
         return super().from_dict(config_dict, **kwargs)
 
     def __post_init__(self, **kwargs):
@@ -295,11 +313,21 @@ class SepsConfig(PreTrainedConfig):
                     raise ValueError(f"{name} must be {requirement}, got {value!r}{wrong_type}")
                 if kind is not bool and not isinstance(value, (int, float)):
                     setattr(self, name, kind(value))  # a NumPy scalar: stored as a Python number (JSON-serializable)
+        if self.global_pooling_queries % self.num_global_image_vectors:
+            raise ValueError(
+                f"global_image_vectors must divide global_pooling_queries, got global_image_vectors="
+                f"{self.global_image_vectors} and global_pooling_queries={self.global_pooling_queries}"
+            )
         if self.num_patches is not None and self.num_aggregated_patches < 1:
             raise ValueError(
                 "num_patches * aggr_ratio * sparse_ratio must be >= 1 (the number of aggregated tokens), got "
                 f"int({self.num_patches} * {self.aggr_ratio} * {self.sparse_ratio}) = 0"
             )
+
+    @property
+    def num_global_image_vectors(self) -> int:
+        """Vectors per image in the first stage: `global_image_vectors`, or one per pooling query when None."""
+        return self.global_image_vectors or self.global_pooling_queries
 
     @property
     def num_kept_patches(self) -> int:

@@ -3,10 +3,12 @@
 Layout of an index folder (`SepsRetriever.save`, `examples/build_index.py`):
 
 - `shard-<first row>-<end row>.safetensors`: per image, the SEPS tokens (`image_embeds`, (n, L_v, C), float16
-  by default), the global embedding of the first stage (`global_embeds`, (n, D), float32), and with dense captions
+  by default), the global embedding of the first stage (`global_embeds`, (n, V, D), float32: V vectors per image,
+  `SepsConfig.num_global_image_vectors`), and with dense captions
   `dense_embeds` (n, L_d, C) and `dense_attention_mask` (n, L_d); the image ids in the file's metadata. Each shard
   is written under a temporary name and renamed, so a shard file is always complete.
-- `first_stage.faiss`: the global embeddings in a FAISS index (exact inner product, or HNSW as an option).
+- `first_stage.faiss`: the global embeddings in a FAISS index (exact inner product, or HNSW as an option), one row
+  per vector: row image * V + k holds vector k of the image.
 - `processor/`: the processor that tokenises queries.
 - `manifest.json`, written last: what the index holds. A folder without it (an interrupted build) is never loaded.
 
@@ -34,7 +36,7 @@ MANIFEST_FILE = "manifest.json"
 FIRST_STAGE_FILE = "first_stage.faiss"
 PROCESSOR_FOLDER = "processor"
 INDEX_FORMAT = "transformers-seps-gallery-index"
-INDEX_VERSION = 1
+INDEX_VERSION = 2  # 2: V global vectors per image (1 held one)
 FIRST_STAGE_KINDS = ("exact", "hnsw")
 # Storage precisions of the SEPS tokens; NumPy memory-maps both (bfloat16 it cannot).
 STORAGE_DTYPES = {"float16": torch.float16, "float32": torch.float32}
@@ -165,7 +167,8 @@ def finalize_index(directory: Path, fingerprint: str, first_stage: str = "exact"
         if metadata.get("model_fingerprint") != fingerprint:
             raise ValueError(f"{path} was encoded by another model (its fingerprint differs from the model's)")
         shape = header["image_embeds"]["shape"]
-        shard_layout = (tuple(shape[1:]), header["image_embeds"]["dtype"], "dense_embeds" in header)
+        global_shape = header["global_embeds"]["shape"]
+        shard_layout = (tuple(shape[1:]), header["image_embeds"]["dtype"], "dense_embeds" in header, global_shape[1])
         if layout is not None and shard_layout != layout:
             raise ValueError(f"{path}: tokens {shard_layout} differ from the first shard's {layout}")
         layout = shard_layout
@@ -176,16 +179,18 @@ def finalize_index(directory: Path, fingerprint: str, first_stage: str = "exact"
             dense_length = max(dense_length or 0, header["dense_embeds"]["shape"][1])
         entries.append({"file": path.name, "first_row": first, "num_images": end - first})
         expected_first = end
-    global_embeds = np.concatenate(global_parts)
+    global_embeds = np.concatenate(global_parts)  # (N, V, D)
+    num_vectors, global_dim = global_embeds.shape[1:]
+    global_embeds = np.ascontiguousarray(global_embeds.reshape(-1, global_dim))  # row image * V + k
     if first_stage == "exact":
-        index = faiss.IndexFlatIP(global_embeds.shape[1])
+        index = faiss.IndexFlatIP(global_dim)
     else:
-        index = faiss.IndexHNSWFlat(global_embeds.shape[1], HNSW_NEIGHBORS, faiss.METRIC_INNER_PRODUCT)
+        index = faiss.IndexHNSWFlat(global_dim, HNSW_NEIGHBORS, faiss.METRIC_INNER_PRODUCT)
     index.add(global_embeds)
     temporary = directory / f".tmp-{FIRST_STAGE_FILE}"
     faiss.write_index(index, str(temporary))
     os.replace(temporary, directory / FIRST_STAGE_FILE)
-    (image_tokens, embed_dim), dtype_code, _ = layout
+    (image_tokens, embed_dim), dtype_code, _, _ = layout
     manifest = {
         "format": INDEX_FORMAT,
         "version": INDEX_VERSION,
@@ -193,7 +198,8 @@ def finalize_index(directory: Path, fingerprint: str, first_stage: str = "exact"
         "image_tokens": image_tokens,
         "embed_dim": embed_dim,
         "dtype": {"F16": "float16", "F32": "float32"}[dtype_code],
-        "global_dim": int(global_embeds.shape[1]),
+        "global_dim": int(global_dim),
+        "global_vectors": int(num_vectors),
         "dense_length": dense_length,
         "first_stage": first_stage,
         "model_fingerprint": fingerprint,
@@ -227,10 +233,10 @@ class StoredGallery:
             raise ValueError(f"{directory} was encoded by another model (its fingerprint differs from the model's)")
         self.manifest = manifest
         self.first_stage = import_faiss().read_index(str(directory / FIRST_STAGE_FILE))
-        if self.first_stage.ntotal != manifest["num_images"]:
+        if self.first_stage.ntotal != manifest["num_images"] * manifest["global_vectors"]:
             raise ValueError(
-                f"{directory / FIRST_STAGE_FILE} holds {self.first_stage.ntotal} images, the manifest "
-                f"{manifest['num_images']}"
+                f"{directory / FIRST_STAGE_FILE} holds {self.first_stage.ntotal} vectors, the manifest "
+                f"{manifest['num_images']} images of {manifest['global_vectors']}"
             )
         self.image_ids: list = []
         self._images, self._dense, self._dense_masks = [], [], []
@@ -278,12 +284,27 @@ class StoredGallery:
         return as_tensor(images), None if dense is None else as_tensor(dense), None if mask is None else as_tensor(mask)
 
     def shortlist(self, text_global: torch.Tensor, size: int) -> torch.Tensor:
-        """(N_txt, size) gallery rows whose global embedding has the largest inner product with each (N_txt, D)
-        caption embedding, best first."""
+        """(N_txt, size) gallery rows whose best global vector has the largest inner product with each (N_txt, D)
+        caption embedding (`first_stage_scores`), best first.
+
+        FAISS returns the best size * V vectors; the first `size` distinct images among them are the shortlist.
+        With the exact index that is the exact shortlist: the best vector of an image of the top `size` ranks
+        below the vectors of at most size - 1 other images, that is at most (size - 1) * V vectors."""
+        num_vectors = self.manifest["global_vectors"]
+        breadth = min(size * num_vectors, self.first_stage.ntotal)
         if self.manifest["first_stage"] == "hnsw":
-            self.first_stage.hnsw.efSearch = max(size, HNSW_MIN_SEARCH_BREADTH)
-        _, rows = self.first_stage.search(text_global.float().cpu().numpy(), size)
-        return torch.from_numpy(rows).long()
+            self.first_stage.hnsw.efSearch = max(breadth, HNSW_MIN_SEARCH_BREADTH)
+        _, vector_rows = self.first_stage.search(text_global.float().cpu().numpy(), breadth)
+        shortlists = []
+        for query, rows in enumerate(vector_rows):
+            images = list(dict.fromkeys(int(row) // num_vectors for row in rows if row >= 0))[:size]
+            if len(images) < size:  # only an approximate index can miss images
+                raise RuntimeError(
+                    f"the {self.manifest['first_stage']} first stage found {len(images)} images for query {query}, "
+                    f"fewer than the shortlist's {size}"
+                )
+            shortlists.append(images)
+        return torch.tensor(shortlists, dtype=torch.long)
 
 
 __all__ = ["StoredGallery", "finalize_index", "model_fingerprint", "write_shard"]

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from .configuration_seps import check_positive_int
+from .global_embedding import first_stage_scores
 from .index import (
     FIRST_STAGE_KINDS,
     PROCESSOR_FOLDER,
@@ -106,7 +107,7 @@ def rerank_shortlists(
 @torch.no_grad()
 def global_image_embeds(model: SepsModel, image_embeds: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
     """[`SepsModel.global_image_embeds`] of a gallery's (N_img, L_v, C) tokens, in batches on the model's device:
-    (N_img, C) on the CPU."""
+    (N_img, V, C) on the CPU."""
     return torch.cat(
         [
             model.global_image_embeds(image_embeds[start : start + batch_size].to(model.device)).cpu()
@@ -129,16 +130,17 @@ def shortlist_and_rerank(
 
     Stage 1 keeps, for each caption, the `shortlist_size` images whose global embedding
     ([`SepsModel.global_image_embeds`], trained by the contrastive loss; the mean-pooled tokens for a model
-    without one) is closest to the caption's; stage 2 scores that shortlist with SEPS. Returns the SEPS scores
-    and gallery indices of each shortlist, (N_txt, min(shortlist_size, N_img)), in shortlist order (not sorted):
-    a shortlist larger than the gallery is the whole gallery.
+    without one) is closest to the caption's (the best of an image's vectors, `first_stage_scores`); stage 2
+    scores that shortlist with SEPS. Returns the SEPS scores and gallery indices of each shortlist, (N_txt,
+    min(shortlist_size, N_img)), in shortlist order (not sorted): a shortlist larger than the gallery is the whole
+    gallery.
     """
     check_positive_int("shortlist_size", shortlist_size)
     model._check_similarity_inputs(image_embeds, text_embeds, text_attention_mask, dense_embeds, dense_attention_mask)
     shortlist_size = min(shortlist_size, image_embeds.shape[0])
     text_global = model.global_text_embeds(text_embeds.to(model.device), text_attention_mask.to(model.device)).cpu()
     image_global = global_image_embeds(model, image_embeds)
-    shortlists = (text_global @ image_global.t()).topk(shortlist_size, dim=1).indices
+    shortlists = first_stage_scores(text_global, image_global).topk(shortlist_size, dim=1).indices
 
     def gallery_rows(rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
         if dense_embeds is None:
@@ -150,7 +152,7 @@ def shortlist_and_rerank(
 
 @dataclass
 class EncodedImages:
-    """A batch of gallery images encoded for search: SEPS tokens (n, L_v, C), global embeddings (n, D), and the
+    """A batch of gallery images encoded for search: SEPS tokens (n, L_v, C), global embeddings (n, V, D), and the
     images' own dense captions (n, L_d, C) with their mask (n, L_d), or None."""
 
     image_embeds: torch.Tensor
@@ -193,7 +195,7 @@ class _InMemoryGallery:
         return self.image_embeds[rows], self.dense_embeds[rows], self.dense_attention_mask[rows]
 
     def shortlist(self, text_global: torch.Tensor, size: int) -> torch.Tensor:
-        return (text_global @ self.global_embeds.t()).topk(size, dim=1).indices
+        return first_stage_scores(text_global, self.global_embeds).topk(size, dim=1).indices
 
 
 # Gallery images scored at once by an exhaustive search (a block of the gallery, read from memory or disk).
