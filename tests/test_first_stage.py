@@ -293,3 +293,14 @@ def test_the_first_stage_leaves_the_other_modules_initialisation_unchanged():
         for name, parameter in tiny_model(**overrides).named_parameters():
             if not name.startswith("global_embedding."):
                 assert torch.equal(parameter, reference[name]), (overrides, name)
+
+
+def test_the_random_state_after_building_a_model_does_not_depend_on_its_first_stage():
+    """Training draws (shuffling, Gumbel noise) follow the model's construction: a first stage of any size, or none,
+    leaves them where they were, so runs that differ only in the first stage see the same batches."""
+    draws = []
+    for overrides in ({"global_contrastive_weight": 0.0}, {"global_pooling_queries": 1}, {"global_pooling_queries": 8}):
+        tiny_model(**overrides)  # seeds the global random state, then builds
+        draws.append(torch.rand(4))
+    for draw in draws[1:]:
+        assert torch.equal(draw, draws[0])

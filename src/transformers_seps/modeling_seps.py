@@ -5,6 +5,7 @@ N_c = `config.num_aggregated_patches`, L = tokens an image keeps after slimming,
 Section numbers refer to docs/model.md; equation numbers to the paper (arXiv 2511.01390).
 """
 
+import hashlib
 import inspect
 import math
 import os
@@ -771,13 +772,21 @@ class SepsPreTrainedModel(PreTrainedModel):
 
     def _init_weights(self, module: nn.Module) -> None:
         global_embedding = getattr(self, "global_embedding", None)
-        if global_embedding is not None and any(module is layer for layer in global_embedding.children()):
+        layer_name = None
+        if global_embedding is not None:
+            layer_name = next((name for name, layer in global_embedding.named_children() if layer is module), None)
+        if layer_name is not None:
             # PyTorch's default `nn.Linear` init: the first stage learned faster from it than from xavier's
-            # (README, "Speed").
-            init.kaiming_uniform_(module.weight, a=math.sqrt(5))
+            # (README, "Speed"). Drawn from a generator seeded by the current random state and the layer's name,
+            # which leaves that state where it was (see `SepsModel.__init__`).
+            if module.weight.is_meta:
+                return
+            digest = hashlib.sha256(torch.random.get_rng_state().numpy().tobytes() + layer_name.encode()).digest()
+            generator = torch.Generator(device=module.weight.device).manual_seed(int.from_bytes(digest[:8], "little"))
+            init.kaiming_uniform_(module.weight, a=math.sqrt(5), generator=generator)
             bound = 1 / math.sqrt(module.in_features)
             if module.bias is not None:
-                init.uniform_(module.bias, -bound, bound)
+                init.uniform_(module.bias, -bound, bound, generator=generator)
         elif isinstance(module, nn.Linear):
             init.xavier_uniform_(module.weight)
             if module.bias is not None:
@@ -827,7 +836,9 @@ class SepsModel(SepsPreTrainedModel):
         # The first stage of a two-stage search (`transformers_seps.global_embedding`), if a loss trains it.
         self.global_embedding = None
         if config.global_contrastive_weight > 0:
-            # On a forked RNG: its size does not shift the draws that `post_init` makes for the other modules.
+            # Built on a forked random state and initialised from its own generator (`_init_weights`): whatever
+            # its size, the other modules' initialisation and the draws that follow (shuffling, sampling) stay
+            # the same.
             with torch.random.fork_rng(devices=[]):
                 self.global_embedding = SepsGlobalEmbedding(
                     embed_dim, config.global_pooling_queries, config.num_global_image_vectors
