@@ -304,3 +304,33 @@ def test_the_random_state_after_building_a_model_does_not_depend_on_its_first_st
         draws.append(torch.rand(4))
     for draw in draws[1:]:
         assert torch.equal(draw, draws[0])
+
+
+@pytest.mark.parametrize("detach", [True, False])
+def test_clipping_keeps_seps_gradients_apart_from_a_detached_first_stage(detach):
+    """With detached tokens the first stage is a separate model: after clipping (a norm small enough to bite), SEPS's
+    gradients are those of the same model without a first stage. Without detaching, one norm covers both."""
+    from accelerate import Accelerator
+
+    from transformers_seps.train.training import clip_gradients
+
+    pixels, ids, mask = batch(4, 2)
+    gradients = {}
+    for weight in (0.0, 1.0):
+        model = tiny_model(global_contrastive_weight=weight, global_detach_tokens=detach).train()
+        objective = SepsForRetrievalTraining(model)
+        objective(pixels, ids, mask, torch.arange(4), selection_seed=3).loss.backward()
+        clip_gradients(Accelerator(cpu=True), objective, model, max_norm=1e-3)
+        gradients[weight] = {
+            name: parameter.grad.clone()
+            for name, parameter in model.named_parameters()
+            if parameter.grad is not None and not name.startswith("global_embedding.")
+        }
+        if weight:
+            first_stage_norm = torch.cat([p.grad.flatten() for p in model.global_embedding.parameters()]).norm()
+            assert first_stage_norm <= 1e-3 * (1 + 1e-4)
+    assert gradients[0.0].keys() == gradients[1.0].keys()
+    same = [
+        torch.allclose(gradients[0.0][name], gradients[1.0][name], rtol=1e-5, atol=1e-12) for name in gradients[0.0]
+    ]
+    assert all(same) if detach else not all(same)

@@ -71,6 +71,20 @@ def build_optimizer(
     return torch.optim.AdamW([g for g in groups if g["params"]], lr=learning_rate, weight_decay=weight_decay)
 
 
+def clip_gradients(accelerator: Accelerator, objective: torch.nn.Module, model: SepsModel, max_norm: float) -> None:
+    """Clip the gradients of `objective` to the norm `max_norm` (the authors' 2.0); when the first stage learns
+    from detached tokens (`config.global_detach_tokens`), SEPS's and the first stage's apart: they are separate
+    models then, and one norm over both would let the first stage's gradients shrink SEPS's steps."""
+    first_stage = []
+    if model.global_embedding is not None and model.config.global_detach_tokens:
+        first_stage = list(model.global_embedding.parameters())
+    first_stage_ids = {id(parameter) for parameter in first_stage}
+    # Unscales every gradient of a float16 run, the first stage's included.
+    accelerator.clip_grad_norm_([p for p in objective.parameters() if id(p) not in first_stage_ids], max_norm)
+    if first_stage:
+        torch.nn.utils.clip_grad_norm_(first_stage, max_norm)
+
+
 def step_decay(decay_epochs: list[int], decay_rate: float, steps_per_epoch: int) -> Callable[[int], float]:
     """LR multiplier for `LambdaLR`: times `decay_rate` at each epoch in `decay_epochs` (the authors decay by 0.3
     at epochs 9, 15, 20 and 25: `AUTHORS_LR_DECAY_EPOCHS`, `AUTHORS_LR_DECAY_RATE`)."""
@@ -627,7 +641,7 @@ def train_one_epoch(run: TrainingRun, epoch: int, bar: tqdm, checkpoint_every: i
             output = run.objective(**batch, max_violation=max_violation, selection_seed=seed)
             accelerator.backward(output.loss)
             if accelerator.sync_gradients and args.max_grad_norm > 0:
-                accelerator.clip_grad_norm_(run.objective.parameters(), args.max_grad_norm)
+                clip_gradients(accelerator, run.objective, model, args.max_grad_norm)
             run.optimizer.step()
             run.scheduler.step()
             run.optimizer.zero_grad()
