@@ -195,3 +195,24 @@ def test_the_faiss_first_stage_shortlists_as_the_best_vector_of_each_image(tmp_p
     for size in (1, 5, 17, num_images):
         expected = first_stage_scores(queries, image_vectors).topk(size, dim=1).indices
         assert torch.equal(stored.shortlist(queries, size), expected), size
+
+
+def test_a_search_scores_large_galleries_in_blocks_of_captions(monkeypatch):
+    """The search maximum goes through blocks of captions (their products bounded), with the same scores."""
+    from transformers_seps import global_embedding
+
+    generator = torch.Generator().manual_seed(5)
+    texts = F.normalize(torch.randn(7, 8, generator=generator), dim=-1)
+    images = F.normalize(torch.randn(5, 3, 8, generator=generator), dim=-1)
+    whole = first_stage_scores(texts, images)
+    monkeypatch.setattr(global_embedding, "SCORE_BLOCK_PRODUCTS", 2 * 5 * 3)  # two captions per block
+    blocks, einsum = [], torch.einsum
+
+    def counted_einsum(equation: str, *operands: torch.Tensor) -> torch.Tensor:
+        blocks.append(operands[0].shape[0])
+        return einsum(equation, *operands)
+
+    monkeypatch.setattr(torch, "einsum", counted_einsum)
+    torch.testing.assert_close(first_stage_scores(texts, images), whole)
+    assert blocks == [2, 2, 2, 1]
+    torch.testing.assert_close(whole, einsum("td,ivd->tiv", texts, images).amax(dim=-1))

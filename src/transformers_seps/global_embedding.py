@@ -63,6 +63,10 @@ class SepsGlobalEmbedding(nn.Module):
         return self._pool(text_embeds, attention_mask, self.text_pool, self.text_projection, 1)[:, 0]
 
 
+# Inner products a search computes at once (`first_stage_scores`): 64 MB of float32.
+SCORE_BLOCK_PRODUCTS = 2**24
+
+
 def first_stage_scores(text_global: torch.Tensor, image_global: torch.Tensor, smoothing: float = 0.0) -> torch.Tensor:
     """The first stage's score of every caption-image pair: the largest inner product of the caption's vector with
     the image's vectors (PVSE's max over an image's embeddings).
@@ -75,9 +79,13 @@ def first_stage_scores(text_global: torch.Tensor, image_global: torch.Tensor, sm
 
     Returns: (N_txt, N_img).
     """
-    products = torch.einsum("td,ivd->tiv", text_global, image_global)
     if smoothing == 0:
-        return products.amax(dim=-1)
+        # A search over a large gallery: in blocks of captions, so that their (captions, images, V) products stay
+        # below `SCORE_BLOCK_PRODUCTS` values (5000 captions x 100k images x 16 vectors would be 32 GB at once).
+        per_caption = max(1, image_global.shape[0] * image_global.shape[1])
+        blocks = text_global.split(max(1, SCORE_BLOCK_PRODUCTS // per_caption))
+        return torch.cat([torch.einsum("td,ivd->tiv", block, image_global).amax(dim=-1) for block in blocks])
+    products = torch.einsum("td,ivd->tiv", text_global, image_global)
     return smoothing * torch.logsumexp(products / smoothing, dim=-1)
 
 
