@@ -1,5 +1,6 @@
 """Shared fixtures: tiny backbones built from configs (nothing is downloaded)."""
 
+import importlib.util
 import os
 import subprocess
 import sys
@@ -76,6 +77,14 @@ def random_captions(num: int, max_len: int, seed: int, min_len: int = 3) -> tupl
     ids = torch.randint(3, VOCAB_SIZE, (num, max_len), generator=generator)
     mask = (torch.arange(max_len)[None] < lengths[:, None]).long()
     return ids * mask, mask
+
+
+def load_script(path: Path, module_name: str):
+    """A script of the repository (a benchmark, the demo app: not part of the package) imported as a module."""
+    spec = importlib.util.spec_from_file_location(module_name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def run_example(script: str, *arguments: str, processes: int = 1) -> subprocess.CompletedProcess:

@@ -1,7 +1,6 @@
 """demo/app.py, the demo page: launched on localhost with a tiny saved model and queried with gradio_client, it
 returns SepsRetriever's ranking of the gallery, with one patch picture per ranked image."""
 
-import importlib.util
 import os
 import socket
 import subprocess
@@ -12,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import tiny_model_with_processor
+from conftest import load_script, tiny_model_with_processor
 from PIL import Image
 
 from transformers_seps import SepsModel, SepsProcessor, SepsRetriever
@@ -26,10 +25,7 @@ STARTUP_SECONDS = 300
 
 def load_app():
     """demo/app.py as a module (it is a script, not part of the package)."""
-    spec = importlib.util.spec_from_file_location("seps_demo_app", APP)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(APP, "seps_demo_app")
 
 
 @pytest.fixture(scope="module")

@@ -1,25 +1,18 @@
 """The floor of `benchmarks/bench_similarity.py --floor` counts the multiply-adds `similarity` really does: its
 per-step count equals what torch's FLOP counter measures per pair on the official caption branch."""
 
-import importlib.util
 from pathlib import Path
 
 import torch
+from conftest import load_script
 from torch.utils.flop_counter import FlopCounterMode
 
 BENCH = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_similarity.py"
 WORDS = 7
 
 
-def load_bench():
-    spec = importlib.util.spec_from_file_location("bench_similarity", BENCH)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_the_floor_counts_the_multiply_adds_of_the_official_caption_branch():
-    bench = load_bench()
+    bench = load_script(BENCH, "bench_similarity")
     model = bench.build_model("official", 64)  # ViT-224 patches (196 + [CLS]), a small embedding
 
     def flops(num_images: int, num_captions: int) -> int:
