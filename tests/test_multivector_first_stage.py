@@ -198,7 +198,7 @@ def test_the_faiss_first_stage_shortlists_as_the_best_vector_of_each_image(tmp_p
 
 
 def test_a_search_scores_large_galleries_in_blocks_of_captions(monkeypatch):
-    """The search maximum goes through blocks of captions (their products bounded), with the same scores."""
+    """The scores go through blocks of captions (their products bounded), with the same results."""
     from transformers_seps import global_embedding
 
     generator = torch.Generator().manual_seed(5)

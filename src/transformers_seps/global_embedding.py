@@ -63,7 +63,7 @@ class SepsGlobalEmbedding(nn.Module):
         return self._pool(text_embeds, attention_mask, self.text_pool, self.text_projection, 1)[:, 0]
 
 
-# Inner products a search computes at once (`first_stage_scores`): 64 MB of float32.
+# Inner products `first_stage_scores` computes at once: 64 MB of float32.
 SCORE_BLOCK_PRODUCTS = 2**24
 
 
@@ -79,14 +79,17 @@ def first_stage_scores(text_global: torch.Tensor, image_global: torch.Tensor, sm
 
     Returns: (N_txt, N_img).
     """
-    if smoothing == 0:
-        # A search over a large gallery: in blocks of captions, so that their (captions, images, V) products stay
-        # below `SCORE_BLOCK_PRODUCTS` values (5000 captions x 100k images x 16 vectors would be 32 GB at once).
-        per_caption = max(1, image_global.shape[0] * image_global.shape[1])
-        blocks = text_global.split(max(1, SCORE_BLOCK_PRODUCTS // per_caption))
-        return torch.cat([torch.einsum("td,ivd->tiv", block, image_global).amax(dim=-1) for block in blocks])
-    products = torch.einsum("td,ivd->tiv", text_global, image_global)
-    return smoothing * torch.logsumexp(products / smoothing, dim=-1)
+
+    def best_of_vectors(products: torch.Tensor) -> torch.Tensor:
+        if smoothing == 0:
+            return products.amax(dim=-1)
+        return smoothing * torch.logsumexp(products / smoothing, dim=-1)
+
+    # In blocks of captions, so that their (captions, images, V) products stay below `SCORE_BLOCK_PRODUCTS` values
+    # (a search of 5000 captions over 100k images x 16 vectors would be 32 GB at once).
+    per_caption = max(1, image_global.shape[0] * image_global.shape[1])
+    blocks = text_global.split(max(1, SCORE_BLOCK_PRODUCTS // per_caption))
+    return torch.cat([best_of_vectors(torch.einsum("td,ivd->tiv", block, image_global)) for block in blocks])
 
 
 def mean_pooled_embedding(tokens: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
