@@ -242,7 +242,7 @@ def test_a_used_output_dir_is_refused_and_overwrite_starts_a_new_run(
     assert record(output) == first and (output / "eval_results.json").read_text() == results
     assert (output / "best" / "model.safetensors").read_bytes() == best
 
-    with pytest.raises(UsageError, match=r"--learning_rate 0.001 \(the run has 0.0001\)"):
+    with pytest.raises(UsageError, match=r"--learning_rate 0.001 \(the run has None\)"):
         run_training(
             *tiny_run_arguments(
                 tiny_synthetic, output, tiny_text_model, learning_rate=1e-3, resume_from_checkpoint="latest"

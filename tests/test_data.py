@@ -389,9 +389,11 @@ def test_collator_builds_training_batches_row_by_row(split_with_images, processo
         "dense_input_ids",
         "dense_attention_mask",
         "image_ids",
+        "caption_indices",
     }
-    assert batch["image_ids"].dtype == torch.long
+    assert batch["image_ids"].dtype == batch["caption_indices"].dtype == torch.long
     assert batch["image_ids"].tolist() == [34, 25, 97, 199, 34]
+    assert batch["caption_indices"].tolist() == [7, 0, 23, 49, 8]
     assert batch["pixel_values"].shape == (5, 3, IMAGE_SIZE, IMAGE_SIZE)
     tokenizer = processor.tokenizer
     for index, row in enumerate(rows):
@@ -416,7 +418,7 @@ def test_collator_for_evaluation_batches(split_with_images, processor: SepsProce
     torch.testing.assert_close(images["pixel_values"][1], expected_pixels(processor, colors[34]))
 
     texts = collator(list(build_caption_dataset(split).remove_columns(["image_path", "dense_caption"]).select([3])))
-    assert set(texts) == {"input_ids", "attention_mask", "image_ids"}
+    assert set(texts) == {"input_ids", "attention_mask", "image_ids", "caption_indices"}
     assert texts["image_ids"].tolist() == [25]
 
 
@@ -424,7 +426,7 @@ def test_collator_without_dense_captions(data_root: Path, processor: SepsProcess
     write_images(data_root / "images", data_root)
     split = load_retrieval_split(data_root, "f30k", "test", dense_captions="ignore")
     batch = SepsRetrievalCollator(processor)(list(build_caption_dataset(split).select([0, 1])))
-    assert set(batch) == {"pixel_values", "input_ids", "attention_mask", "image_ids"}
+    assert set(batch) == {"pixel_values", "input_ids", "attention_mask", "image_ids", "caption_indices"}
 
 
 def test_collator_rejects_mixed_dense_captions_and_missing_paths(split_with_images, processor: SepsProcessor):

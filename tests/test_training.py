@@ -137,39 +137,6 @@ def test_epoch_order_is_reproducible_and_one_caption_per_image():
     assert sorted(every) == list(range(50))
 
 
-def test_cached_dense_hidden_states_give_the_same_loss_and_gradients():
-    import torch
-    from conftest import random_captions, tiny_model
-
-    from transformers_seps.loss import SepsForRetrievalTraining
-
-    torch.manual_seed(0)
-    pixels = torch.randn(4, 3, 40, 40)
-    ids, mask = random_captions(4, 7, seed=1)
-    dense_ids, dense_mask = random_captions(4, 12, seed=2)
-    image_ids = torch.tensor([3, 8, 5, 9])
-    results = []
-    for cache in (False, True):
-        model = tiny_model("paper").train()
-        model.text_model.requires_grad_(False).eval()
-        objective = SepsForRetrievalTraining(model, cache_dense_hidden_states=cache)
-        if cache:
-            with pytest.raises(KeyError, match="fill_dense_cache"):
-                objective(pixels, ids, mask, image_ids, dense_ids, dense_mask)
-            # Batches of 3: padded batches, trimmed to their longest caption.
-            objective.fill_dense_cache(image_ids.tolist(), dense_ids, dense_mask, batch_size=3, progress=False)
-        for _ in range(2):
-            model.zero_grad()
-            output = objective(pixels, ids, mask, image_ids, dense_ids, dense_mask, selection_seed=7)
-            output.loss.backward()
-        gradients = {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
-        results.append((output.loss.item(), gradients, objective.dense_cache))
-    assert results[1][2] is not None and set(results[1][2]) == {3, 8, 5, 9}
-    assert results[0][0] == pytest.approx(results[1][0], rel=1e-6)
-    for name, gradient in results[0][1].items():
-        torch.testing.assert_close(results[1][1][name], gradient, atol=1e-6, rtol=1e-5, msg=name)
-
-
 @pytest.mark.slow
 def test_default_run_keeps_the_pretrained_cnn_frozen(tmp_path):
     """The default vision backbone (EfficientNet-Lite0's first five stages, ImageNet weights) on the synthetic

@@ -23,13 +23,15 @@ def parse(*argv: str) -> tuple[ModelArguments, DataArguments, RetrievalTrainingA
 def test_real_datasets_default_to_the_paper_and_the_authors_settings(dataset, variant):
     model_args, data_args, args = parse("--dataset", dataset, "--variant", variant)
     # The paper (section 4.3): AdamW, 30 epochs, batch 32, lr 1e-4; rho by backbone (resolved by from_backbones).
-    assert (args.per_device_train_batch_size, args.learning_rate) == (32, 1e-4)
+    resolved = resolve_defaults(model_args, data_args, args)
+    assert args.per_device_train_batch_size == 32
+    # Every part at the paper's rate (the first stage, not in the paper, with the rest).
+    assert (resolved.learning_rate, resolved.first_stage_learning_rate) == (1e-4, 1e-4)
     assert model_args.sparse_ratio is None and model_args.aggr_ratio is None
     assert model_args.embed_dim == 512
     # The authors' code: backbones at 0.1x, weight decay 1e-4, decay by 0.3 at epochs 9, 15, 20, 25, clip at 2.
     assert (args.backbone_lr_ratio, args.weight_decay, args.max_grad_norm) == (0.1, 1e-4, 2.0)
     assert (args.lr_decay_epochs, args.lr_decay_rate) == ([9, 15, 20, 25], 0.3)
-    resolved = resolve_defaults(model_args, data_args, args)
     assert resolved.num_train_epochs == 30
     assert resolved.max_violation_warmup_epochs == 1  # summed negatives in the first epoch, hardest after
     assert not resolved.freeze_text_model and not resolved.freeze_vision_model
@@ -54,7 +56,8 @@ def test_the_synthetic_defaults_are_unchanged():
     assert resolved.freeze_text_model and resolved.freeze_vision_model
     assert resolved.one_caption_per_image
     assert resolved.max_violation_warmup_epochs == 2  # every epoch sums over all negatives
-    assert (args.per_device_train_batch_size, args.learning_rate, args.backbone_lr_ratio) == (32, 1e-4, 0.1)
+    assert (args.per_device_train_batch_size, args.backbone_lr_ratio) == (32, 0.1)
+    assert (resolved.learning_rate, resolved.first_stage_learning_rate) == (1e-4, 1e-4)
     # No lr decay is reached within the default run (nor was one under the former decay at epochs 15 and 25): the
     # learning rate, and so the demo's numbers, are those measured in the README.
     factor = step_decay(args.lr_decay_epochs, args.lr_decay_rate, SYNTHETIC_STEPS_PER_EPOCH)
@@ -82,3 +85,27 @@ def test_the_training_script_takes_the_ratios_from_the_backbone(tmp_path):
     model_args.sparse_ratio = 0.5
     model, _ = _build_model(model_args, warmup_epochs=1)
     assert (model.config.sparse_ratio, model.config.aggr_ratio) == (0.5, 0.6)
+
+
+def test_each_part_trains_at_its_own_learning_rate():
+    from tests.conftest import tiny_model
+    from transformers_seps.train.training import build_optimizer
+
+    model = tiny_model()
+    model.text_model.requires_grad_(False)
+    optimizer = build_optimizer(model, 1e-3, backbone_lr_ratio=0.1, first_stage_learning_rate=2e-4)
+    groups = {group["name"]: group for group in optimizer.param_groups}
+    assert {name: group["lr"] for name, group in groups.items()} == pytest.approx(
+        {"seps": 1e-3, "first_stage": 2e-4, "backbones": 1e-4}
+    )
+
+    def ids(parameters) -> set[int]:
+        return {id(parameter) for parameter in parameters}
+
+    assert ids(groups["first_stage"]["params"]) == ids(model.global_embedding.parameters())
+    assert ids(groups["backbones"]["params"]) == ids(model.vision_model.parameters())  # the text model is frozen
+    others = ids(model.parameters()) - ids(model.global_embedding.parameters())
+    others -= ids(model.vision_model.parameters()) | ids(model.text_model.parameters())
+    assert ids(groups["seps"]["params"]) == others and others
+    # Without its own rate, the first stage trains at SEPS's.
+    assert {g["name"]: g["lr"] for g in build_optimizer(model, 1e-3).param_groups}["first_stage"] == 1e-3

@@ -4,14 +4,12 @@ Uses `torch.distributed` only (no Accelerate): with one process, or without an i
 gather is the identity. The loss itself is `SepsModel.score_embeddings` (docs/model.md, section 4).
 """
 
-from collections.abc import Sequence
-
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
-from tqdm.auto import tqdm
 
+from .feature_cache import FrozenFeatureCache, check_frozen
 from .modeling_seps import SepsModel, SepsOutput
 
 
@@ -70,89 +68,81 @@ class SepsForRetrievalTraining(nn.Module):
     then runs inside one DistributedDataParallel forward. N processes with batch B compute the loss, and after
     DDP's averaging the gradients, of one process with batch N * B (the batches must have equal sizes:
     use `drop_last=True`).
+
+    Args:
+        model: the model to train.
+        feature_cache: the tokens of its frozen backbones, computed once (`transformers_seps.feature_cache`); a
+            batch that leaves some inputs out reads their tokens from it (see `forward`).
     """
 
-    def __init__(self, model: SepsModel, cache_dense_hidden_states: bool = False):
+    def __init__(self, model: SepsModel, feature_cache: FrozenFeatureCache | None = None):
         super().__init__()
         self.model = model
-        # With a frozen text encoder in eval mode, an image's dense caption always gets the same hidden states:
-        # `fill_dense_cache` computes them once per image id, and only the (trained) projection runs at each step.
-        self.dense_cache: dict[int, torch.Tensor] | None = {} if cache_dense_hidden_states else None
+        self.feature_cache = feature_cache
 
-    def fill_dense_cache(
-        self,
-        image_ids: Sequence[int],
-        dense_input_ids: torch.Tensor,
-        dense_attention_mask: torch.Tensor,
-        batch_size: int = 64,
-        progress: bool = True,
-    ) -> None:
-        """Encodes the dense caption of every image once, before training.
+    def _cached(self, backbone: str) -> FrozenFeatureCache:
+        """The feature cache, for the inputs a batch leaves out; their `backbone` ("vision" or "text") is frozen."""
+        if self.feature_cache is None:
+            raise ValueError(f"the batch has no {backbone} inputs, and this objective no feature_cache to read from")
+        check_frozen(getattr(self.model, f"{backbone}_model"), backbone)
+        return self.feature_cache
 
-        Captions go in batches of similar length (padding trimmed per batch), several times faster on CPU than
-        one at a time. The batches depend only on the captions, never on the training order, so a resumed run
-        caches exactly the values of an uninterrupted one.
-
-        Args:
-            image_ids: (N_img,) the id the training batches carry for each image.
-            dense_input_ids, dense_attention_mask: (N_img, L_d) each image's tokenised dense caption.
-        """
-        text_model = self.model.text_model
-        if self.dense_cache is None:
-            raise ValueError("this objective was built without cache_dense_hidden_states=True")
-        if text_model.training or any(p.requires_grad for p in text_model.parameters()):
-            raise ValueError("cached dense captions need a frozen text encoder in eval mode")
-        if len(image_ids) != dense_input_ids.shape[0] or dense_input_ids.shape != dense_attention_mask.shape:
-            raise ValueError(
-                f"one dense caption per image: {len(image_ids)} image ids, dense_input_ids "
-                f"{tuple(dense_input_ids.shape)}, dense_attention_mask {tuple(dense_attention_mask.shape)}"
-            )
-        lengths = dense_attention_mask.sum(dim=1)
-        order = torch.argsort(lengths, stable=True).tolist()
-        device = self.model.device
-        for start in tqdm(range(0, len(order), batch_size), desc="encoding dense captions", disable=not progress):
-            rows = order[start : start + batch_size]
-            length = int(lengths[rows].max())
-            mask = dense_attention_mask[rows, :length].to(device)
-            with torch.no_grad():
-                hidden = text_model(input_ids=dense_input_ids[rows, :length].to(device), attention_mask=mask)
-            for row, states, row_mask in zip(rows, hidden.last_hidden_state, mask, strict=True):
-                self.dense_cache[int(image_ids[row])] = states[row_mask.bool()].cpu()
-
-    def _dense_embeds(self, input_ids: torch.Tensor, mask: torch.Tensor, image_ids: torch.Tensor) -> torch.Tensor:
+    def _image_embeds(self, pixel_values: torch.Tensor | None, image_ids: torch.Tensor) -> torch.Tensor:
         model = self.model
-        if self.dense_cache is None:
-            return model.encode_text(input_ids, mask)
-        missing = [image_id for image_id in image_ids.tolist() if image_id not in self.dense_cache]
-        if missing:
-            raise KeyError(f"no cached dense caption for image ids {missing[:5]}: call fill_dense_cache first")
-        states = [self.dense_cache[int(image_id)] for image_id in image_ids]
-        hidden = torch.zeros(len(states), mask.shape[1], states[0].shape[-1], device=mask.device)
-        for row, row_states in enumerate(states):
-            hidden[row, : len(row_states)] = row_states.to(mask.device)
-        return model.text_projection(hidden)
+        if pixel_values is not None:
+            return model.encode_image(pixel_values)
+        return model.vision_projection(self._cached("vision").image_tokens(image_ids, model.device))
+
+    def _text_embeds(
+        self, kind: str, input_ids: torch.Tensor | None, mask: torch.Tensor | None, keys: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Projected (B, W, C) tokens of the batch's captions or dense captions (`kind`) and their (B, W) mask."""
+        model = self.model
+        if input_ids is not None:
+            mask = torch.ones_like(input_ids) if mask is None else mask
+            return model.encode_text(input_ids, mask), mask
+        if keys is None:
+            raise ValueError(f"the batch has neither the token ids of its {kind} nor their keys in the feature cache")
+        hidden, mask = self._cached("text").text_tokens(kind, keys, model.device)
+        return model.text_projection(hidden), mask
 
     def forward(
         self,
-        pixel_values: torch.Tensor,
-        input_ids: torch.Tensor,
-        attention_mask: torch.Tensor,
-        image_ids: torch.Tensor,
+        pixel_values: torch.Tensor | None = None,
+        input_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        image_ids: torch.Tensor | None = None,
         dense_input_ids: torch.Tensor | None = None,
         dense_attention_mask: torch.Tensor | None = None,
+        caption_indices: torch.Tensor | None = None,
         max_violation: bool = True,
         selection_seed: int | None = None,
     ) -> SepsOutput:
-        """Loss of the global batch. `selection_seed` seeds the Gumbel decisions, so every process (and a
-        resumed run) samples the same ones; None keeps the global random state."""
+        """Loss of the global batch of B pairs (image k, caption k).
+
+        Args:
+            pixel_values: (B, 3, H, W), or None: the images' cached tokens, by `image_ids`.
+            input_ids, attention_mask: (B, L_t) captions, or None: their cached tokens, by `caption_indices`.
+            image_ids: (B,) image identities (the captions of one image are positives of each other).
+            dense_input_ids, dense_attention_mask: (B, L_d) each image's own dense caption, or None: the cached
+                ones, by `image_ids`, when the cache holds dense captions, else none.
+            caption_indices: (B,) the captions' keys in the feature cache.
+            max_violation: hardest negative (True) or the sum over negatives.
+            selection_seed: seeds the Gumbel decisions, so every process (and a resumed run) samples the same ones;
+                None keeps the global random state.
+        """
+        if image_ids is None:
+            raise ValueError("image_ids is required: the positives of the loss are the pairs of one image id")
         model = self.model
-        image_embeds = gather_with_grad(model.encode_image(pixel_values))
-        text_embeds, text_mask = pad_to_global_length(model.encode_text(input_ids, attention_mask), attention_mask)
+        image_embeds = gather_with_grad(self._image_embeds(pixel_values, image_ids))
+        text_embeds, text_mask = pad_to_global_length(
+            *self._text_embeds("captions", input_ids, attention_mask, caption_indices)
+        )
         text_embeds, text_mask = gather_with_grad(text_embeds), gather_with_grad(text_mask)
         dense_embeds = dense_mask = None
-        if dense_input_ids is not None:
+        if dense_input_ids is not None or (self.feature_cache is not None and self.feature_cache.holds("dense")):
             dense_embeds, dense_mask = pad_to_global_length(
-                self._dense_embeds(dense_input_ids, dense_attention_mask, image_ids), dense_attention_mask
+                *self._text_embeds("dense", dense_input_ids, dense_attention_mask, image_ids)
             )
             dense_embeds, dense_mask = gather_with_grad(dense_embeds), gather_with_grad(dense_mask)
         image_ids = gather_with_grad(image_ids)
@@ -163,10 +153,8 @@ class SepsForRetrievalTraining(nn.Module):
             )
 
         if selection_seed is None:
-            output = score()
-        else:
-            devices = [image_embeds.device] if image_embeds.device.type == "cuda" else []
-            with torch.random.fork_rng(devices=devices):
-                torch.manual_seed(selection_seed)
-                output = score()
-        return output
+            return score()
+        devices = [image_embeds.device] if image_embeds.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(selection_seed)
+            return score()

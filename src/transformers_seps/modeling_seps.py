@@ -944,8 +944,24 @@ class SepsModel(SepsPreTrainedModel):
         bare-tensor encoder the library uses; [`~SepsModel.get_text_features`] wraps them in a `ModelOutput`."""
         return self._encode_text(input_ids, attention_mask, token_type_ids)[1]
 
+    def encode_image_backbone(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """(N_img, 3, H, W) pixels -> (N_img, L_v, hidden) tokens of the vision backbone, before the projection:
+        `encode_image(x)` is `vision_projection(encode_image_backbone(x))`. A frozen backbone's tokens can be
+        computed once and trained on (`transformers_seps.feature_cache`)."""
+        return self._run_vision_backbone(pixel_values)[1]
+
+    def encode_text_backbone(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """(N_txt, L_t) token ids -> (N_txt, L_t, hidden) tokens of the text backbone, before the projection:
+        `encode_text(ids, mask)` is `text_projection(encode_text_backbone(ids, mask))`."""
+        return self._run_text_backbone(input_ids, attention_mask, None)[0].last_hidden_state
+
     def _encode_image(self, pixel_values: torch.Tensor, **backbone_kwargs) -> tuple[ModelOutput, torch.Tensor]:
-        """The vision backbone's output and the projected (N_img, L_v, C) tokens. `backbone_kwargs`
+        """The vision backbone's output and the projected (N_img, L_v, C) tokens."""
+        outputs, hidden = self._run_vision_backbone(pixel_values, **backbone_kwargs)
+        return outputs, self.vision_projection(hidden)
+
+    def _run_vision_backbone(self, pixel_values: torch.Tensor, **backbone_kwargs) -> tuple[ModelOutput, torch.Tensor]:
+        """The vision backbone's output and its (N_img, L_v, hidden) tokens. `backbone_kwargs`
         (`output_hidden_states`, `output_attentions`) reach the backbone only when set: a CNN takes no
         `output_attentions`."""
         self._check_pixel_values(pixel_values)
@@ -961,7 +977,7 @@ class SepsModel(SepsPreTrainedModel):
                 f"{tuple(pixel_values.shape[-2:])}; the config expects {expected} (num_patches="
                 f"{self.config.num_patches}, cls token={self.config.vision_cls_token}): resize the images"
             )
-        return outputs, self.vision_projection(hidden)
+        return outputs, hidden
 
     def _encode_text(
         self,
@@ -971,13 +987,23 @@ class SepsModel(SepsPreTrainedModel):
         **backbone_kwargs,
     ) -> tuple[ModelOutput, torch.Tensor, torch.Tensor]:
         """The text backbone's output, the projected (N_txt, L_t, C) tokens and the checked attention mask."""
+        outputs, attention_mask = self._run_text_backbone(input_ids, attention_mask, token_type_ids, **backbone_kwargs)
+        return outputs, self.text_projection(outputs.last_hidden_state), attention_mask
+
+    def _run_text_backbone(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None,
+        token_type_ids: torch.Tensor | None,
+        **backbone_kwargs,
+    ) -> tuple[ModelOutput, torch.Tensor]:
+        """The text backbone's output and the checked attention mask."""
         attention_mask = self._check_text_inputs(input_ids, attention_mask, "input_ids", "attention_mask")
         _check_token_type_ids(token_type_ids, input_ids)
         backbone_kwargs = {name: value for name, value in backbone_kwargs.items() if value is not None}
         if token_type_ids is not None:
             backbone_kwargs["token_type_ids"] = token_type_ids
-        outputs = self.text_model(input_ids=input_ids, attention_mask=attention_mask, **backbone_kwargs)
-        return outputs, self.text_projection(outputs.last_hidden_state), attention_mask
+        return self.text_model(input_ids=input_ids, attention_mask=attention_mask, **backbone_kwargs), attention_mask
 
     @can_return_tuple
     def get_image_features(

@@ -168,8 +168,20 @@ class RetrievalTrainingArguments:
     )
     per_device_eval_batch_size: int = field(default=64, metadata={"help": "Images or captions per batch."})
     gradient_accumulation_steps: int = field(default=1)
-    learning_rate: float = field(
-        default=1e-4, metadata={"help": "Head learning rate (the paper's 1e-4; the authors' code defaults to 2e-4)."}
+    learning_rate: float | None = field(
+        default=None,
+        metadata={
+            "help": "Learning rate of SEPS: its head and projections, and a backbone trained from scratch (default: "
+            "the paper's 1e-4, the authors' code defaults to 2e-4; on the synthetic benchmark, measured: "
+            "README, Training defaults)."
+        },
+    )
+    first_stage_learning_rate: float | None = field(
+        default=None,
+        metadata={
+            "help": "Learning rate of the first stage of the two-stage search (the global embedding trained by the "
+            "contrastive loss; default: --learning_rate; on the synthetic benchmark, measured)."
+        },
     )
     backbone_lr_ratio: float = field(
         default=0.1, metadata={"help": "Backbones train at this times the lr (the authors' code: 0.1)."}
@@ -185,6 +197,14 @@ class RetrievalTrainingArguments:
         default=AUTHORS_LR_DECAY_RATE, metadata={"help": "Factor of each lr decay (the authors' code: 0.3)."}
     )
     max_grad_norm: float = field(default=2.0, metadata={"help": "Gradient clipping (the authors' code: 2.0)."})
+    cache_frozen_features: bool = field(
+        default=True,
+        metadata={
+            "help": "Encode the training inputs of the frozen backbones once, before training (images with a frozen "
+            "vision backbone; captions and dense captions with a frozen text encoder), and train on those tokens: "
+            "the same model, faster steps, at the memory of the tokens (printed)."
+        },
+    )
     mixed_precision: str = field(default="no", metadata={"help": "no | fp16 (GPU only) | bf16 (GPU or CPU)"})
     checkpointing_steps: str | None = field(
         default=None, metadata={"help": "Save the training state every N optimizer steps, or 'epoch'."}

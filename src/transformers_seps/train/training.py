@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 # From the package, not its modules: the first use registers the Auto classes, so saved folders get `auto_map`.
 from .. import SepsModel, SepsOutput, SepsProcessor
 from ..calibration import fit_logit_scale
+from ..feature_cache import FrozenFeatureCache
 from ..loss import SepsForRetrievalTraining
 from ..metrics import FOLD_SIZE, fold_metrics, markdown_table, mean_metrics, retrieval_metrics
 from .arguments import DEFAULT_SYNTHETIC_ROOT, VIT_SCRATCH, DataArguments, ModelArguments, RetrievalTrainingArguments
@@ -42,7 +43,14 @@ from .cli import (
     looks_like_hub_id,
     replace_folder,
 )
-from .data import RetrievalFiles, RetrievalSplit, SepsRetrievalCollator, build_caption_dataset, load_split
+from .data import (
+    RetrievalFiles,
+    RetrievalSplit,
+    SepsRetrievalCollator,
+    build_caption_dataset,
+    build_image_dataset,
+    load_split,
+)
 from .data.hub import check_hub_dataset_arguments
 from .data.synthetic import (
     GENERATOR_VERSION,
@@ -61,14 +69,28 @@ def build_optimizer(
     backbone_lr_ratio: float = 0.1,
     weight_decay: float = 1e-4,
     pretrained_backbones: tuple[str, ...] = ("vision_model", "text_model"),
+    first_stage_learning_rate: float | None = None,
 ) -> torch.optim.AdamW:
-    """AdamW with the paper's groups: pretrained backbones at `backbone_lr_ratio` * lr, everything else
-    (projections, selection, aggregation, alignment heads, and a backbone trained from scratch) at lr."""
-    slow = [p for name in pretrained_backbones for p in getattr(model, name).parameters() if p.requires_grad]
-    slow_ids = {id(p) for p in slow}
-    fast = [p for p in model.parameters() if p.requires_grad and id(p) not in slow_ids]
-    groups = [{"params": fast, "lr": learning_rate}, {"params": slow, "lr": learning_rate * backbone_lr_ratio}]
-    return torch.optim.AdamW([g for g in groups if g["params"]], lr=learning_rate, weight_decay=weight_decay)
+    """AdamW with a learning rate per part, each a named parameter group: "seps" (the projections, the selection,
+    aggregation and alignment heads, and a backbone trained from scratch) at `learning_rate`, "first_stage" (the
+    global embedding, `model.global_embedding`) at `first_stage_learning_rate` (default `learning_rate`), and
+    "backbones" (the pretrained ones) at `backbone_lr_ratio` * `learning_rate`, the paper's groups."""
+    backbones = {id(p) for name in pretrained_backbones for p in getattr(model, name).parameters()}
+    first_stage = set() if model.global_embedding is None else {id(p) for p in model.global_embedding.parameters()}
+    rates = {
+        "seps": learning_rate,
+        "first_stage": first_stage_learning_rate or learning_rate,
+        "backbones": learning_rate * backbone_lr_ratio,
+    }
+    parts: dict[str, list[torch.nn.Parameter]] = {name: [] for name in rates}
+    for parameter in model.parameters():
+        if parameter.requires_grad:
+            part = (
+                "backbones" if id(parameter) in backbones else "first_stage" if id(parameter) in first_stage else "seps"
+            )
+            parts[part].append(parameter)
+    groups = [{"name": name, "lr": rates[name], "params": params} for name, params in parts.items() if params]
+    return torch.optim.AdamW(groups, lr=learning_rate, weight_decay=weight_decay)
 
 
 def clip_gradients(accelerator: Accelerator, objective: torch.nn.Module, model: SepsModel, max_norm: float) -> None:
@@ -161,7 +183,9 @@ def validate_training_arguments(
     check_int("num_workers", data_args.num_workers, 0)
     if args.max_steps not in (None, -1):
         check_int("max_steps", args.max_steps, 1, meaning=" (or -1: train --num_train_epochs epochs)")
-    check_float("learning_rate", args.learning_rate, 0.0, low_inclusive=False)
+    for flag in ("learning_rate", "first_stage_learning_rate"):
+        if getattr(args, flag) is not None:
+            check_float(flag, getattr(args, flag), 0.0, low_inclusive=False)
     check_float("backbone_lr_ratio", args.backbone_lr_ratio, 0.0)
     check_float("weight_decay", args.weight_decay, 0.0)
     check_float("lr_decay_rate", args.lr_decay_rate, 0.0, low_inclusive=False)
@@ -276,6 +300,14 @@ class ResolvedDefaults:
     freeze_vision_model: bool
     one_caption_per_image: bool
     max_violation_warmup_epochs: int
+    learning_rate: float
+    first_stage_learning_rate: float
+
+
+# The paper's learning rate (section 4.3), the default of every part on real datasets.
+PAPER_LEARNING_RATE = 1e-4
+# The synthetic benchmark's learning rates (SEPS, first stage), chosen on its dev split (README, Training defaults).
+SYNTHETIC_LEARNING_RATES = (1e-4, 1e-4)
 
 
 def resolve_defaults(
@@ -295,12 +327,16 @@ def resolve_defaults(
     warmup_epochs = model_args.max_violation_warmup_epochs
     if warmup_epochs is None:
         warmup_epochs = num_train_epochs if synthetic else 1
+    seps_rate, first_stage_rate = SYNTHETIC_LEARNING_RATES if synthetic else (PAPER_LEARNING_RATE, None)
+    learning_rate = args.learning_rate or seps_rate
     return ResolvedDefaults(
         num_train_epochs=num_train_epochs,
         freeze_text_model=synthetic if model_args.freeze_text_model is None else model_args.freeze_text_model,
         freeze_vision_model=freeze_vision,
         one_caption_per_image=synthetic if data_args.one_caption_per_image is None else data_args.one_caption_per_image,
         max_violation_warmup_epochs=warmup_epochs,
+        learning_rate=learning_rate,
+        first_stage_learning_rate=args.first_stage_learning_rate or first_stage_rate or learning_rate,
     )
 
 
@@ -501,14 +537,28 @@ def _prepare_objective(
     processor: SepsProcessor,
     splits: dict[str, RetrievalSplit],
 ) -> TrainingRun:
-    """Freeze what the defaults freeze, cache the dense captions of a frozen text encoder, build the optimizer and
-    schedule, and resume the training state of `plan.resume`."""
+    """Freeze what the defaults freeze, cache the tokens of frozen backbones, build the optimizer and schedule, and
+    resume the training state of `plan.resume`."""
     use_dense = model_args.use_dense_captions
     objective = _build_objective(
-        model, processor, splits["train"], defaults, use_dense=use_dense, progress=accelerator.is_local_main_process
+        model,
+        processor,
+        splits["train"],
+        defaults,
+        use_dense=use_dense,
+        cache_frozen_features=args.cache_frozen_features,
+        batch_size=args.per_device_eval_batch_size,
+        accelerator=accelerator,
     )
     pretrained = ("text_model",) if model_args.vision_model == VIT_SCRATCH else ("vision_model", "text_model")
-    optimizer = build_optimizer(model, args.learning_rate, args.backbone_lr_ratio, args.weight_decay, pretrained)
+    optimizer = build_optimizer(
+        model,
+        defaults.learning_rate,
+        args.backbone_lr_ratio,
+        args.weight_decay,
+        pretrained,
+        first_stage_learning_rate=defaults.first_stage_learning_rate,
+    )
     schedule = plan_schedule(
         args,
         splits["train"].caption_to_image,
@@ -519,12 +569,10 @@ def _prepare_objective(
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, step_decay(args.lr_decay_epochs, args.lr_decay_rate, schedule.steps_per_epoch)
     )
+    train_rows = _training_rows(splits["train"], objective.feature_cache, use_dense)
     objective, optimizer, scheduler = accelerator.prepare(objective, optimizer, scheduler)
     progress = TrainingProgress()
     accelerator.register_for_checkpointing(progress)
-    train_rows = build_caption_dataset(splits["train"])
-    if not use_dense:
-        train_rows = train_rows.remove_columns(["dense_caption"])
     run = TrainingRun(
         model_args=model_args,
         data_args=data_args,
@@ -546,6 +594,16 @@ def _prepare_objective(
     return run
 
 
+def _training_rows(train: RetrievalSplit, cache: FrozenFeatureCache | None, use_dense: bool) -> datasets.Dataset:
+    """The training split's caption rows, without the columns of inputs the feature cache holds (not loaded, decoded
+    nor tokenised at each step) and without the dense captions when they are not used."""
+    cached_column_kinds = {"image_path": "images", "caption": "captions", "dense_caption": "dense"}
+    dropped = [column for column, kind in cached_column_kinds.items() if cache is not None and cache.holds(kind)]
+    if not use_dense and "dense_caption" not in dropped:
+        dropped.append("dense_caption")
+    return build_caption_dataset(train).remove_columns(dropped)
+
+
 def _build_objective(
     model: SepsModel,
     processor: SepsProcessor,
@@ -553,21 +611,41 @@ def _build_objective(
     defaults: ResolvedDefaults,
     *,
     use_dense: bool,
-    progress: bool,
+    cache_frozen_features: bool,
+    batch_size: int,
+    accelerator: Accelerator,
 ) -> SepsForRetrievalTraining:
-    """Freeze what the defaults freeze; with a frozen text encoder, encode each training image's dense caption once."""
+    """Freeze what the defaults freeze; with `cache_frozen_features`, encode the training inputs of each frozen
+    backbone once (`transformers_seps.feature_cache`): images by a frozen vision backbone, captions and dense
+    captions by a frozen text encoder."""
     if defaults.freeze_text_model:
-        model.text_model.requires_grad_(False)
+        model.text_model.requires_grad_(False).eval()
     if defaults.freeze_vision_model:
-        model.vision_model.requires_grad_(False)
-    objective = SepsForRetrievalTraining(model, cache_dense_hidden_states=defaults.freeze_text_model and use_dense)
-    if objective.dense_cache is not None:
-        model.text_model.eval()
-        dense_inputs = processor(dense_text=train.dense_captions)
-        objective.fill_dense_cache(
-            train.image_ids, dense_inputs["dense_input_ids"], dense_inputs["dense_attention_mask"], progress=progress
-        )
-    return objective
+        model.vision_model.requires_grad_(False).eval()
+    if not cache_frozen_features or not (defaults.freeze_text_model or defaults.freeze_vision_model):
+        return SepsForRetrievalTraining(model)
+    cache = FrozenFeatureCache()
+    progress = accelerator.is_local_main_process
+    if defaults.freeze_vision_model:
+        collator = SepsRetrievalCollator(processor, split=train)
+        images = build_image_dataset(train).remove_columns(["dense_caption"])
+        loader = DataLoader(images, batch_size=batch_size, collate_fn=collator)
+        for batch in tqdm(loader, desc="encoding images", disable=not progress):
+            cache.add_images(model, batch["image_ids"].tolist(), batch["pixel_values"])
+    if defaults.freeze_text_model:
+        captions = processor(text=train.captions)
+        cache.add_texts(
+            "captions", model, range(train.num_captions), captions["input_ids"], captions["attention_mask"],
+            batch_size, progress,
+        )  # fmt: skip
+        if use_dense:
+            dense = processor(dense_text=train.dense_captions)
+            cache.add_texts(
+                "dense", model, train.image_ids, dense["dense_input_ids"], dense["dense_attention_mask"], batch_size,
+                progress,
+            )  # fmt: skip
+    accelerator.print(f"frozen backbones' tokens cached: {cache.nbytes / 2**20:.0f} MiB")
+    return SepsForRetrievalTraining(model, cache)
 
 
 def _resume_or_start(run: TrainingRun) -> None:
@@ -588,7 +666,8 @@ def _resume_or_start(run: TrainingRun) -> None:
         f"{schedule.max_steps} steps; vision backbone "
         f"{'frozen' if defaults.freeze_vision_model else 'trained'}, text encoder "
         f"{'frozen' if defaults.freeze_text_model else 'trained'}; dense "
-        f"captions {'on' if run.use_dense else 'off'}; triplet loss over all negatives for "
+        f"captions {'on' if run.use_dense else 'off'}; learning rates: SEPS {defaults.learning_rate:g}, first stage "
+        f"{defaults.first_stage_learning_rate:g}; triplet loss over all negatives for "
         f"{defaults.max_violation_warmup_epochs} epoch(s), then "
         "over the hardest negative"
     )

@@ -552,7 +552,9 @@ class SepsRetrievalCollator:
     - `caption` -> `input_ids`, `attention_mask` `(batch, text_length)`;
     - `dense_caption` -> `dense_input_ids`, `dense_attention_mask` `(batch, dense_length)`, row `i` being the
       dense caption of row `i`'s own image; left out when the rows have none (None);
-    - `image_id` -> `image_ids` `(batch,)` int64.
+    - `image_id` -> `image_ids` `(batch,)` int64;
+    - `caption_index` -> `caption_indices` `(batch,)` int64 (the keys of cached caption tokens, see
+      `transformers_seps.feature_cache`).
 
     Unreadable images are NEVER skipped and never silently used: decoding fails with [`UnreadableImageError`]
     (or [`RetrievalFileNotFoundError`]) naming the file. Skipping would shrink the batch on one process only,
@@ -591,6 +593,8 @@ class SepsRetrievalCollator:
             inputs["dense_text"] = dense
         batch = dict(self.processor(**inputs, return_tensors="pt")) if inputs else {}
         batch["image_ids"] = torch.tensor([row["image_id"] for row in rows], dtype=torch.long)
+        if "caption_index" in rows[0]:
+            batch["caption_indices"] = torch.tensor([row["caption_index"] for row in rows], dtype=torch.long)
         return batch
 
     def _load_image(self, row: dict[str, Any]) -> Image.Image:
