@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from ..global_embedding import first_stage_scores
 from ..metrics import (
     METRIC_KEYS,
     check_five_captions_per_image,
@@ -26,7 +27,7 @@ from ..metrics import (
 )
 from ..modeling_seps import SepsModel
 from ..processing_seps import SepsProcessor
-from ..retrieval import pad_and_stack
+from ..retrieval import global_image_embeds, pad_and_stack
 from .allocator import reuse_freed_cpu_memory
 from .arguments import DATASETS, DENSE_PAIRINGS, SPLITS, EvaluationArguments
 from .cli import UsageError, check_choice, check_existing, check_int, check_model_location, check_writable_file
@@ -184,6 +185,20 @@ def score_split(
     padded = F.pad(local, (0, 0, 0, per_process - local.shape[0])).to(device)
     gathered = accelerator.gather(padded).cpu().view(world, per_process, -1)
     return torch.cat([gathered[r, : len(_process_rows(num_images, r, world))] for r in range(world)]).numpy()
+
+
+@torch.no_grad()
+def first_stage_similarity(model: "SepsModel", encoded: EncodedSplit) -> np.ndarray:
+    """The (N_img, N_txt) scores of the first stage alone (`transformers_seps.global_embedding.first_stage_scores`
+    of the global embeddings of the encoded split): what a two-stage search shortlists by."""
+    model.eval()
+    text_global = torch.cat(
+        [
+            model.global_text_embeds(embeds.to(model.device), mask.to(model.device)).cpu()
+            for embeds, mask in zip(encoded.text_embeds.split(256), encoded.text_mask.split(256), strict=True)
+        ]
+    )
+    return first_stage_scores(text_global, global_image_embeds(model, encoded.image_embeds)).t().numpy()
 
 
 def _process_rows(num_images: int, rank: int, world: int) -> range:

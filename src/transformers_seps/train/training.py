@@ -59,7 +59,7 @@ from .data.synthetic import (
     generate_synthetic_benchmark,
     read_benchmark_info,
 )
-from .evaluation import encode_split, score_split
+from .evaluation import encode_split, first_stage_similarity, score_split
 from .model_card import HUB_DATASETS, render_trained_model_card
 
 
@@ -386,11 +386,20 @@ def evaluate_model(
     *,
     use_dense: bool,
 ) -> dict[str, float]:
-    """Metrics of `model` on a split (honest dense pairing); COCO's 5K test also gets the mean of its 1K folds
-    (a smaller testall, not a whole number of folds, gets the whole-matrix metrics only).
+    """Metrics of `model` on a split (honest dense pairing), and those of its first stage alone (`first_stage_`
+    keys); COCO's 5K test also gets the mean of its 1K folds (a smaller testall, not a whole number of folds, gets
+    the whole-matrix metrics only).
 
     A split without dense captions (the authors' dev split) is scored without them: the dense terms drop out."""
-    similarity = split_similarity(model, processor, split, batch_size, accelerator, use_dense=use_dense)
+    use_dense = use_dense and split.has_dense_captions
+    encoded = encode_split(model, processor, split, batch_size, use_dense=use_dense, accelerator=accelerator)
+    similarity = score_split(model, encoded, "image" if use_dense else "none", accelerator=accelerator)
+    metrics = _split_metrics(similarity, split)
+    first_stage = _split_metrics(first_stage_similarity(model, encoded), split)
+    return {**metrics, **{f"first_stage_{key}": value for key, value in first_stage.items()}}
+
+
+def _split_metrics(similarity: np.ndarray, split: RetrievalSplit) -> dict[str, float]:
     metrics = retrieval_metrics(similarity, split.caption_to_image)
     if split.dataset == "coco" and split.split == "testall" and split.num_images % FOLD_SIZE == 0:
         folds = fold_metrics(similarity, split.caption_to_image)
@@ -785,7 +794,8 @@ def validate_and_keep_best(run: TrainingRun, epoch: int) -> None:
     progress.history.append({"epoch": epoch, "step": progress.step, **metrics})
     accelerator.log({f"dev/{key}": value for key, value in metrics.items()}, step=progress.step)
     accelerator.print(
-        f"epoch {epoch}: dev rsum {metrics['rsum']:.1f} (R@1 i2t {metrics['i2t_r1']:.1f}, t2i {metrics['t2i_r1']:.1f})"
+        f"epoch {epoch}: dev rsum {metrics['rsum']:.1f} (R@1 i2t {metrics['i2t_r1']:.1f}, t2i "
+        f"{metrics['t2i_r1']:.1f}); first stage alone {metrics['first_stage_rsum']:.1f}"
     )
     if metrics["rsum"] > progress.best_rsum:
         progress.best_rsum, progress.best_epoch = metrics["rsum"], epoch
