@@ -182,18 +182,26 @@ def test_freezing_a_backbone_trained_from_scratch_is_refused(tmp_path):
 
 
 @pytest.mark.slow
-def test_the_run_writes_the_logit_scale_fit_on_the_dev_split(uninterrupted):
-    """After training, best/config.json holds the scale that `fit_logit_scale` finds on the best model's dev scores
-    (without dense captions, as the pipelines score)."""
+def test_the_run_writes_the_fusion_weight_and_logit_scale_fit_on_the_dev_split(uninterrupted):
+    """After training, best/config.json holds the first_stage_weight that `fit_first_stage_weight` finds on the best
+    model's dev scores (with dense captions), and the scale that `fit_logit_scale` finds on its fused dev scores
+    without dense captions (as the pipelines score); the test results report the three scorers."""
     from transformers_seps import SepsProcessor
-    from transformers_seps.calibration import fit_logit_scale
+    from transformers_seps.calibration import fit_first_stage_weight, fit_logit_scale
     from transformers_seps.train.data import load_retrieval_split
-    from transformers_seps.train.training import split_similarity
+    from transformers_seps.train.evaluation import encode_split, score_split, scorer_similarities
 
     output, data_root = uninterrupted
     best = SepsModel.from_pretrained(output / "best")
     processor = SepsProcessor.from_pretrained(output / "best")
-    dev = load_retrieval_split(data_root, "synthetic", "dev", dense_captions="ignore")
-    similarity = split_similarity(best, processor, dev, 32, None, use_dense=False)
+    dev = load_retrieval_split(data_root, "synthetic", "dev", dense_captions="required")
+    encoded = encode_split(best, processor, dev, 32, progress=False)
+    scores = scorer_similarities(best, encoded, "image")
+    weight = fit_first_stage_weight(scores["seps"], scores["first_stage"], dev.caption_to_image)
+    assert best.config.first_stage_weight == weight
+    without_dense = score_split(best, encoded, "none", progress=False)  # the model's score: fused with the weight
     assert best.config.logit_scale != 1.0
-    assert best.config.logit_scale == pytest.approx(fit_logit_scale(similarity, dev.caption_to_image), rel=1e-4)
+    assert best.config.logit_scale == pytest.approx(fit_logit_scale(without_dense, dev.caption_to_image), rel=1e-4)
+    results = json.loads((output / "eval_results.json").read_text())
+    assert results["first_stage_weight"] == weight
+    assert {"rsum", "seps_rsum", "first_stage_rsum"} <= set(results)

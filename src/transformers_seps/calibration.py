@@ -1,4 +1,6 @@
-"""Calibrating `SepsConfig.logit_scale`: the temperature that turns SEPS scores into CLIP-like logits.
+"""Fitting the two numbers a trained model's scores need, on a held-out split: `SepsConfig.first_stage_weight`, the
+weight of the first stage's score in the fused score (`fit_first_stage_weight`), and `SepsConfig.logit_scale`, the
+temperature that turns scores into CLIP-like logits (`fit_logit_scale`).
 
 SEPS is trained with a triplet loss (Eq. 6), which only asks a right pair to beat the wrong ones by a margin: its
 scores S lie within a few units, and a softmax over them is nearly flat. `fit_logit_scale` picks the scale t
@@ -11,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from .metrics import checked_similarity
+from .metrics import checked_similarity, recall_metrics, retrieval_ranks
 
 # The range searched. CLIP clamps its learned logit scale at 100, where a score gap of 0.05 is already a factor
 # e^5. On a split the model separates perfectly the cross-entropy falls towards 0 as the scale grows: the search
@@ -86,4 +88,46 @@ def fit_logit_scale(similarity: Any, caption_to_image: Sequence[int] | np.ndarra
     return float(np.exp((low + high) / 2))
 
 
-__all__ = ["MAX_LOGIT_SCALE", "MIN_LOGIT_SCALE", "calibration_loss", "fit_logit_scale"]
+# The fusion weights `fit_first_stage_weight` tries besides 0: S spans a few units and the first stage's cosine G at
+# most 2, so 100 * G decides nearly every ranking (the first stage alone) and 0.01 * G breaks near ties only.
+FIRST_STAGE_WEIGHTS = tuple(float(w) for w in np.logspace(-2, 2, 41))
+
+
+def _rsum_and_mrr(similarity: np.ndarray, caption_to_image: np.ndarray) -> tuple[float, float]:
+    image_ranks, caption_ranks = retrieval_ranks(similarity, caption_to_image)
+    mrr = (np.mean(1 / image_ranks) + np.mean(1 / caption_ranks)) / 2
+    return recall_metrics(image_ranks, caption_ranks)["rsum"], float(mrr)
+
+
+def fit_first_stage_weight(
+    seps_similarity: Any, first_stage_similarity: Any, caption_to_image: Sequence[int] | np.ndarray
+) -> float:
+    """The weight w of the fused score S + w * G (`SepsConfig.first_stage_weight`) that ranks a held-out split
+    (the dev split) best: the largest rSum over `FIRST_STAGE_WEIGHTS`, ties broken by the mean reciprocal rank of
+    both directions; 0 (S alone) unless a weight raises the rSum above S's own.
+
+    Args:
+        seps_similarity: (N_img, N_txt) scores S of the split (`SepsModel.similarity(..., first_stage_weight=0)`).
+        first_stage_similarity: (N_img, N_txt) the first stage's scores G of the same pairs.
+        caption_to_image: (N_txt,) the row of each caption's image.
+    """
+    seps, targets = checked_similarity(seps_similarity, caption_to_image)
+    if tuple(first_stage_similarity.shape) != seps.shape:
+        raise ValueError(
+            f"the two similarity matrices differ in shape: {seps.shape} and {tuple(first_stage_similarity.shape)}"
+        )
+    first_stage, _ = checked_similarity(first_stage_similarity, caption_to_image)
+    alone = _rsum_and_mrr(seps, targets)
+    fused = {weight: _rsum_and_mrr(seps + weight * first_stage, targets) for weight in FIRST_STAGE_WEIGHTS}
+    best = max(fused, key=lambda weight: fused[weight])
+    return best if fused[best][0] > alone[0] else 0.0
+
+
+__all__ = [
+    "FIRST_STAGE_WEIGHTS",
+    "MAX_LOGIT_SCALE",
+    "MIN_LOGIT_SCALE",
+    "calibration_loss",
+    "fit_first_stage_weight",
+    "fit_logit_scale",
+]

@@ -111,6 +111,7 @@ _FIELD_RULES: tuple[tuple[tuple[str, ...], type, str, Callable[[Any], bool], boo
             "initializer_range",
             "global_contrastive_weight",
             "global_max_smoothing",
+            "first_stage_weight",
         ),
         float,
         ">= 0",
@@ -216,6 +217,14 @@ class SepsConfig(PreTrainedConfig):
             The contrastive loss trains the global embedding only: it sees the SEPS tokens detached from the graph,
             so that the projections and backbones learn from the SEPS loss alone. `False` lets its gradient reach
             them too (README, "Speed", measures both).
+        first_stage_weight (`float`, defaults to 0.0):
+            w of the fused score S + w * G that [`~SepsModel.similarity`] (and so re-ranking, `SepsRetriever`, the
+            pipelines and the evaluation) ranks by, G being the first stage's score of the pair
+            (`transformers_seps.global_embedding.first_stage_scores`), as BLIP adds its ITC score to ITM. The
+            training runner fits it on the dev split after training (`fit_first_stage_weight` in
+            `transformers_seps.calibration`), 0 when the fusion does not help there; it needs a trained first stage
+            (`global_contrastive_weight` > 0). 0: S alone (e.g. the authors' converted checkpoints). The loss uses
+            S alone.
         similarity_chunk_size (`int`, *optional*):
             Image-caption pairs scored at once by `SepsModel.similarity`; bounds its memory. None (the default)
             chooses from the device (`transformers_seps.modeling_seps.default_similarity_chunk_size`): 512 on CPU,
@@ -224,9 +233,10 @@ class SepsConfig(PreTrainedConfig):
         initializer_range (`float`, defaults to 0.02):
             Kept for Transformers' initialisation helpers; the SEPS head uses Xavier-uniform linear layers.
         logit_scale (`float`, defaults to 1.0):
-            `SepsOutput.logits_per_image` is `logit_scale * S`, so that a softmax over them (the
-            `zero-shot-image-classification` pipeline) is calibrated; the loss and `SepsModel.similarity` use S
-            itself. The training runner fits it on the dev split after training (`fit_logit_scale` in
+            `SepsOutput.logits_per_image` is `logit_scale` times the score [`~SepsModel.similarity`] ranks by (S, or
+            the fused score, see `first_stage_weight`), so that a softmax over them (the
+            `zero-shot-image-classification` pipeline) is calibrated; the loss and `SepsModel.similarity` use the
+            scores themselves. The training runner fits it on the dev split after training (`fit_logit_scale` in
             `transformers_seps.calibration`); 1.0 means uncalibrated (e.g. the authors' converted checkpoints).
     """
 
@@ -264,6 +274,7 @@ class SepsConfig(PreTrainedConfig):
     global_image_vectors: int | None = None
     global_max_smoothing: float = 0.1
     global_detach_tokens: bool = True
+    first_stage_weight: float = 0.0
     similarity_chunk_size: int | None = None
     initializer_range: float = 0.02
     logit_scale: float = 1.0
@@ -317,6 +328,11 @@ class SepsConfig(PreTrainedConfig):
             raise ValueError(
                 f"global_image_vectors must divide global_pooling_queries, got global_image_vectors="
                 f"{self.global_image_vectors} and global_pooling_queries={self.global_pooling_queries}"
+            )
+        if self.first_stage_weight > 0 and self.global_contrastive_weight == 0:
+            raise ValueError(
+                f"first_stage_weight={self.first_stage_weight} fuses the first stage's score into S, but this model "
+                "has no trained first stage (global_contrastive_weight=0): set first_stage_weight to 0"
             )
         if self.num_patches is not None and self.num_aggregated_patches < 1:
             raise ValueError(

@@ -23,7 +23,12 @@ from transformers.modeling_outputs import BaseModelOutputWithPooling
 from transformers.utils import ModelOutput, can_return_tuple, logging
 
 from .configuration_seps import SepsConfig, check_positive_int, infer_patch_layout, paper_ratios, vision_image_size
-from .global_embedding import SepsGlobalEmbedding, global_contrastive_loss, mean_pooled_embedding
+from .global_embedding import (
+    SepsGlobalEmbedding,
+    first_stage_scores,
+    global_contrastive_loss,
+    mean_pooled_embedding,
+)
 from .inputs import check_pretrained_location
 
 logger = logging.get_logger(__name__)
@@ -268,7 +273,9 @@ class SepsOutput(ModelOutput):
         ratio_loss (`torch.FloatTensor` of shape `()`, *optional*): the ratio loss (Eq. 7, unweighted).
         global_contrastive_loss (`torch.FloatTensor` of shape `()`, *optional*): the InfoNCE loss that trains the
             first stage (`transformers_seps.global_embedding`, unweighted); None without one.
-        logits_per_image (`torch.FloatTensor` of shape `(N_img, N_txt)`): `config.logit_scale` * S(I_j, T_i).
+        logits_per_image (`torch.FloatTensor` of shape `(N_img, N_txt)`): `config.logit_scale` times the score
+            [`~SepsModel.similarity`] gives: S(I_j, T_i), fused with the first stage's when
+            `config.first_stage_weight` > 0.
         logits_per_text (`torch.FloatTensor` of shape `(N_txt, N_img)`): its transpose.
         image_embeds (`torch.FloatTensor` of shape `(N_img, L_v, C)`): projected image tokens.
         text_embeds (`torch.FloatTensor` of shape `(N_txt, L_t, C)`): projected caption tokens.
@@ -876,7 +883,7 @@ class SepsModel(SepsPreTrainedModel):
                 ", ".join(untrained),
             )
             model.global_embedding = None
-            model.config.global_contrastive_weight = 0.0
+            model.config.global_contrastive_weight = model.config.first_stage_weight = 0.0
         return (model, loading_info) if wants_loading_info else model
 
     # ---------------------------------------------------------------- construction from pretrained backbones
@@ -1233,8 +1240,10 @@ class SepsModel(SepsPreTrainedModel):
         dense_attention_mask: torch.Tensor | None = None,
         chunk_size: int | None = None,
         dtype: torch.dtype = torch.float32,
+        first_stage_weight: float | None = None,
     ) -> torch.Tensor:
-        """S(I_j, T_i) for every image and caption, in blocks of at most `chunk_size` pairs.
+        """The score of every image and caption, S(I_j, T_i) in blocks of at most `chunk_size` pairs, plus w times
+        the first stage's score when the fusion weight w (`config.first_stage_weight`) is set.
 
         Args:
             image_embeds: (N_img, L_v, C) from [`~SepsModel.encode_image`].
@@ -1250,6 +1259,9 @@ class SepsModel(SepsPreTrainedModel):
                 matrix) in bfloat16, faster where the hardware has bfloat16 matrix units (CUDA, CPUs with AMX or
                 AVX512-BF16; much slower on others) at a cost in precision (README, Speed); the selection, the
                 softmaxes and the normalisations stay in float32. Default float32 throughout.
+            first_stage_weight: w of the fused score S + w * G, G being the first stage's score of the pair
+                (`transformers_seps.global_embedding.first_stage_scores`); default `config.first_stage_weight`
+                (fit on the dev split after training), 0 for S alone.
 
         Returns:
             (N_img, N_txt) scores. Selection decisions are deterministic (top-K) in eval mode and sampled in
@@ -1257,7 +1269,7 @@ class SepsModel(SepsPreTrainedModel):
         """
         if chunk_size is not None:
             check_positive_int("chunk_size", chunk_size)
-        return self._score(
+        scores = self._score(
             image_embeds,
             text_embeds,
             text_attention_mask,
@@ -1267,6 +1279,40 @@ class SepsModel(SepsPreTrainedModel):
             False,
             dtype,
         )[0]
+        return self._fuse_first_stage(scores, image_embeds, text_embeds, text_attention_mask, first_stage_weight)
+
+    def _fuse_first_stage(
+        self,
+        scores: torch.Tensor,
+        image_embeds: torch.Tensor,
+        text_embeds: torch.Tensor,
+        text_attention_mask: torch.Tensor,
+        weight: float | None = None,
+    ) -> torch.Tensor:
+        """(N_img, N_txt) `scores` S plus `weight` (default `config.first_stage_weight`) times the first stage's
+        scores of the same pairs: the one place the fused score is made."""
+        weight = self.config.first_stage_weight if weight is None else weight
+        if weight == 0:
+            return scores
+        first_stage = first_stage_scores(
+            self.global_text_embeds(text_embeds, text_attention_mask).float(),
+            self.global_image_embeds(image_embeds).float(),
+        )
+        return self.fuse_scores(scores, first_stage.t(), weight)
+
+    def fuse_scores(
+        self, seps_scores: torch.Tensor, first_stage_scores: torch.Tensor, weight: float | None = None
+    ) -> torch.Tensor:
+        """The fused score S + w * G of pairs whose SEPS scores S and first-stage scores G are given (any shape,
+        the same for both; NumPy arrays too), w being `weight` or `config.first_stage_weight`:
+        what [`~SepsModel.similarity`] returns, for callers that computed S and G apart."""
+        weight = self.config.first_stage_weight if weight is None else weight
+        if weight < 0 or (weight > 0 and self.global_embedding is None):
+            raise ValueError(
+                f"first_stage_weight must be >= 0, and > 0 needs a trained first stage (global_embedding): got "
+                f"{weight} with global_embedding={type(self.global_embedding).__name__}"
+            )
+        return seps_scores + weight * first_stage_scores if weight else seps_scores
 
     def _check_similarity_inputs(
         self,
@@ -1427,8 +1473,10 @@ class SepsModel(SepsPreTrainedModel):
                     config.global_max_smoothing,
                 )
                 loss = loss + config.global_contrastive_weight * contrastive_loss
-        # Logits scaled as CLIP's, for a softmax over them; the loss above stays on S (Eq. 6).
-        logits = scores * self.config.logit_scale
+        # Logits scaled as CLIP's, for a softmax over them, of the score `similarity` ranks by; the loss above stays
+        # on S (Eq. 6).
+        ranked = self._fuse_first_stage(scores, image_embeds, text_embeds, text_attention_mask)
+        logits = ranked * self.config.logit_scale
         return SepsOutput(
             loss=loss,
             alignment_loss=alignment_loss,

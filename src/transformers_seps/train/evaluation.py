@@ -142,10 +142,12 @@ def score_split(
     accelerator: "Accelerator | None" = None,
     progress: bool = True,
     dtype: torch.dtype = torch.float32,
+    first_stage_weight: float | None = None,
 ) -> np.ndarray:
     """The (N_img, N_txt) similarity matrix, in blocks of images; under Accelerate the blocks are split over the
-    processes and the rows gathered, so any number of processes gives the same matrix. `dtype`: the scoring
-    dtype of `SepsModel.similarity` (the "query_ground_truth" audit scores in float32).
+    processes and the rows gathered, so any number of processes gives the same matrix. `dtype` and
+    `first_stage_weight`: those of `SepsModel.similarity` (the "query_ground_truth" audit scores S alone, in
+    float32).
 
     dense_pairing:
         "image": each candidate image uses its own dense caption (the honest protocol, default).
@@ -170,13 +172,17 @@ def score_split(
     for start in tqdm(blocks, desc=f"scoring ({dense_pairing})", disable=not (progress and rank == 0)):
         block = slice(start, min(start + images_per_block, rows.stop))
         images = encoded.image_embeds[block].to(device)
+        if dense_pairing == "query_ground_truth":
+            scores.append(_leaky_similarity(model, images, *texts, encoded, chunk_size))
+            continue
+        dense = ()
         if dense_pairing == "image":
             dense = encoded.dense_embeds[block].to(device), encoded.dense_mask[block].to(device)
-            scores.append(model.similarity(images, *texts, *dense, chunk_size=chunk_size, dtype=dtype))
-        elif dense_pairing == "none":
-            scores.append(model.similarity(images, *texts, chunk_size=chunk_size, dtype=dtype))
-        else:
-            scores.append(_leaky_similarity(model, images, *texts, encoded, chunk_size))
+        scores.append(
+            model.similarity(
+                images, *texts, *dense, chunk_size=chunk_size, dtype=dtype, first_stage_weight=first_stage_weight
+            )
+        )
     local = torch.cat(scores).cpu() if scores else torch.zeros(0, encoded.text_embeds.shape[0])
     if world == 1:
         return local.numpy()
@@ -199,6 +205,20 @@ def first_stage_similarity(model: "SepsModel", encoded: EncodedSplit) -> np.ndar
         ]
     )
     return first_stage_scores(text_global, global_image_embeds(model, encoded.image_embeds)).t().numpy()
+
+
+# The scores an evaluation can rank by: the model's own (S + first_stage_weight * G, `SepsModel.similarity`), SEPS's
+# alone (S) and the first stage's alone (G).
+SCORERS = ("model", "seps", "first_stage")
+
+
+def scorer_similarities(
+    model: "SepsModel", encoded: EncodedSplit, dense_pairing: str = "image", accelerator: "Accelerator | None" = None
+) -> dict[str, np.ndarray]:
+    """The (N_img, N_txt) scores of an encoded split by each of `SCORERS`, SEPS scored once (honest pairings only)."""
+    seps = score_split(model, encoded, dense_pairing, accelerator=accelerator, progress=False, first_stage_weight=0)
+    first_stage = first_stage_similarity(model, encoded)
+    return {"model": model.fuse_scores(seps, first_stage), "seps": seps, "first_stage": first_stage}
 
 
 def _process_rows(num_images: int, rank: int, world: int) -> range:

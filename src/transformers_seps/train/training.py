@@ -19,10 +19,10 @@ from tqdm.auto import tqdm
 
 # From the package, not its modules: the first use registers the Auto classes, so saved folders get `auto_map`.
 from .. import SepsModel, SepsOutput, SepsProcessor
-from ..calibration import fit_logit_scale
+from ..calibration import fit_first_stage_weight, fit_logit_scale
 from ..feature_cache import FrozenFeatureCache
 from ..loss import SepsForRetrievalTraining
-from ..metrics import FOLD_SIZE, fold_metrics, markdown_table, mean_metrics, retrieval_metrics
+from ..metrics import FOLD_SIZE, METRIC_KEYS, fold_metrics, markdown_table, mean_metrics, retrieval_metrics
 from .arguments import DEFAULT_SYNTHETIC_ROOT, VIT_SCRATCH, DataArguments, ModelArguments, RetrievalTrainingArguments
 from .backbones import backbone_hub_ids, build_processor, load_text_backbone, load_vision_backbone
 from .checkpoints import (
@@ -59,7 +59,7 @@ from .data.synthetic import (
     generate_synthetic_benchmark,
     read_benchmark_info,
 )
-from .evaluation import encode_split, first_stage_similarity, score_split
+from .evaluation import encode_split, score_split, scorer_similarities
 from .model_card import HUB_DATASETS, render_trained_model_card
 
 
@@ -361,22 +361,6 @@ def _build_model(model_args: ModelArguments, warmup_epochs: int) -> tuple[SepsMo
     return model, processor
 
 
-def split_similarity(
-    model: SepsModel,
-    processor: SepsProcessor,
-    split: RetrievalSplit,
-    batch_size: int,
-    accelerator: Accelerator | None,
-    *,
-    use_dense: bool,
-) -> np.ndarray:
-    """The (N_img, N_txt) scores S of a split (with each image's own dense caption when `use_dense` and the split
-    has them)."""
-    use_dense = use_dense and split.has_dense_captions
-    encoded = encode_split(model, processor, split, batch_size, use_dense=use_dense, accelerator=accelerator)
-    return score_split(model, encoded, dense_pairing="image" if use_dense else "none", accelerator=accelerator)
-
-
 def evaluate_model(
     model: SepsModel,
     processor: SepsProcessor,
@@ -386,17 +370,18 @@ def evaluate_model(
     *,
     use_dense: bool,
 ) -> dict[str, float]:
-    """Metrics of `model` on a split (honest dense pairing), and those of its first stage alone (`first_stage_`
-    keys); COCO's 5K test also gets the mean of its 1K folds (a smaller testall, not a whole number of folds, gets
-    the whole-matrix metrics only).
+    """Metrics of `model`'s score on a split (honest dense pairing), and of SEPS alone (`seps_` keys) and the first
+    stage alone (`first_stage_` keys) (`evaluation.SCORERS`); COCO's 5K test also gets the mean of its 1K folds (a
+    smaller testall, not a whole number of folds, gets the whole-matrix metrics only).
 
     A split without dense captions (the authors' dev split) is scored without them: the dense terms drop out."""
     use_dense = use_dense and split.has_dense_captions
     encoded = encode_split(model, processor, split, batch_size, use_dense=use_dense, accelerator=accelerator)
-    similarity = score_split(model, encoded, "image" if use_dense else "none", accelerator=accelerator)
-    metrics = _split_metrics(similarity, split)
-    first_stage = _split_metrics(first_stage_similarity(model, encoded), split)
-    return {**metrics, **{f"first_stage_{key}": value for key, value in first_stage.items()}}
+    scores = scorer_similarities(model, encoded, "image" if use_dense else "none", accelerator)
+    metrics = _split_metrics(scores["model"], split)
+    for scorer in ("seps", "first_stage"):
+        metrics.update({f"{scorer}_{key}": value for key, value in _split_metrics(scores[scorer], split).items()})
+    return metrics
 
 
 def _split_metrics(similarity: np.ndarray, split: RetrievalSplit) -> dict[str, float]:
@@ -502,7 +487,7 @@ def run_training(
         if progress.step >= schedule.max_steps:
             break
     bar.close()
-    calibrate_logit_scale(run)
+    calibrate_scores(run)
     results = evaluate_test_and_push(run)
     run.accelerator.end_training()
     return results
@@ -806,27 +791,38 @@ def validate_and_keep_best(run: TrainingRun, epoch: int) -> None:
     accelerator.wait_for_everyone()
 
 
-def calibrate_logit_scale(run: TrainingRun) -> float:
-    """Fit the best model's `logit_scale` on the dev split (`transformers_seps.calibration.fit_logit_scale`) and
-    write it into `best/config.json` (atomically). The dev scores are taken without dense captions, as the
-    pipelines score (they take none); the weights, the loss and the metrics do not depend on it."""
+def calibrate_scores(run: TrainingRun) -> dict[str, float]:
+    """Fit the best model's `first_stage_weight` (`fit_first_stage_weight`: the fusion with the first stage that
+    ranks the dev split best, 0 if none helps) and then its `logit_scale` (`fit_logit_scale`) on the dev split, and
+    write both into `best/config.json` (atomically). The scale is fit on the scores without dense captions, as the
+    pipelines score (they take none); the weights and the loss do not depend on either."""
     accelerator, best_dir = run.accelerator, run.output_dir / "best"
     best = SepsModel.from_pretrained(best_dir).to(accelerator.device)
     dev = run.splits["dev"]
-    similarity = split_similarity(
-        best, run.processor, dev, run.args.per_device_eval_batch_size, accelerator, use_dense=False
-    )
-    logit_scale = fit_logit_scale(similarity, dev.caption_to_image)
+    use_dense = run.use_dense and dev.has_dense_captions
+    batch_size = run.args.per_device_eval_batch_size
+    encoded = encode_split(best, run.processor, dev, batch_size, use_dense=use_dense, accelerator=accelerator)
+    scores = scorer_similarities(best, encoded, "image" if use_dense else "none", accelerator)
+    weight = 0.0
+    if best.global_embedding is not None:
+        weight = fit_first_stage_weight(scores["seps"], scores["first_stage"], dev.caption_to_image)
+    seps_without_dense = scores["seps"]
+    if use_dense:
+        seps_without_dense = score_split(best, encoded, "none", accelerator=accelerator, first_stage_weight=0)
+    pipeline_scores = best.fuse_scores(seps_without_dense, scores["first_stage"], weight)
+    fitted = {"first_stage_weight": weight, "logit_scale": fit_logit_scale(pipeline_scores, dev.caption_to_image)}
     if accelerator.is_main_process:
         config_file = best_dir / "config.json"
-        config = json.loads(config_file.read_text())
-        config["logit_scale"] = logit_scale
+        config = {**json.loads(config_file.read_text()), **fitted}
         temporary = config_file.with_name(f".tmp-{config_file.name}")
         temporary.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
         os.replace(temporary, config_file)
-        accelerator.print(f"logit_scale fit on dev: {logit_scale:.2f}")
+        accelerator.print(
+            f"fit on dev: first_stage_weight {weight:.3g} (score S + {weight:.3g} * first stage), logit_scale "
+            f"{fitted['logit_scale']:.2f}"
+        )
     accelerator.wait_for_everyone()
-    return logit_scale
+    return fitted
 
 
 def evaluate_test_and_push(run: TrainingRun) -> dict[str, float]:
@@ -845,10 +841,10 @@ def evaluate_test_and_push(run: TrainingRun) -> dict[str, float]:
             accelerator,
             use_dense=run.use_dense,
         )
-        results.update(test)
+        results.update(first_stage_weight=best.config.first_stage_weight, **test)
         if accelerator.is_main_process:
             (output_dir / "eval_results.json").write_text(json.dumps(results, indent=2))
-            accelerator.print(markdown_table(test))
+            accelerator.print(scorer_table(test, best.config.first_stage_weight))
     if accelerator.is_main_process:
         card = _model_card(run, results if args.eval_test else None)
         (output_dir / "best" / "README.md").write_text(card, encoding="utf-8")
@@ -860,6 +856,17 @@ def evaluate_test_and_push(run: TrainingRun) -> dict[str, float]:
         run.processor.push_to_hub(args.hub_model_id)
         ModelCard(card).push_to_hub(args.hub_model_id)
     return results
+
+
+def scorer_table(metrics: dict[str, float], first_stage_weight: float) -> str:
+    """The markdown table of `evaluate_model`'s metrics: the model's score, SEPS alone and the first stage alone."""
+    rows = [
+        (f"model: S + {first_stage_weight:.3g} * G", ""),
+        ("SEPS alone (S)", "seps_"),
+        ("first stage alone (G)", "first_stage_"),
+    ]
+    tables = [markdown_table({key: metrics[prefix + key] for key in METRIC_KEYS}, name) for name, prefix in rows]
+    return "\n".join([tables[0], *(table.split("\n")[2] for table in tables[1:])])
 
 
 def _model_card(run: TrainingRun, results: dict[str, float] | None) -> str:
