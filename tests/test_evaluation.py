@@ -201,7 +201,8 @@ def test_script_two_processes_give_the_matrix_of_one(saved_models, tiny_syntheti
         outputs[processes] = np.load(sims), json.loads(report.read_text())
     assert outputs[1][0].shape == (8, 40)
     np.testing.assert_allclose(outputs[2][0], outputs[1][0], atol=1e-5)
-    assert outputs[1][1] == retrieval_metrics(outputs[1][0], np.repeat(np.arange(8), 5)) | {}
+    scorer = {"name": "model", "score": "S + 0 * G"}
+    assert outputs[1][1] == retrieval_metrics(outputs[1][0], np.repeat(np.arange(8), 5)) | {"scorer": scorer}
     assert set(METRIC_KEYS) <= set(outputs[2][1])
 
 
@@ -216,7 +217,8 @@ def test_script_leak_audit_reports_both_pairings(saved_models, tiny_synthetic, t
     assert "label leak" in result.stderr
     assert "Leak audit" in result.stdout and "difference" in result.stdout
     audit = json.loads(report.read_text())
-    assert set(audit) == {"honest", "query_ground_truth", "difference"}
+    assert set(audit) == {"honest", "query_ground_truth", "difference", "scorer"}
+    assert audit["scorer"] == {"name": "seps", "score": "S"}  # the audit compares S under both pairings
     assert audit["difference"]["rsum"] == pytest.approx(audit["query_ground_truth"]["rsum"] - audit["honest"]["rsum"])
 
 
@@ -231,3 +233,30 @@ def test_script_errors(saved_models, tiny_synthetic, tmp_path):
     (no_dense / "synthetic_test.jsonl").unlink()
     result = run_script("--model", str(saved_models["paper"]), "--dataset", "synthetic", "--data_root", str(no_dense))
     assert result.returncode != 0 and "synthetic_test.jsonl" in result.stderr
+
+
+@pytest.mark.slow
+def test_script_ranks_by_the_chosen_scorer(saved_models, tiny_synthetic, tmp_path):
+    """--scorer model (the default) ranks by S + w * G, seps by S alone, first_stage by G alone."""
+    from transformers_seps import SepsModel, SepsProcessor
+    from transformers_seps.train.arguments import SCORERS, EvaluationArguments
+    from transformers_seps.train.evaluation import run_evaluation
+
+    folder = tmp_path / "fused"
+    model = SepsModel.from_pretrained(saved_models["paper"])
+    model.config.first_stage_weight = 0.5
+    model.save_pretrained(folder)
+    SepsProcessor.from_pretrained(saved_models["paper"]).save_pretrained(folder)
+    sims, reports = {}, {}
+    for scorer in SCORERS:
+        sims[scorer] = tmp_path / f"{scorer}.npy"
+        reports[scorer] = run_evaluation(
+            EvaluationArguments(
+                model=str(folder), data_root=str(tiny_synthetic), scorer=scorer, save_sims=str(sims[scorer])
+            )
+        )
+    fused, seps, first_stage = (np.load(sims[scorer]) for scorer in SCORERS)
+    np.testing.assert_allclose(fused, seps + 0.5 * first_stage, atol=1e-5)
+    assert not np.allclose(seps, first_stage)
+    assert [reports[scorer]["scorer"]["score"] for scorer in SCORERS] == ["S + 0.5 * G", "S", "G"]
+    assert reports["first_stage"]["rsum"] == retrieval_metrics(first_stage, np.repeat(np.arange(8), 5))["rsum"]

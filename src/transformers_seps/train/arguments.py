@@ -228,6 +228,9 @@ class RetrievalTrainingArguments:
 DENSE_PAIRINGS = ("image", "query_ground_truth", "none")
 
 DATASETS = ("f30k", "coco", "synthetic")
+# The scores an evaluation can rank by: the model's own (S + first_stage_weight * G, `SepsModel.similarity`), SEPS's
+# alone (S) and the first stage's alone (G).
+SCORERS = ("model", "seps", "first_stage")
 SPLITS = ("train", "dev", "test", "testall")
 
 
@@ -254,6 +257,15 @@ class EvaluationArguments(HubDatasetArguments):
             "help": "image: each image uses its own dense caption (honest). none: no dense caption. "
             "query_ground_truth: the SEPS authors' pairing, a label leak; reports both side by side.",
             "choices": DENSE_PAIRINGS,
+        },
+    )
+    scorer: str = field(
+        default="model",
+        metadata={
+            "help": "model: the model's own score (S + first_stage_weight * the first stage's, as its config says). "
+            "seps: SEPS's score S alone. first_stage: the first stage's score alone (what a two-stage search "
+            "shortlists by).",
+            "choices": SCORERS,
         },
     )
     batch_size: int = field(default=64, metadata={"help": "Images or captions per encoding batch."})

@@ -29,7 +29,7 @@ from ..modeling_seps import SepsModel
 from ..processing_seps import SepsProcessor
 from ..retrieval import global_image_embeds, pad_and_stack
 from .allocator import reuse_freed_cpu_memory
-from .arguments import DATASETS, DENSE_PAIRINGS, SPLITS, EvaluationArguments
+from .arguments import DATASETS, DENSE_PAIRINGS, SCORERS, SPLITS, EvaluationArguments
 from .cli import UsageError, check_choice, check_existing, check_int, check_model_location, check_writable_file
 from .data import (
     RetrievalFiles,
@@ -207,11 +207,6 @@ def first_stage_similarity(model: "SepsModel", encoded: EncodedSplit) -> np.ndar
     return first_stage_scores(text_global, global_image_embeds(model, encoded.image_embeds)).t().numpy()
 
 
-# The scores an evaluation can rank by: the model's own (S + first_stage_weight * G, `SepsModel.similarity`), SEPS's
-# alone (S) and the first stage's alone (G).
-SCORERS = ("model", "seps", "first_stage")
-
-
 def scorer_similarities(
     model: "SepsModel", encoded: EncodedSplit, dense_pairing: str = "image", accelerator: "Accelerator | None" = None
 ) -> dict[str, np.ndarray]:
@@ -309,6 +304,9 @@ def resolve_evaluation_arguments(args: EvaluationArguments) -> EvaluationArgumen
     the folder) and `split` (the dataset's test split)."""
     check_model_location("model", args.model)
     check_choice("dense_pairing", args.dense_pairing, DENSE_PAIRINGS)
+    check_choice("scorer", args.scorer, SCORERS)
+    if args.scorer == "first_stage" and args.dense_pairing == "query_ground_truth":
+        raise UsageError("--dense_pairing query_ground_truth audits SEPS's dense captions: the first stage has none")
     check_int("batch_size", args.batch_size, 1)
     check_int("images_per_block", args.images_per_block, 1)
     for flag in ("output_json", "save_sims"):
@@ -375,12 +373,18 @@ def run_evaluation(args: EvaluationArguments) -> dict:
     split = load_split(args, args.dataset, args.split, "required" if use_dense else "ignore")
     encoded = encode_split(model, processor, split, args.batch_size, use_dense=use_dense, accelerator=accelerator)
     honest_pairing = "image" if use_dense else "none"
-    similarity = score_split(
-        model, encoded, honest_pairing, args.images_per_block, accelerator=accelerator,
-        dtype=getattr(torch, args.scoring_dtype),
-    )  # fmt: skip
+    # The leak audit compares SEPS's own score S under both pairings.
+    scorer = "seps" if args.dense_pairing == "query_ground_truth" else args.scorer
+    if scorer == "first_stage":
+        similarity = first_stage_similarity(model, encoded)
+    else:
+        similarity = score_split(
+            model, encoded, honest_pairing, args.images_per_block, accelerator=accelerator,
+            dtype=getattr(torch, args.scoring_dtype), first_stage_weight=0 if scorer == "seps" else None,
+        )  # fmt: skip
     report = protocol_metrics(similarity, split)
-    table = markdown_table(report, f"{args.dataset}/{args.split}, dense pairing: {honest_pairing}")
+    score = {"model": f"S + {model.config.first_stage_weight:g} * G", "seps": "S", "first_stage": "G"}[scorer]
+    table = markdown_table(report, f"{args.dataset}/{args.split}, score {score}, dense pairing: {honest_pairing}")
     if "coco_1k" in report:
         table += "\n" + markdown_table(report["coco_1k"], "COCO 1K (mean of 5 folds)").split("\n", 2)[2]
     if args.dense_pairing == "query_ground_truth":
@@ -388,6 +392,7 @@ def run_evaluation(args: EvaluationArguments) -> dict:
         report = leak_audit(report, protocol_metrics(leaky, split))
         table += "\n\nLeak audit (the SEPS authors' pairing attaches the query's ground-truth dense caption):\n"
         table += audit_table(report)
+    report["scorer"] = {"name": scorer, "score": score}
     if accelerator.is_main_process:
         print(table)
         for path in (args.output_json, args.save_sims):
