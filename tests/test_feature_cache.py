@@ -159,3 +159,25 @@ def test_the_training_script_trains_the_same_model_on_cached_tokens(tmp_path):
     assert set(cached) == set(encoded)
     for name, tensor in encoded.items():
         torch.testing.assert_close(cached[name], tensor, atol=1e-4, rtol=1e-3, msg=name)
+
+
+def test_a_split_encoded_from_its_cached_tokens_equals_the_encoded_split(tiny_synthetic):
+    from conftest import tiny_model_with_processor
+
+    from transformers_seps.train.data import load_retrieval_split
+    from transformers_seps.train.evaluation import cache_frozen_features, encode_split
+
+    model, processor = tiny_model_with_processor("paper")
+    model.requires_grad_(False)
+    split = load_retrieval_split(tiny_synthetic, "synthetic", "test")
+    cache = cache_frozen_features(model, processor, split, batch_size=3, progress=False)
+    assert set(cache.images) == set(split.image_ids) and set(cache.captions) == set(range(split.num_captions))
+    encoded = encode_split(model, processor, split, batch_size=4, progress=False)
+    from_cache = encode_split(model, processor, split, batch_size=4, progress=False, feature_cache=cache)
+    torch.testing.assert_close(from_cache.image_embeds, encoded.image_embeds, atol=1e-5, rtol=1e-4)
+    for embeds, mask in (("text_embeds", "text_mask"), ("dense_embeds", "dense_mask")):
+        assert torch.equal(getattr(from_cache, mask), getattr(encoded, mask))
+        real = getattr(encoded, mask).bool()  # what padding holds differs, and never reaches a score
+        torch.testing.assert_close(
+            getattr(from_cache, embeds)[real], getattr(encoded, embeds)[real], atol=1e-5, rtol=1e-4
+        )

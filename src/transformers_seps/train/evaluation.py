@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from ..feature_cache import FrozenFeatureCache
 from ..global_embedding import first_stage_scores
 from ..metrics import (
     METRIC_KEYS,
@@ -73,6 +74,43 @@ class EncodedSplit:
     caption_to_image: np.ndarray
 
 
+def cache_frozen_features(
+    model: "SepsModel",
+    processor: "SepsProcessor",
+    split: "RetrievalSplit",
+    batch_size: int = 64,
+    *,
+    images: bool = True,
+    texts: bool = True,
+    use_dense: bool = True,
+    progress: bool = True,
+) -> FrozenFeatureCache:
+    """The tokens of frozen backbones for the inputs of `split`, each encoded once (`transformers_seps.feature_cache`):
+    its images by image id (with `images`), its captions by caption index and, with `use_dense`, its dense captions
+    by image id (with `texts`). The backbones must be frozen and in eval mode."""
+    cache = FrozenFeatureCache()
+    if images:
+        collator = SepsRetrievalCollator(processor, split=split)
+        loader = DataLoader(
+            build_image_dataset(split).remove_columns(["dense_caption"]), batch_size=batch_size, collate_fn=collator
+        )
+        for batch in tqdm(loader, desc=f"encoding {split.split} images", disable=not progress):
+            cache.add_images(model, batch["image_ids"].tolist(), batch["pixel_values"])
+    if texts:
+        captions = processor(text=split.captions)
+        cache.add_texts(
+            "captions", model, range(split.num_captions), captions["input_ids"], captions["attention_mask"],
+            batch_size, progress,
+        )  # fmt: skip
+        if use_dense:
+            dense = processor(dense_text=split.dense_captions)
+            cache.add_texts(
+                "dense", model, split.image_ids, dense["dense_input_ids"], dense["dense_attention_mask"], batch_size,
+                progress,
+            )  # fmt: skip
+    return cache
+
+
 @torch.no_grad()
 def encode_split(
     model: "SepsModel",
@@ -83,10 +121,13 @@ def encode_split(
     num_workers: int = 0,
     accelerator: "Accelerator | None" = None,
     progress: bool = True,
+    feature_cache: FrozenFeatureCache | None = None,
 ) -> EncodedSplit:
     """Encode every image (with its own dense caption) and every caption of `split` once, in batches.
 
-    Under Accelerate the batches are split over the processes and the embeddings gathered in order.
+    Under Accelerate the batches are split over the processes and the embeddings gathered in order. With a
+    `feature_cache` of the split's backbone tokens (`cache_frozen_features`, both backbones frozen), only the
+    projections run, in every process.
     """
     if use_dense and not split.has_dense_captions:
         raise ValueError(
@@ -94,6 +135,8 @@ def encode_split(
             "generate them (examples/generate_dense_captions.py) or evaluate without them"
         )
     model.eval()
+    if feature_cache is not None:
+        return _encode_cached_split(model, split, feature_cache, use_dense, batch_size)
     device = accelerator.device if accelerator is not None else model.device
     collator = SepsRetrievalCollator(processor, split=split)
     images = build_image_dataset(split)
@@ -129,6 +172,31 @@ def encode_split(
     dense_embeds, dense_mask = pad_and_stack(dense_chunks, dense_masks) if use_dense else (None, None)
     return EncodedSplit(
         torch.cat(image_chunks), text_embeds, text_mask, dense_embeds, dense_mask, np.asarray(split.caption_to_image)
+    )
+
+
+def _encode_cached_split(
+    model: "SepsModel", split: "RetrievalSplit", cache: FrozenFeatureCache, use_dense: bool, batch_size: int
+) -> EncodedSplit:
+    """`encode_split` from the split's cached backbone tokens: the projections only."""
+    device = model.device
+
+    def blocks(keys: list[int]) -> list[torch.Tensor]:
+        return [torch.tensor(keys[start : start + batch_size]) for start in range(0, len(keys), batch_size)]
+
+    def texts(kind: str, keys: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        tokens = [cache.text_tokens(kind, block, device) for block in blocks(keys)]
+        return pad_and_stack(
+            [model.text_projection(hidden).cpu() for hidden, _ in tokens], [m.cpu() for _, m in tokens]
+        )
+
+    image_embeds = torch.cat(
+        [model.vision_projection(cache.image_tokens(block, device)).cpu() for block in blocks(split.image_ids)]
+    )
+    text_embeds, text_mask = texts("captions", list(range(split.num_captions)))
+    dense_embeds, dense_mask = texts("dense", split.image_ids) if use_dense else (None, None)
+    return EncodedSplit(
+        image_embeds, text_embeds, text_mask, dense_embeds, dense_mask, np.asarray(split.caption_to_image)
     )
 
 

@@ -48,7 +48,6 @@ from .data import (
     RetrievalSplit,
     SepsRetrievalCollator,
     build_caption_dataset,
-    build_image_dataset,
     load_split,
 )
 from .data.hub import check_hub_dataset_arguments
@@ -59,7 +58,7 @@ from .data.synthetic import (
     generate_synthetic_benchmark,
     read_benchmark_info,
 )
-from .evaluation import encode_split, score_split, scorer_similarities
+from .evaluation import cache_frozen_features, encode_split, score_split, scorer_similarities
 from .model_card import HUB_DATASETS, render_trained_model_card
 
 
@@ -369,14 +368,18 @@ def evaluate_model(
     accelerator: Accelerator,
     *,
     use_dense: bool,
+    feature_cache: FrozenFeatureCache | None = None,
 ) -> dict[str, float]:
     """Metrics of `model`'s score on a split (honest dense pairing), and of SEPS alone (`seps_` keys) and the first
     stage alone (`first_stage_` keys) (`evaluation.SCORERS`); COCO's 5K test also gets the mean of its 1K folds (a
     smaller testall, not a whole number of folds, gets the whole-matrix metrics only).
 
-    A split without dense captions (the authors' dev split) is scored without them: the dense terms drop out."""
+    A split without dense captions (the authors' dev split) is scored without them: the dense terms drop out.
+    `feature_cache`: the split's backbone tokens (`encode_split`)."""
     use_dense = use_dense and split.has_dense_captions
-    encoded = encode_split(model, processor, split, batch_size, use_dense=use_dense, accelerator=accelerator)
+    encoded = encode_split(
+        model, processor, split, batch_size, use_dense=use_dense, accelerator=accelerator, feature_cache=feature_cache
+    )
     scores = scorer_similarities(model, encoded, "image" if use_dense else "none", accelerator)
     metrics = _split_metrics(scores["model"], split)
     for scorer in ("seps", "first_stage"):
@@ -450,6 +453,7 @@ class TrainingRun:
     scheduler: torch.optim.lr_scheduler.LRScheduler
     schedule: TrainingSchedule
     progress: TrainingProgress
+    dev_features: FrozenFeatureCache | None = None  # the dev split's backbone tokens (`_dev_features`)
 
     @property
     def output_dir(self) -> Path:
@@ -540,7 +544,7 @@ def _prepare_objective(
         splits["train"],
         defaults,
         use_dense=use_dense,
-        cache_frozen_features=args.cache_frozen_features,
+        cache_features=args.cache_frozen_features,
         batch_size=args.per_device_eval_batch_size,
         accelerator=accelerator,
     )
@@ -584,6 +588,7 @@ def _prepare_objective(
         schedule=schedule,
         progress=progress,
     )
+    run.dev_features = _dev_features(model, processor, splits["dev"], run)
     _resume_or_start(run)
     return run
 
@@ -605,41 +610,49 @@ def _build_objective(
     defaults: ResolvedDefaults,
     *,
     use_dense: bool,
-    cache_frozen_features: bool,
+    cache_features: bool,
     batch_size: int,
     accelerator: Accelerator,
 ) -> SepsForRetrievalTraining:
-    """Freeze what the defaults freeze; with `cache_frozen_features`, encode the training inputs of each frozen
+    """Freeze what the defaults freeze; with `cache_features`, encode the training inputs of each frozen
     backbone once (`transformers_seps.feature_cache`): images by a frozen vision backbone, captions and dense
     captions by a frozen text encoder."""
     if defaults.freeze_text_model:
         model.text_model.requires_grad_(False).eval()
     if defaults.freeze_vision_model:
         model.vision_model.requires_grad_(False).eval()
-    if not cache_frozen_features or not (defaults.freeze_text_model or defaults.freeze_vision_model):
+    if not cache_features or not (defaults.freeze_text_model or defaults.freeze_vision_model):
         return SepsForRetrievalTraining(model)
-    cache = FrozenFeatureCache()
-    progress = accelerator.is_local_main_process
-    if defaults.freeze_vision_model:
-        collator = SepsRetrievalCollator(processor, split=train)
-        images = build_image_dataset(train).remove_columns(["dense_caption"])
-        loader = DataLoader(images, batch_size=batch_size, collate_fn=collator)
-        for batch in tqdm(loader, desc="encoding images", disable=not progress):
-            cache.add_images(model, batch["image_ids"].tolist(), batch["pixel_values"])
-    if defaults.freeze_text_model:
-        captions = processor(text=train.captions)
-        cache.add_texts(
-            "captions", model, range(train.num_captions), captions["input_ids"], captions["attention_mask"],
-            batch_size, progress,
-        )  # fmt: skip
-        if use_dense:
-            dense = processor(dense_text=train.dense_captions)
-            cache.add_texts(
-                "dense", model, train.image_ids, dense["dense_input_ids"], dense["dense_attention_mask"], batch_size,
-                progress,
-            )  # fmt: skip
-    accelerator.print(f"frozen backbones' tokens cached: {cache.nbytes / 2**20:.0f} MiB")
+    cache = cache_frozen_features(
+        model,
+        processor,
+        train,
+        batch_size,
+        images=defaults.freeze_vision_model,
+        texts=defaults.freeze_text_model,
+        use_dense=use_dense,
+        progress=accelerator.is_local_main_process,
+    )
+    accelerator.print(f"frozen backbones' tokens of the training split cached: {cache.nbytes / 2**20:.0f} MiB")
     return SepsForRetrievalTraining(model, cache)
+
+
+def _dev_features(
+    model: SepsModel, processor: SepsProcessor, dev: RetrievalSplit, run: "TrainingRun"
+) -> FrozenFeatureCache | None:
+    """With both backbones frozen (and `cache_frozen_features`), the dev split's backbone tokens, encoded once for
+    every dev evaluation and the calibration."""
+    frozen = run.defaults.freeze_text_model and run.defaults.freeze_vision_model
+    if not (frozen and run.args.cache_frozen_features):
+        return None
+    return cache_frozen_features(
+        model,
+        processor,
+        dev,
+        run.args.per_device_eval_batch_size,
+        use_dense=run.use_dense and dev.has_dense_captions,
+        progress=run.accelerator.is_local_main_process,
+    )
 
 
 def _resume_or_start(run: TrainingRun) -> None:
@@ -775,6 +788,7 @@ def validate_and_keep_best(run: TrainingRun, epoch: int) -> None:
         run.args.per_device_eval_batch_size,
         accelerator,
         use_dense=run.use_dense,
+        feature_cache=run.dev_features,
     )
     progress.history.append({"epoch": epoch, "step": progress.step, **metrics})
     accelerator.log({f"dev/{key}": value for key, value in metrics.items()}, step=progress.step)
@@ -801,7 +815,15 @@ def calibrate_scores(run: TrainingRun) -> dict[str, float]:
     dev = run.splits["dev"]
     use_dense = run.use_dense and dev.has_dense_captions
     batch_size = run.args.per_device_eval_batch_size
-    encoded = encode_split(best, run.processor, dev, batch_size, use_dense=use_dense, accelerator=accelerator)
+    encoded = encode_split(
+        best,
+        run.processor,
+        dev,
+        batch_size,
+        use_dense=use_dense,
+        accelerator=accelerator,
+        feature_cache=run.dev_features,
+    )
     scores = scorer_similarities(best, encoded, "image" if use_dense else "none", accelerator)
     weight = 0.0
     if best.global_embedding is not None:
