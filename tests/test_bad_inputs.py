@@ -6,9 +6,11 @@ tests below check what is accepted instead of refused: one caption as a `str`, f
 beyond the shortlist or the gallery.
 """
 
+import copy
 import json
 import math
 import re
+import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +23,7 @@ from conftest import EMBED_DIM, tiny_config, tiny_model_with_processor
 from PIL import Image
 
 from transformers_seps import SepsConfig, SepsModel, SepsProcessor
+from transformers_seps.index import MANIFEST_FILE
 from transformers_seps.inputs import check_pretrained_location
 from transformers_seps.metrics import fold_metrics, mean_metrics, recall_metrics, retrieval_metrics
 from transformers_seps.retrieval import SepsRetriever, score_pairs, shortlist_and_rerank
@@ -39,6 +42,8 @@ class Context:
     saved: Path  # model and processor saved together
     without_tokenizer: Path  # the same, tokenizer files removed
     truncated_weights: Path  # the same, model.safetensors cut in half
+    index: Path  # the retriever's gallery saved as an index
+    older_index: Path  # the same, its manifest marked as written by an earlier release (version 2)
 
 
 def random_image(seed: int) -> Image.Image:
@@ -64,7 +69,20 @@ def ctx(tmp_path_factory) -> Context:
     model.save_pretrained(truncated_weights)
     weights = truncated_weights / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
-    return Context(model, processor, images, retriever, saved, without_tokenizer, truncated_weights)
+    index, older_index = root / "index", root / "older_index"
+    retriever.save(index)
+    shutil.copytree(index, older_index)
+    manifest = json.loads((older_index / MANIFEST_FILE).read_text())
+    (older_index / MANIFEST_FILE).write_text(json.dumps({**manifest, "version": 2}))
+    return Context(model, processor, images, retriever, saved, without_tokenizer, truncated_weights, index, older_index)
+
+
+def with_config(model: SepsModel, **fields: Any) -> SepsModel:
+    """A copy of `model` with some config fields changed (the same weights)."""
+    changed = copy.deepcopy(model)
+    for name, value in fields.items():
+        setattr(changed.config, name, value)
+    return changed
 
 
 def embeds(num: int, length: int) -> torch.Tensor:
@@ -399,6 +417,26 @@ BAD_INPUTS: list[tuple[str, Callable[[Context], Any], type[Exception], str]] = [
         lambda c: shortlist_and_rerank(c.model, embeds(3, TOKENS_PER_IMAGE), embeds(1, 4), torch.ones(1, 4), 0),
         ValueError,
         r"shortlist_size must be an integer >= 1, got 0",
+    ),
+    (
+        "index-older-version",
+        lambda c: SepsRetriever.load(c.older_index, c.model),
+        ValueError,
+        r"older_index/manifest.json: index version 2, written by an earlier release of transformers-seps; this code "
+        r"reads version 3: build the index again",
+    ),
+    (
+        "index-other-config",
+        lambda c: SepsRetriever.load(c.index, with_config(c.model, sparse_ratio=0.75, relevance_topk=3)),
+        ValueError,
+        r"index was encoded by another model: config fields differ: relevance_topk 5 in the index, 3 in the model; "
+        r"sparse_ratio 0.5 in the index, 0.75 in the model$",
+    ),
+    (
+        "index-other-weights",
+        lambda c: SepsRetriever.load(c.index, tiny_model_with_processor("paper", seed=1)[0]),
+        ValueError,
+        r"index was encoded by another model: the weights differ \(the config fields that shape vectors and scores",
     ),
     # ------------------------------------------------------------------------------------------ metrics
     (

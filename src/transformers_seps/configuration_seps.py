@@ -129,6 +129,49 @@ _FIELD_RULES: tuple[tuple[tuple[str, ...], type, str, Callable[[Any], bool], boo
 )
 
 
+# What each field changes, for a gallery encoded once and searched later (`transformers_seps.index`). SCORING_FIELDS
+# shape the stored vectors or a search's scores and ranking: an index is searched only with a model whose values of
+# these fields (and whose weights) equal those it was encoded with. NON_SCORING_FIELDS change training,
+# initialisation, speed or the scale of `logits_per_image` only (`logit_scale` multiplies S: the ranking stays).
+# Every field is in exactly one of the two (tests/test_index.py checks it): a new field that changes scores (say, a
+# fusion of the first stage's scores with SEPS's) goes in SCORING_FIELDS.
+SCORING_FIELDS = (
+    "vision_config",
+    "text_config",
+    "embed_dim",
+    "variant",
+    "sparse_ratio",
+    "aggr_ratio",
+    "aggr_hidden_ratio",
+    "num_patches",
+    "vision_cls_token",
+    "vision_hidden_size",
+    "beta",
+    "scorer_hidden_ratio",
+    "relevance_topk",
+    "keep_cls_and_extra_token",
+    "leaky_relu_slope",
+    "global_pooling_queries",
+    "global_image_vectors",
+)
+NON_SCORING_FIELDS = (
+    "gumbel_tau",  # the Gumbel sampling of training; search selects the top K
+    "detach_selected_patches",
+    "margin",
+    "max_violation_warmup_epochs",
+    "ratio_weight",
+    "lambda_sparse",
+    "lambda_dense",
+    "global_contrastive_weight",  # a loss weight (0 builds no first stage: the weights tell)
+    "global_temperature",
+    "global_max_smoothing",  # the contrastive loss only; search takes the maximum
+    "global_detach_tokens",
+    "similarity_chunk_size",  # block size: the same scores
+    "initializer_range",
+    "logit_scale",
+)
+
+
 class SepsConfig(PreTrainedConfig):
     r"""Configuration of a [`SepsModel`]: two backbones, a patch-selection head and a patch-word aligner.
 
@@ -340,4 +383,12 @@ class SepsConfig(PreTrainedConfig):
         return int(self.num_patches * self.aggr_ratio * self.sparse_ratio)
 
 
-__all__ = ["SepsConfig", "check_positive_int", "infer_patch_layout", "paper_ratios", "vision_image_size"]
+__all__ = [
+    "NON_SCORING_FIELDS",
+    "SCORING_FIELDS",
+    "SepsConfig",
+    "check_positive_int",
+    "infer_patch_layout",
+    "paper_ratios",
+    "vision_image_size",
+]

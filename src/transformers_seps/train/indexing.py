@@ -23,9 +23,10 @@ from ..index import (
     finalize_index,
     finished_shards,
     import_faiss,
-    model_fingerprint,
+    model_signature,
     read_shard_header,
     shard_name,
+    signature_fingerprint,
     write_shard,
 )
 from ..modeling_seps import SepsModel
@@ -106,7 +107,8 @@ def build_index(
     """Encode the gallery into `directory` (resuming a killed build) and return the index's manifest."""
     rank, world = (accelerator.process_index, accelerator.num_processes) if accelerator is not None else (0, 1)
     directory = Path(directory)
-    fingerprint = model_fingerprint(model)
+    signature = model_signature(model)
+    fingerprint = signature_fingerprint(signature)
     plan = [
         (start, min(start + shard_size, len(source.image_ids))) for start in range(0, len(source.image_ids), shard_size)
     ]
@@ -142,12 +144,12 @@ def build_index(
             )
         image_embeds = torch.cat([part.image_embeds for part in parts])
         global_embeds = torch.cat([part.global_embeds for part in parts])
-        write_shard(directory, start, ids, image_embeds, global_embeds, dense, mask, dtype, fingerprint)
+        write_shard(directory, start, ids, image_embeds, global_embeds, dense, mask, dtype, signature)
     if accelerator is not None:
         accelerator.wait_for_everyone()
     if rank == 0:
         processor.save_pretrained(directory / PROCESSOR_FOLDER)
-        finalize_index(directory, fingerprint, first_stage)
+        finalize_index(directory, signature, first_stage)
     if accelerator is not None:
         accelerator.wait_for_everyone()
     return json.loads((directory / MANIFEST_FILE).read_text())
