@@ -235,6 +235,31 @@ def test_a_saved_matching_pipeline_loads_as_remote_code_without_the_package(cali
     torch.testing.assert_close(torch.tensor(scores), expected, atol=1e-5, rtol=0)
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "imports",
+    [
+        "from transformers import pipeline\nimport transformers_seps.pipelines",
+        "import transformers_seps\nfrom transformers import pipeline",
+        "from transformers import AutoConfig, pipeline\nimport transformers_seps",
+    ],
+    ids=["transformers-first", "package-first", "auto-classes-first"],
+)
+def test_both_pipelines_load_a_folder_whatever_was_imported_first(calibrated, imports, tmp_path):
+    """Issue 24: with Transformers imported before this package, a saved folder asked for trust_remote_code=True."""
+    _, _, folder = calibrated
+    script = f"""{imports}
+from PIL import Image
+image = Image.new("RGB", (40, 40))
+print(pipeline("zero-shot-image-classification", model={str(folder)!r})(image, candidate_labels=["a", "b"]))
+print(pipeline("image-text-matching", model={str(folder)!r})(image, text=["a red heart"]))
+"""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "HF_HOME": str(tmp_path / "hf_home")}
+    result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert not (tmp_path / "hf_home" / "modules").exists()  # no remote code was loaded
+
+
 def test_the_processor_loads_with_the_pipeline_folder(calibrated):
     """A pipeline built from a model folder finds the folder's SepsProcessor (`_load_processor`)."""
     _, _, folder = calibrated
