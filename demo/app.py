@@ -11,14 +11,15 @@ Hub id holding a SEPS model and its processor), SEPS_GALLERY, SEPS_PATTERN. The 
 import argparse
 import io
 import os
+import sys
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import gradio as gr
 from PIL import Image
 
 from transformers_seps import SepsModel, SepsProcessor, SepsRetriever
+from transformers_seps.images import list_image_files, open_rgb_image
 from transformers_seps.visualization import plot_patch_selection
 
 EXAMPLE_CAPTION = "a red heart to the left of a large blue diamond"
@@ -27,15 +28,16 @@ MAX_TOP_K = 8
 
 
 def load_gallery(folder: str | os.PathLike, pattern: str, max_images: int) -> tuple[list[str], list[Image.Image]]:
-    """The first `max_images` files of `folder` matching `pattern`, sorted by name: their names and RGB images."""
-    paths = sorted(Path(folder).glob(pattern))[:max_images]
+    """The first `max_images` image files of `folder` matching `pattern`, sorted by path: their names (paths
+    relative to `folder`) and images as the model sees them (`transformers_seps.images`). Other files matching
+    `pattern` are skipped, counted and named on stderr."""
+    files = list_image_files(folder, pattern)
+    if files.skipped:
+        print(files.skipped_message(), file=sys.stderr)
+    paths = files.images[:max_images]
     if not paths:
         raise SystemExit(f"--gallery {str(folder)!r} holds no image matching --pattern {pattern!r}")
-    images = []
-    for path in paths:
-        with Image.open(path) as image:
-            images.append(image.convert("RGB"))
-    return [path.name for path in paths], images
+    return [path.relative_to(folder).as_posix() for path in paths], [open_rgb_image(path) for path in paths]
 
 
 def figure_to_image(figure: Any) -> Image.Image:

@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
-from PIL import Image
 from tqdm.auto import tqdm
 
 from ..captioning import is_error_record, list_images, read_dense_captions
@@ -33,7 +32,7 @@ from ..modeling_seps import SepsModel
 from ..processing_seps import SepsProcessor
 from ..retrieval import encode_images, pad_and_stack
 from .cli import UsageError, check_choice, check_existing, check_int, check_model_location, check_writable_folder
-from .data import load_retrieval_split
+from .data import load_retrieval_split, load_rgb_image
 from .index_arguments import FIRST_STAGES, INDEX_DTYPES, IndexArguments
 
 if TYPE_CHECKING:
@@ -73,14 +72,6 @@ def gallery_from_arguments(args: IndexArguments) -> GallerySource:
             )
         dense = [by_id[image_id]["text"] for image_id in images]
     return GallerySource(list(images), list(images.values()), dense)
-
-
-def _read_image(path: Path) -> Image.Image:
-    try:
-        with Image.open(path) as image:
-            return image.convert("RGB")
-    except OSError as error:
-        raise UsageError(f"{path}: cannot read the image ({error})") from error
 
 
 def _check_finished_shard(path: Path, image_ids: list, fingerprint: str) -> None:
@@ -134,7 +125,7 @@ def build_index(
         parts = []
         for batch_start in range(start, end, batch_size):
             rows = slice(batch_start, min(batch_start + batch_size, end))
-            images = [_read_image(path) for path in source.image_paths[rows]]
+            images = [load_rgb_image(path) for path in source.image_paths[rows]]
             dense = source.dense_captions[rows] if source.dense_captions is not None else None
             parts.append(encode_images(model, processor, images, dense))
         dense = mask = None
