@@ -28,7 +28,7 @@ from transformers_seps.train.checkpoints import (
 )
 from transformers_seps.train.cli import USAGE_ERROR_STATUS, UsageError
 from transformers_seps.train.evaluation import infer_dataset
-from transformers_seps.train.training import run_training
+from transformers_seps.train.training import check_global_batch, launched_processes, plan_schedule, run_training
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
@@ -81,6 +81,22 @@ BAD_INPUTS = [
     (TRAIN, "--max_steps ten", "argument --max_steps/--max-steps: invalid int value: 'ten'"),
     (TRAIN, "--per_device_train_batch_size 0", "--per_device_train_batch_size must be a positive integer, got 0"),
     (TRAIN, "--num_train_epochs 0", "--num_train_epochs must be a positive integer, got 0"),
+    (
+        TRAIN,
+        "--per_device_train_batch_size 1",
+        "--per_device_train_batch_size 1 on 1 process is a global batch of 1: the",
+    ),
+    (
+        TRAIN,
+        "--data_root {synthetic} --synthetic_num_train 10 --per_device_train_batch_size 16",
+        "a global batch of 16, "
+        "more than the 10 training pairs of an epoch: use at most --per_device_train_batch_size 10",
+    ),
+    (
+        TRAIN,
+        "--synthetic_num_train 10 --one_caption_per_image false --per_device_train_batch_size 64",
+        "more than the 50",
+    ),
     (TRAIN, "--learning_rate -0.001", "--learning_rate must be a number in (0, inf], got -0.001"),
     (TRAIN, "--max_grad_norm nan", "--max_grad_norm must be a number in [0, inf], got nan"),
     (TRAIN, "--checkpointing_steps often", "--checkpointing_steps must be a positive number of steps or 'epoch'"),
@@ -141,6 +157,17 @@ def test_bad_input_is_one_clear_line_and_status_2(script, arguments, expected, p
     assert lines[0].startswith(f"{script}.py: error: ")
     assert expected.format(**places) in lines[0]
     assert sorted(Path(places["tmp"]).rglob("*")) == before  # nothing was written
+
+
+def test_the_global_batch_counts_every_process_and_datasets_read_later_are_checked_too(monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "2")  # torchrun / accelerate launch with 2 processes
+    assert launched_processes() == 2
+    check_global_batch(1, launched_processes())  # 2 pairs: each has a negative
+    args = RetrievalTrainingArguments(output_dir="unused", per_device_train_batch_size=8)
+    caption_to_image = [image for image in range(6) for _ in range(5)]  # a small f30k-layout folder: 30 captions
+    assert plan_schedule(args, caption_to_image, 1, 2, one_caption_per_image=False).steps_per_epoch == 3
+    with pytest.raises(UsageError, match="8 on 2 processes is a global batch of 16, more than the 6 training pairs"):
+        plan_schedule(args, caption_to_image, 2, 2, one_caption_per_image=True)
 
 
 def test_debug_shows_the_traceback(places):
