@@ -19,8 +19,9 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from conftest import EMBED_DIM, load_script, tiny_config, tiny_model_with_processor
+from conftest import EMBED_DIM, load_script, tiny_bert_config, tiny_config, tiny_model_with_processor
 from PIL import Image, ImageOps
+from transformers import BertModel
 
 from transformers_seps import SepsConfig, SepsModel, SepsProcessor, captioning
 from transformers_seps.images import list_image_files, open_rgb_image, rgb_image
@@ -44,6 +45,7 @@ class Context:
     saved: Path  # model and processor saved together
     without_tokenizer: Path  # the same, tokenizer files removed
     truncated_weights: Path  # the same, model.safetensors cut in half
+    bert: Path  # a BertModel saved with save_pretrained: another model type
     index: Path  # the retriever's gallery saved as an index
     older_index: Path  # the same, its manifest marked as written by an earlier release (version 2)
 
@@ -71,12 +73,16 @@ def ctx(tmp_path_factory) -> Context:
     model.save_pretrained(truncated_weights)
     weights = truncated_weights / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    bert = root / "bert"
+    BertModel(tiny_bert_config()).save_pretrained(bert)
     index, older_index = root / "index", root / "older_index"
     retriever.save(index)
     shutil.copytree(index, older_index)
     manifest = json.loads((older_index / MANIFEST_FILE).read_text())
     (older_index / MANIFEST_FILE).write_text(json.dumps({**manifest, "version": 2}))
-    return Context(model, processor, images, retriever, saved, without_tokenizer, truncated_weights, index, older_index)
+    return Context(
+        model, processor, images, retriever, saved, without_tokenizer, truncated_weights, bert, index, older_index
+    )
 
 
 def with_config(model: SepsModel, **fields: Any) -> SepsModel:
@@ -281,6 +287,14 @@ BAD_INPUTS: list[tuple[str, Callable[[Context], Any], type[Exception], str]] = [
         OSError,
         r"cannot read the weights file '.*truncated_weights/model.safetensors'.*damaged or incomplete",
     ),
+    (
+        "model-other-type",
+        lambda c: SepsModel.from_pretrained(c.bert),
+        ValueError,
+        r"bert' holds a model of type 'bert' \(its config.json\), not a SEPS model \('seps'\); to build SEPS on it "
+        r"as a backbone, use SepsModel.from_backbones",
+    ),
+    ("config-other-type", lambda c: SepsConfig.from_pretrained(c.bert), ValueError, r"a model of type 'bert'"),
     (
         "model-pixels-uint8",
         lambda c: c.model.get_image_features(torch.zeros(1, 3, 40, 40, dtype=torch.uint8)),

@@ -323,6 +323,20 @@ class SepsConfig(PreTrainedConfig):
         return positions
 
     @classmethod
+    def get_config_dict(cls, pretrained_model_name_or_path: Any, **kwargs) -> tuple[dict[str, Any], dict[str, Any]]:
+        """As `PreTrainedConfig.get_config_dict` (what `from_pretrained` reads), refusing the config of another model
+        type, say a BERT's: Transformers only warns and `SepsModel.from_pretrained` would build a full-size SEPS model
+        with every weight random."""
+        config_dict, kwargs = super().get_config_dict(pretrained_model_name_or_path, **kwargs)
+        model_type = config_dict.get("model_type")
+        if model_type is not None and model_type != cls.model_type:
+            raise ValueError(
+                f"{str(pretrained_model_name_or_path)!r} holds a model of type {model_type!r} (its config.json), not a "
+                f"SEPS model ({cls.model_type!r}); to build SEPS on it as a backbone, use SepsModel.from_backbones"
+            )
+        return config_dict, kwargs
+
+    @classmethod
     def from_dict(cls, config_dict: dict[str, Any], **kwargs) -> "SepsConfig":
         """As `PreTrainedConfig.from_dict`; a config saved with a first stage but without `global_pooling_queries`,
         `global_image_vectors` or `global_max_smoothing` (written before that field existed) had a single pooling
