@@ -21,13 +21,14 @@ import pytest
 import torch
 from conftest import EMBED_DIM, load_script, tiny_bert_config, tiny_config, tiny_model_with_processor
 from PIL import Image, ImageOps
-from transformers import BertModel
+from transformers import BertModel, pipeline
 
 from transformers_seps import SepsConfig, SepsModel, SepsProcessor, captioning
 from transformers_seps.images import list_image_files, open_rgb_image, rgb_image
 from transformers_seps.index import MANIFEST_FILE
 from transformers_seps.inputs import check_pretrained_location
 from transformers_seps.metrics import fold_metrics, mean_metrics, recall_metrics, retrieval_metrics
+from transformers_seps.pipelines import load_pipeline_image
 from transformers_seps.retrieval import SepsRetriever, score_pairs, shortlist_and_rerank
 from transformers_seps.train.data import load_rgb_image
 from transformers_seps.visualization import patch_selection, plot_patch_selection, plot_patch_word_alignment
@@ -111,6 +112,22 @@ def forward(ctx: Context, **overrides: Any) -> Any:
     args = {"pixel_values": torch.rand(2, 3, IMAGE_SIZE, IMAGE_SIZE), "input_ids": torch.tensor([[101, 2000, 102]] * 2)}
     args.update(overrides)
     return ctx.model(**args)
+
+
+def zero_shot(ctx: Context) -> Any:
+    return pipeline(
+        "zero-shot-image-classification",
+        model=ctx.model,
+        tokenizer=ctx.processor.tokenizer,
+        image_processor=ctx.processor.image_processor,
+    )
+
+
+def matcher(ctx: Context) -> Any:
+    return pipeline("image-text-matching", model=ctx.model, processor=ctx.processor)
+
+
+UNREACHABLE_URL = "http://127.0.0.1:9/photo.png"  # the discard port: refused at once, no network needed
 
 
 def evaluate_metric(predictions: list[list[float]], references: list[int]) -> dict:
@@ -473,6 +490,25 @@ BAD_INPUTS: list[tuple[str, Callable[[Context], Any], type[Exception], str]] = [
         ValueError,
         r"index was encoded by another model: the weights differ \(the config fields that shape vectors and scores",
     ),
+    # ------------------------------------------------------------------------------------------ pipelines
+    (
+        "zero-shot-no-label",
+        lambda c: zero_shot(c)(c.images[0], candidate_labels=[]),
+        ValueError,
+        r"`candidate_labels` is an empty list",
+    ),
+    (
+        "zero-shot-unreachable-url",
+        lambda c: zero_shot(c)(UNREACHABLE_URL, candidate_labels=["a dog"]),
+        OSError,
+        r"cannot fetch the image http://127.0.0.1:9/photo.png \(ConnectError: ",
+    ),
+    (
+        "matching-unreachable-url",
+        lambda c: matcher(c)(UNREACHABLE_URL, text="a dog"),
+        OSError,
+        r"cannot fetch the image http://127.0.0.1:9/photo.png \(ConnectError: ",
+    ),
     # ------------------------------------------------------------------------------------------ metrics
     (
         "metrics-empty",
@@ -721,6 +757,7 @@ def test_a_16_bit_png_is_scaled_not_white_wherever_it_is_decoded(ctx, sixteen_bi
     expected = grey_rgb(RAMP_8)
     np.testing.assert_array_equal(np.asarray(open_rgb_image(sixteen_bit_png)), expected)
     np.testing.assert_array_equal(np.asarray(load_rgb_image(sixteen_bit_png)), expected)
+    np.testing.assert_array_equal(np.asarray(load_pipeline_image(str(sixteen_bit_png))), expected)  # the pipelines
     with Image.open(sixteen_bit_png) as opened:
         pixels = ctx.processor(images=opened)["pixel_values"]
     assert torch.equal(pixels, ctx.processor(images=Image.fromarray(expected))["pixel_values"])

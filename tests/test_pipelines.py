@@ -164,6 +164,40 @@ def test_zero_shot_pipeline_softmaxes_the_scaled_scores(calibrated):
         torch.testing.assert_close(torch.tensor([probabilities[label] for label in LABELS]), expected)
 
 
+def test_zero_shot_pipeline_truncates_a_long_label_as_the_processor_does(calibrated):
+    """Issue 24: a label longer than the text model's limit made the model refuse it, suggesting a processor
+    setting the pipeline does not use; the labels are now truncated at the model's limit, as captions are."""
+    model, processor, folder = calibrated
+    image = random_images(1, seed=11)[0]
+    labels = [" ".join(["a small red heart"] * 200), "a blue diamond"]  # 800 words: beyond 512 tokens
+    assert len(processor.tokenizer(labels[0])["input_ids"]) > model.config.max_text_length
+    expected = torch.softmax(40.0 * score_pairs(model, processor, image, labels)[0], 0)
+    result = pipeline("zero-shot-image-classification", model=str(folder))(
+        image, candidate_labels=labels, hypothesis_template="{}"
+    )
+    probabilities = {entry["label"]: entry["score"] for entry in result}
+    torch.testing.assert_close(torch.tensor([probabilities[label] for label in labels]), expected)
+
+
+def test_zero_shot_pipeline_of_another_model_runs_transformers_code(tmp_path):
+    """The task's class is a subclass of Transformers' that changes nothing for a model other than SEPS."""
+    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, ZeroShotImageClassificationPipeline
+
+    from transformers_seps.pipelines import SepsZeroShotImageClassificationPipeline
+
+    torch.manual_seed(0)
+    tiny = {"hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2}
+    text, vision = {**tiny, "vocab_size": 30522}, {**tiny, "image_size": 32, "patch_size": 16}
+    clip = CLIPModel(CLIPConfig(text_config=text, vision_config=vision, projection_dim=8)).eval()
+    _, processor = tiny_model_with_processor("paper")
+    parts = {"tokenizer": processor.tokenizer, "image_processor": CLIPImageProcessor(size=32, crop_size=32)}
+    ours = pipeline("zero-shot-image-classification", model=clip, **parts)
+    assert type(ours) is SepsZeroShotImageClassificationPipeline
+    theirs = ZeroShotImageClassificationPipeline(model=clip, **parts)
+    image = random_images(1, seed=12)[0]
+    assert ours(image, candidate_labels=LABELS) == theirs(image, candidate_labels=LABELS)
+
+
 def test_image_text_matching_pipeline_scores_and_ranks_captions(calibrated):
     model, processor, _ = calibrated
     images = random_images(2, seed=8)

@@ -43,7 +43,7 @@ _LAZY_NAMES = {
     "metrics": ("fold_metrics", "markdown_table", "mean_metrics", "retrieval_metrics"),
     "retrieval": ("RetrievalResult", "SepsRetriever", "score_pairs", "score_processed", "shortlist_and_rerank"),
     "calibration": ("calibration_loss", "fit_logit_scale"),
-    "pipelines": ("SepsImageTextMatchingPipeline",),
+    "pipelines": ("SepsImageTextMatchingPipeline", "SepsZeroShotImageClassificationPipeline"),
     "visualization": ("plot_patch_selection", "plot_patch_word_alignment"),
 }
 _MODULE_OF_NAME = {name: module for module, names in _LAZY_NAMES.items() for name in names}
