@@ -26,7 +26,7 @@ from transformers_seps.train.checkpoints import (
     publish_checkpoint,
     run_arguments,
 )
-from transformers_seps.train.cli import USAGE_ERROR_STATUS, UsageError
+from transformers_seps.train.cli import USAGE_ERROR_STATUS, UsageError, check_model_location
 from transformers_seps.train.evaluation import infer_dataset
 from transformers_seps.train.training import check_global_batch, launched_processes, plan_schedule, run_training
 
@@ -37,6 +37,17 @@ FIXTURES = Path(__file__).resolve().parent / "fixtures"
 def example_main(name: str):
     """The `main(argv)` of examples/<name>.py, loaded in this process (the heavy imports are already done)."""
     return runpy.run_path(str(EXAMPLES / f"{name}.py"))["main"]
+
+
+@pytest.fixture(autouse=True)
+def offline_hub(monkeypatch, tmp_path_factory) -> Path:
+    """No test here reaches the network: the Hub is offline (as HF_HUB_OFFLINE=1 makes it), its cache empty."""
+    import huggingface_hub.constants
+
+    cache = tmp_path_factory.mktemp("hub_cache")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(cache))
+    return cache
 
 
 @pytest.fixture(scope="module")
@@ -142,6 +153,13 @@ BAD_INPUTS = [
     (CAPTION, "--image_root {f30k} --output {empty} --model {model}", "--output {empty}: this is a folder"),
     (CAPTION, "--image_root {f30k} --output {tmp}/d.jsonl --model ./no-llava", "--model ./no-llava: model not"),
     (CAPTION, CAPTION_BASE + " --ids_file {tmp}/ids.txt", "--ids_file {tmp}/ids.txt: this file does not exist"),
+    (
+        CAPTION,
+        "--image_root {f30k} --output {tmp}/d.jsonl --model no-org/no-such-captioner",
+        "--model no-org/no-such"
+        "-captioner: not in the local Hugging Face cache, and HF_HUB_OFFLINE is set: give a model folder, or download",
+    ),
+    (EVALUATE, "--model no-org/no-such-seps --data_root {synthetic}", "--model no-org/no-such-seps: not in the local"),
 ]
 
 
@@ -168,6 +186,40 @@ def test_the_global_batch_counts_every_process_and_datasets_read_later_are_check
     assert plan_schedule(args, caption_to_image, 1, 2, one_caption_per_image=False).steps_per_epoch == 3
     with pytest.raises(UsageError, match="8 on 2 processes is a global batch of 16, more than the 6 training pairs"):
         plan_schedule(args, caption_to_image, 2, 2, one_caption_per_image=True)
+
+
+def test_a_hub_id_is_looked_up_in_the_cache_then_asked_of_the_hub_once(offline_hub, monkeypatch):
+    """Issue 24: an id that does not exist took minutes offline, then a traceback without the id."""
+    import huggingface_hub
+    from huggingface_hub.errors import RepositoryNotFoundError
+    from huggingface_hub.utils import httpx
+
+    snapshot = offline_hub / "models--org--cached" / "snapshots" / ("0" * 40)
+    snapshot.mkdir(parents=True)
+    (snapshot / "config.json").write_text("{}")
+    (offline_hub / "models--org--cached" / "refs").mkdir()
+    (offline_hub / "models--org--cached" / "refs" / "main").write_text("0" * 40)
+    check_model_location("model", "org/cached")  # cached: loads offline, the Hub is not asked
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    asked = []
+
+    def missing(repo_id, timeout):
+        asked.append((repo_id, timeout))
+        request = httpx.Request("GET", f"https://huggingface.co/api/models/{repo_id}")
+        raise RepositoryNotFoundError("404", response=httpx.Response(404, request=request))
+
+    monkeypatch.setattr(huggingface_hub, "model_info", missing)
+    with pytest.raises(UsageError, match="--model org/typo: no such model on the Hugging Face Hub"):
+        check_model_location("model", "org/typo")
+    assert asked == [("org/typo", 10)]
+
+    def unreachable(repo_id, timeout):
+        raise httpx.ConnectError("[Errno -2] Name or service not known")
+
+    monkeypatch.setattr(huggingface_hub, "model_info", unreachable)
+    with pytest.raises(UsageError, match=r"the Hugging Face Hub cannot be reached to find it \(ConnectError: "):
+        check_model_location("model", "org/typo")
 
 
 def test_debug_shows_the_traceback(places):
