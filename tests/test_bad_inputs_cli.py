@@ -31,12 +31,14 @@ from transformers_seps.train.evaluation import infer_dataset
 from transformers_seps.train.training import check_global_batch, launched_processes, plan_schedule, run_training
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+DEMO_APP = Path(__file__).resolve().parents[1] / "demo" / "app.py"
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 
 
 def example_main(name: str):
-    """The `main(argv)` of examples/<name>.py, loaded in this process (the heavy imports are already done)."""
-    return runpy.run_path(str(EXAMPLES / f"{name}.py"))["main"]
+    """The `main(argv)` of examples/<name>.py (or of the demo page, "app"), loaded in this process (the heavy imports
+    are already done)."""
+    return runpy.run_path(str(DEMO_APP if name == DEMO else EXAMPLES / f"{name}.py"))["main"]
 
 
 @pytest.fixture(autouse=True)
@@ -81,6 +83,7 @@ TRAIN = "train_retrieval"
 EVALUATE = "evaluate_retrieval"
 CONVERT = "convert_official_checkpoint"
 CAPTION = "generate_dense_captions"
+DEMO = "app"
 EVAL_BASE = "--model {model} --data_root {synthetic}"
 CONVERT_BASE = "--checkpoint {checkpoint} --output_dir {tmp}/converted"
 CAPTION_BASE = "--image_root {f30k} --output {tmp}/dense.jsonl --model {model}"
@@ -160,6 +163,10 @@ BAD_INPUTS = [
         "-captioner: not in the local Hugging Face cache, and HF_HUB_OFFLINE is set: give a model folder, or download",
     ),
     (EVALUATE, "--model no-org/no-such-seps --data_root {synthetic}", "--model no-org/no-such-seps: not in the local"),
+    (DEMO, "--gallery {synthetic}/images", "--model runs/demo/best: model not found, neither a folder nor a hub id"),
+    (DEMO, "--model {model} --gallery {tmp}/photos", "--gallery {tmp}/photos: this folder does not exist"),
+    (DEMO, "--model {model} --gallery {empty}", "--gallery {empty} holds no image file matching --pattern '**/*'"),
+    (DEMO, "--model {model} --gallery {synthetic}/images --max_images 0", "--max_images must be a positive integer"),
 ]
 
 
