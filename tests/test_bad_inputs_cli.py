@@ -1,5 +1,6 @@
-"""Bad inputs to the four command lines in `examples/`: each is refused before any work with one line on stderr that
-names the flag or the path, and exit status 2. Also: no run is destroyed or resumed by another run, and --help."""
+"""Bad inputs to the command lines in `examples/` and the demo page: each is refused before any work with one line on
+stderr that names the flag or the path, and exit status 2. Also: no run is destroyed or resumed by another run, and
+--help."""
 
 import json
 import os
@@ -84,6 +85,7 @@ EVALUATE = "evaluate_retrieval"
 CONVERT = "convert_official_checkpoint"
 CAPTION = "generate_dense_captions"
 DEMO = "app"
+INDEX = "build_index"
 EVAL_BASE = "--model {model} --data_root {synthetic}"
 CONVERT_BASE = "--checkpoint {checkpoint} --output_dir {tmp}/converted"
 CAPTION_BASE = "--image_root {f30k} --output {tmp}/dense.jsonl --model {model}"
@@ -163,6 +165,12 @@ BAD_INPUTS = [
         "-captioner: not in the local Hugging Face cache, and HF_HUB_OFFLINE is set: give a model folder, or download",
     ),
     (EVALUATE, "--model no-org/no-such-seps --data_root {synthetic}", "--model no-org/no-such-seps: not in the local"),
+    (
+        INDEX,
+        "--model {model} --image_root {f30k} --output_dir {used} --overwrite_output_dir",
+        "--output_dir {used} "
+        "holds files that are not an index's (notes.txt): --overwrite_output_dir replaces an index only",
+    ),
     (DEMO, "--gallery {synthetic}/images", "--model runs/demo/best: model not found, neither a folder nor a hub id"),
     (DEMO, "--model {model} --gallery {tmp}/photos", "--gallery {tmp}/photos: this folder does not exist"),
     (DEMO, "--model {model} --gallery {empty}", "--gallery {empty} holds no image file matching --pattern '**/*'"),

@@ -21,6 +21,8 @@ from transformers_seps.configuration_seps import NON_SCORING_FIELDS, SCORING_FIE
 from transformers_seps.index import MANIFEST_FILE, StoredGallery, model_signature, signature_difference
 from transformers_seps.retrieval import SepsRetriever
 from transformers_seps.train import indexing
+from transformers_seps.train.cli import UsageError
+from transformers_seps.train.data import RetrievalDataError
 from transformers_seps.train.index_arguments import IndexArguments
 from transformers_seps.train.indexing import GallerySource, build_index, gallery_from_arguments
 
@@ -310,6 +312,76 @@ def test_a_resumed_build_refuses_shards_of_other_images_or_models(tiny_synthetic
         build_index(other, processor, source, directory, shard_size=3)
     with pytest.raises(ValueError, match="holds shards of another build"):
         build_index(model, processor, source, directory, shard_size=4)
+
+
+def copied_source(source: GallerySource, folder: Path) -> GallerySource:
+    """`source` with its image files copied to `folder` (so that a test may damage one)."""
+    folder.mkdir()
+    paths = [Path(shutil.copy(path, folder / path.name)) for path in source.image_paths]
+    return GallerySource(source.image_ids, paths, source.dense_captions)
+
+
+def test_overwrite_replaces_an_index_only_once_the_new_one_is_complete(tiny_synthetic, tmp_path, monkeypatch):
+    """Issue 24: --overwrite_output_dir builds the new index beside the old one; a build that fails midway leaves
+    the old index whole and usable, the same command run again resumes and then replaces it."""
+    old_model, processor = tiny_model_with_processor("paper")
+    new_model, _ = tiny_model_with_processor("paper", seed=1)
+    source = copied_source(split_source(tiny_synthetic), tmp_path / "images")
+    directory = tmp_path / "index"
+    build_index(old_model, processor, source, directory, shard_size=3, dtype=torch.float32)
+    old_search = SepsRetriever.load(directory, old_model).search(SYNTHETIC_QUERIES, top_k=4)
+    with pytest.raises(
+        UsageError,
+        match=r"holds a finished index of another model \(the weights differ .*\): pass "
+        r"--overwrite_output_dir to replace it, or another --output_dir",
+    ):
+        build_index(new_model, processor, source, directory, shard_size=3)
+
+    damaged = source.image_paths[4]  # in the second of three shards
+    intact = damaged.read_bytes()
+    damaged.write_bytes(intact[: len(intact) // 2])
+    with pytest.raises(RetrievalDataError, match=damaged.name):
+        build_index(new_model, processor, source, directory, shard_size=3, dtype=torch.float32, overwrite=True)
+    unchanged = SepsRetriever.load(directory, old_model).search(SYNTHETIC_QUERIES, top_k=4)
+    assert torch.equal(unchanged.indices, old_search.indices) and torch.equal(unchanged.scores, old_search.scores)
+
+    damaged.write_bytes(intact)
+    encoded = []
+    original = indexing.encode_images
+    monkeypatch.setattr(indexing, "encode_images", lambda *a: encoded.append(len(a[2])) or original(*a))
+    build_index(new_model, processor, source, directory, shard_size=3, dtype=torch.float32, overwrite=True)
+    assert encoded == [3, 2]  # the first shard, finished before the failure, was kept
+    assert_same_search(
+        SepsRetriever.load(directory, new_model), in_memory_retriever(new_model, processor, source, None)
+    )
+    with pytest.raises(ValueError, match="encoded by another model"):
+        SepsRetriever.load(directory, old_model)
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["images", "index"]  # no temporary folder left
+
+    (directory / "notes.txt").write_text("a user's file")
+    with pytest.raises(UsageError, match=r"holds files that are not an index's \(notes.txt\): --overwrite_output_dir"):
+        build_index(old_model, processor, source, directory, shard_size=3, overwrite=True)
+    assert (directory / MANIFEST_FILE).is_file()
+
+
+def test_the_build_script_offers_to_overwrite_and_does(saved_models, tiny_synthetic, tmp_path, capsys):
+    main = runpy.run_path(str(Path(__file__).resolve().parents[1] / "examples" / "build_index.py"))["main"]
+    official = SepsModel.from_pretrained(saved_models["official"]).eval()
+    processor = SepsProcessor.from_pretrained(saved_models["official"])
+    build_index(official, processor, split_source(tiny_synthetic), tmp_path / "index", shard_size=3)
+    argv = ["--model", str(saved_models["paper"]), "--data_root", str(tiny_synthetic), "--dataset", "synthetic"]
+    argv += ["--output_dir", str(tmp_path / "index"), "--shard_size", "3"]
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert error.startswith(
+        f"build_index.py: error: --output_dir {tmp_path / 'index'} holds a finished index of another"
+    )
+    assert "config fields differ: variant 'official' in the index, 'paper' in the model" in error
+    assert error.endswith("pass --overwrite_output_dir to replace it, or another --output_dir")
+    manifest = main([*argv, "--overwrite_output_dir"])
+    assert manifest["model"]["config"]["variant"] == "paper" and manifest["num_images"] == 8
 
 
 def run_build_script(*arguments: str, processes: int = 1) -> subprocess.CompletedProcess:

@@ -209,6 +209,12 @@ def _shard_files(directory: Path) -> list[tuple[int, int, Path]]:
     return sorted(shards)
 
 
+def is_index_file(name: str) -> bool:
+    """Whether `name`, in an index folder, is a file an index (or its interrupted build) writes."""
+    shard = name.startswith("shard-") and name.endswith(".safetensors")
+    return shard or name in (MANIFEST_FILE, FIRST_STAGE_FILE, PROCESSOR_FOLDER) or name.startswith(".tmp-")
+
+
 def finished_shards(directory: Path) -> set[str]:
     """Names of the shards a folder already holds (a resumed build skips them)."""
     return {path.name for _, _, path in _shard_files(Path(directory))}
