@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from bench_similarity import build_model
 
-from transformers_seps.index import STORAGE_DTYPES, StoredGallery, finalize_index, model_fingerprint, write_shard
+from transformers_seps.index import STORAGE_DTYPES, StoredGallery, finalize_index, model_signature, write_shard
 from transformers_seps.retrieval import global_image_embeds, rerank_shortlists
 from transformers_seps.train.allocator import reuse_freed_cpu_memory
 
@@ -54,7 +54,7 @@ def build(model, directory: Path, num_images: int, args) -> float:
     features excluded)."""
     config = model.config
     tokens = config.num_patches + int(config.vision_cls_token)
-    fingerprint = model_fingerprint(model)
+    signature = model_signature(model)
     generator = torch.Generator().manual_seed(num_images)
     seconds = 0.0
     for start in range(0, num_images, args.shard_size):
@@ -68,11 +68,11 @@ def build(model, directory: Path, num_images: int, args) -> float:
         global_embeds = global_image_embeds(model, image_embeds)
         ids = list(range(start, start + count))
         write_shard(
-            directory, start, ids, image_embeds, global_embeds, dense, mask, STORAGE_DTYPES[args.dtype], fingerprint
+            directory, start, ids, image_embeds, global_embeds, dense, mask, STORAGE_DTYPES[args.dtype], signature
         )
         seconds += time.perf_counter() - begin
     begin = time.perf_counter()
-    finalize_index(directory, fingerprint, args.first_stage)
+    finalize_index(directory, signature, args.first_stage)
     return seconds + time.perf_counter() - begin
 
 

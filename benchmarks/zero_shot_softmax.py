@@ -12,7 +12,6 @@ calibration) and with the model's own (fit on dev by the training runner).
 import argparse
 import copy
 
-from PIL import Image
 from transformers import pipeline
 
 from transformers_seps import SepsModel, SepsProcessor
@@ -59,7 +58,7 @@ def main() -> None:
     num_images = min(args.max_images, split.num_images)
     if num_images < CANDIDATES:
         parser.error(f"--max_images must leave at least {CANDIDATES} images, got {num_images}")
-    images = [Image.open(split.image_root / name).convert("RGB") for name in split.image_files[:num_images]]
+    images = [split.load_image(index) for index in range(num_images)]
     captions = first_captions(split)[:num_images]
     model = SepsModel.from_pretrained(args.model).eval()
     processor = SepsProcessor.from_pretrained(args.model)

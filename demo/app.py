@@ -2,24 +2,31 @@
 images, and for each the patches the caption keeps.
 
     python demo/app.py --model runs/demo/best --gallery data/synthetic/images --pattern 'test_*.png'
+    python demo/app.py --model runs/demo/best --gallery my_photos/     # every image file of the folder
 
 (`make demo-app` after `make demo`.) A Space sets the same options through the environment: SEPS_MODEL (a folder or
 Hub id holding a SEPS model and its processor), SEPS_GALLERY, SEPS_PATTERN. The ranking is
 `transformers_seps.SepsRetriever.search`; the pictures are `transformers_seps.visualization.plot_patch_selection`.
+The options are checked before anything loads: a mistake is one line on stderr, exit status 2, as in `examples/`.
 """
+
+from __future__ import annotations
 
 import argparse
 import io
 import os
+import sys
 from collections.abc import Sequence
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import gradio as gr
 from PIL import Image
 
 from transformers_seps import SepsModel, SepsProcessor, SepsRetriever
-from transformers_seps.visualization import plot_patch_selection
+from transformers_seps.images import list_image_files, open_rgb_image
+from transformers_seps.train.cli import USAGE_ERROR_STATUS, UsageError, check_existing, check_int, check_model_location
+
+if TYPE_CHECKING:
+    import gradio as gr
 
 EXAMPLE_CAPTION = "a red heart to the left of a large blue diamond"
 DEFAULT_TOP_K = 4
@@ -27,15 +34,16 @@ MAX_TOP_K = 8
 
 
 def load_gallery(folder: str | os.PathLike, pattern: str, max_images: int) -> tuple[list[str], list[Image.Image]]:
-    """The first `max_images` files of `folder` matching `pattern`, sorted by name: their names and RGB images."""
-    paths = sorted(Path(folder).glob(pattern))[:max_images]
+    """The first `max_images` image files of `folder` matching `pattern`, sorted by path: their names (paths
+    relative to `folder`) and images as the model sees them (`transformers_seps.images`). Other files matching
+    `pattern` are skipped, counted and named on stderr."""
+    files = list_image_files(folder, pattern)
+    if files.skipped:
+        print(files.skipped_message(), file=sys.stderr)
+    paths = files.images[:max_images]
     if not paths:
-        raise SystemExit(f"--gallery {str(folder)!r} holds no image matching --pattern {pattern!r}")
-    images = []
-    for path in paths:
-        with Image.open(path) as image:
-            images.append(image.convert("RGB"))
-    return [path.name for path in paths], images
+        raise UsageError(f"--gallery {os.fspath(folder)} holds no image file matching --pattern {pattern!r}")
+    return [path.relative_to(folder).as_posix() for path in paths], [open_rgb_image(path) for path in paths]
 
 
 def figure_to_image(figure: Any) -> Image.Image:
@@ -49,6 +57,9 @@ def figure_to_image(figure: Any) -> Image.Image:
 def build_demo(retriever: SepsRetriever, names: Sequence[str], images: Sequence[Image.Image]) -> gr.Blocks:
     """The page: a caption box and a `top_k` slider; the ranked images with their patch pictures and the ranking
     as JSON (rank, image name, score S). It opens with the results of `EXAMPLE_CAPTION`, computed here."""
+    import gradio as gr  # here: the arguments are checked without it
+
+    from transformers_seps.visualization import plot_patch_selection
 
     def search(caption: str, top_k: float) -> tuple[list[tuple[Image.Image, str]], list[dict[str, Any]]]:
         if not caption or not caption.strip():
@@ -86,25 +97,41 @@ def build_demo(retriever: SepsRetriever, names: Sequence[str], images: Sequence[
     return demo
 
 
-def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=os.path.basename(__file__), description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument(
         "--model", default=os.environ.get("SEPS_MODEL", "runs/demo/best"), help="model folder or Hub id"
     )
     parser.add_argument("--gallery", default=os.environ.get("SEPS_GALLERY", "data/synthetic/images"))
-    parser.add_argument("--pattern", default=os.environ.get("SEPS_PATTERN", "test_*.png"), help="gallery file glob")
+    parser.add_argument(
+        "--pattern",
+        default=os.environ.get("SEPS_PATTERN", "**/*"),
+        help="glob of the gallery files to rank (default: every image file under --gallery, subfolders included)",
+    )
     parser.add_argument("--max_images", type=int, default=200, help="gallery size limit")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=7860)
+    return parser
+
+
+def parse_args(argv: Sequence[str] | None = None) -> tuple[argparse.Namespace, list[str], list[Image.Image]]:
+    """The options, checked, and the gallery (names and images): a mistake exits with one line and status 2."""
+    parser = build_parser()
     args = parser.parse_args(argv)
-    if args.max_images < 1:
-        parser.error(f"--max_images must be >= 1, got {args.max_images}")
-    return args
+    try:
+        check_int("max_images", args.max_images, 1)
+        check_model_location("model", args.model)
+        check_existing("gallery", args.gallery, "folder")
+        names, images = load_gallery(args.gallery, args.pattern, args.max_images)
+    except UsageError as error:
+        parser.exit(USAGE_ERROR_STATUS, f"{parser.prog}: error: {error}\n")
+    return args, names, images
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    args = parse_args(argv)
-    names, images = load_gallery(args.gallery, args.pattern, args.max_images)
+    args, names, images = parse_args(argv)
     model = SepsModel.from_pretrained(args.model)
     retriever = SepsRetriever(model, SepsProcessor.from_pretrained(args.model))
     retriever.add_images(images)

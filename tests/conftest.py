@@ -1,5 +1,6 @@
 """Shared fixtures: tiny backbones built from configs (nothing is downloaded)."""
 
+import hashlib
 import importlib.util
 import os
 import subprocess
@@ -96,6 +97,24 @@ def run_example(script: str, *arguments: str, processes: int = 1) -> subprocess.
         command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}", path]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1"}
     return subprocess.run([*command, *arguments], capture_output=True, text=True, timeout=300, env=env)
+
+
+def place_in_hub_cache(folder: Path, cache: Path, repo_id: str, commit: str) -> Path:
+    """Lay `folder` out as huggingface_hub's cache holds a downloaded repo: content-addressed blobs, a snapshot of
+    symlinks per commit, and `refs/main` naming the commit (with HF_HUB_OFFLINE=1, `from_pretrained(repo_id)`
+    loads it)."""
+    repo = cache / f"models--{repo_id.replace('/', '--')}"
+    blobs, snapshot = repo / "blobs", repo / "snapshots" / commit
+    blobs.mkdir(parents=True)
+    snapshot.mkdir(parents=True)
+    for file in sorted(folder.iterdir()):
+        content = file.read_bytes()
+        blob = blobs / hashlib.sha256(content).hexdigest()
+        blob.write_bytes(content)
+        (snapshot / file.name).symlink_to(os.path.relpath(blob, snapshot))
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(commit)
+    return snapshot
 
 
 def random_pair_embeddings(

@@ -6,9 +6,11 @@ tests below check what is accepted instead of refused: one caption as a `str`, f
 beyond the shortlist or the gallery.
 """
 
+import copy
 import json
 import math
 import re
+import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,13 +19,18 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from conftest import EMBED_DIM, tiny_config, tiny_model_with_processor
-from PIL import Image
+from conftest import EMBED_DIM, load_script, tiny_bert_config, tiny_config, tiny_model_with_processor
+from PIL import Image, ImageOps
+from transformers import BertModel, pipeline
 
-from transformers_seps import SepsConfig, SepsModel, SepsProcessor
+from transformers_seps import SepsConfig, SepsModel, SepsProcessor, captioning
+from transformers_seps.images import list_image_files, open_rgb_image, rgb_image
+from transformers_seps.index import MANIFEST_FILE
 from transformers_seps.inputs import check_pretrained_location
 from transformers_seps.metrics import fold_metrics, mean_metrics, recall_metrics, retrieval_metrics
+from transformers_seps.pipelines import load_pipeline_image
 from transformers_seps.retrieval import SepsRetriever, score_pairs, shortlist_and_rerank
+from transformers_seps.train.data import load_rgb_image
 from transformers_seps.visualization import patch_selection, plot_patch_selection, plot_patch_word_alignment
 
 IMAGE_SIZE = 40
@@ -39,6 +46,9 @@ class Context:
     saved: Path  # model and processor saved together
     without_tokenizer: Path  # the same, tokenizer files removed
     truncated_weights: Path  # the same, model.safetensors cut in half
+    bert: Path  # a BertModel saved with save_pretrained: another model type
+    index: Path  # the retriever's gallery saved as an index
+    older_index: Path  # the same, its manifest marked as written by an earlier release (version 2)
 
 
 def random_image(seed: int) -> Image.Image:
@@ -64,7 +74,24 @@ def ctx(tmp_path_factory) -> Context:
     model.save_pretrained(truncated_weights)
     weights = truncated_weights / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
-    return Context(model, processor, images, retriever, saved, without_tokenizer, truncated_weights)
+    bert = root / "bert"
+    BertModel(tiny_bert_config()).save_pretrained(bert)
+    index, older_index = root / "index", root / "older_index"
+    retriever.save(index)
+    shutil.copytree(index, older_index)
+    manifest = json.loads((older_index / MANIFEST_FILE).read_text())
+    (older_index / MANIFEST_FILE).write_text(json.dumps({**manifest, "version": 2}))
+    return Context(
+        model, processor, images, retriever, saved, without_tokenizer, truncated_weights, bert, index, older_index
+    )
+
+
+def with_config(model: SepsModel, **fields: Any) -> SepsModel:
+    """A copy of `model` with some config fields changed (the same weights)."""
+    changed = copy.deepcopy(model)
+    for name, value in fields.items():
+        setattr(changed.config, name, value)
+    return changed
 
 
 def embeds(num: int, length: int) -> torch.Tensor:
@@ -85,6 +112,22 @@ def forward(ctx: Context, **overrides: Any) -> Any:
     args = {"pixel_values": torch.rand(2, 3, IMAGE_SIZE, IMAGE_SIZE), "input_ids": torch.tensor([[101, 2000, 102]] * 2)}
     args.update(overrides)
     return ctx.model(**args)
+
+
+def zero_shot(ctx: Context) -> Any:
+    return pipeline(
+        "zero-shot-image-classification",
+        model=ctx.model,
+        tokenizer=ctx.processor.tokenizer,
+        image_processor=ctx.processor.image_processor,
+    )
+
+
+def matcher(ctx: Context) -> Any:
+    return pipeline("image-text-matching", model=ctx.model, processor=ctx.processor)
+
+
+UNREACHABLE_URL = "http://127.0.0.1:9/photo.png"  # the discard port: refused at once, no network needed
 
 
 def evaluate_metric(predictions: list[list[float]], references: list[int]) -> dict:
@@ -198,6 +241,25 @@ BAD_INPUTS: list[tuple[str, Callable[[Context], Any], type[Exception], str]] = [
         ValueError,
         r"`images` mixes float images with values in \[0, 1\] \(images \[1\]\) with images in \[0, 255\]",
     ),
+    (
+        "processor-image-float-range",
+        lambda c: c.processor(images=Image.fromarray(np.full((40, 40), 300.5, np.float32))),
+        ValueError,
+        r"`images\[0\]`: a PIL image of mode 'F' with values in \[300.5, 300.5\], outside \[0, 1\] or \[0, 255\]",
+    ),
+    (
+        "processor-image-int-range",
+        lambda c: c.processor(images=[c.images[0], Image.fromarray(np.full((40, 40), -3, np.int32))]),
+        ValueError,
+        r"`images\[1\]`: a PIL image of mode 'I' with values in \[-3, -3\], outside \[0, 255\] \(8 bits\) or "
+        r"\[0, 65535\] \(16 bits\)",
+    ),
+    (
+        "processor-image-mode",
+        lambda c: c.processor(images=Image.new("La", (40, 40))),
+        ValueError,
+        r"`images\[0\]`: a PIL image of mode 'La' cannot be converted to RGB",
+    ),
     ("processor-text-empty", lambda c: c.processor(text=[]), ValueError, r"`text` is an empty list"),
     (
         "processor-text-number",
@@ -242,6 +304,14 @@ BAD_INPUTS: list[tuple[str, Callable[[Context], Any], type[Exception], str]] = [
         OSError,
         r"cannot read the weights file '.*truncated_weights/model.safetensors'.*damaged or incomplete",
     ),
+    (
+        "model-other-type",
+        lambda c: SepsModel.from_pretrained(c.bert),
+        ValueError,
+        r"bert' holds a model of type 'bert' \(its config.json\), not a SEPS model \('seps'\); to build SEPS on it "
+        r"as a backbone, use SepsModel.from_backbones",
+    ),
+    ("config-other-type", lambda c: SepsConfig.from_pretrained(c.bert), ValueError, r"a model of type 'bert'"),
     (
         "model-pixels-uint8",
         lambda c: c.model.get_image_features(torch.zeros(1, 3, 40, 40, dtype=torch.uint8)),
@@ -399,6 +469,45 @@ BAD_INPUTS: list[tuple[str, Callable[[Context], Any], type[Exception], str]] = [
         lambda c: shortlist_and_rerank(c.model, embeds(3, TOKENS_PER_IMAGE), embeds(1, 4), torch.ones(1, 4), 0),
         ValueError,
         r"shortlist_size must be an integer >= 1, got 0",
+    ),
+    (
+        "index-older-version",
+        lambda c: SepsRetriever.load(c.older_index, c.model),
+        ValueError,
+        r"older_index/manifest.json: index version 2, written by an earlier release of transformers-seps; this code "
+        r"reads version 3: build the index again",
+    ),
+    (
+        "index-other-config",
+        lambda c: SepsRetriever.load(c.index, with_config(c.model, sparse_ratio=0.75, relevance_topk=3)),
+        ValueError,
+        r"index was encoded by another model: config fields differ: relevance_topk 5 in the index, 3 in the model; "
+        r"sparse_ratio 0.5 in the index, 0.75 in the model$",
+    ),
+    (
+        "index-other-weights",
+        lambda c: SepsRetriever.load(c.index, tiny_model_with_processor("paper", seed=1)[0]),
+        ValueError,
+        r"index was encoded by another model: the weights differ \(the config fields that shape vectors and scores",
+    ),
+    # ------------------------------------------------------------------------------------------ pipelines
+    (
+        "zero-shot-no-label",
+        lambda c: zero_shot(c)(c.images[0], candidate_labels=[]),
+        ValueError,
+        r"`candidate_labels` is an empty list",
+    ),
+    (
+        "zero-shot-unreachable-url",
+        lambda c: zero_shot(c)(UNREACHABLE_URL, candidate_labels=["a dog"]),
+        OSError,
+        r"cannot fetch the image http://127.0.0.1:9/photo.png \(ConnectError: ",
+    ),
+    (
+        "matching-unreachable-url",
+        lambda c: matcher(c)(UNREACHABLE_URL, text="a dog"),
+        OSError,
+        r"cannot fetch the image http://127.0.0.1:9/photo.png \(ConnectError: ",
     ),
     # ------------------------------------------------------------------------------------------ metrics
     (
@@ -592,3 +701,110 @@ def test_config_takes_numpy_numbers_and_stores_python_ones():
     config = tiny_config(embed_dim=np.int64(EMBED_DIM), beta=np.float32(0.25), relevance_topk=np.int32(3))
     assert (type(config.embed_dim), type(config.relevance_topk), type(config.beta)) == (int, int, float)
     assert SepsConfig.from_dict(json.loads(config.to_json_string())).relevance_topk == 3  # NumPy's would not serialize
+
+
+# ------------------------------------------------------------------------------------------ images of any mode
+
+# A 16-bit grey ramp over the whole range, and the 8-bit grey it stands for.
+RAMP_16 = (np.arange(IMAGE_SIZE * IMAGE_SIZE, dtype=np.float64).reshape(IMAGE_SIZE, IMAGE_SIZE) * 65535 / 1599).round()
+RAMP_8 = np.rint(RAMP_16 * 255 / 65535).astype(np.uint8)
+COLOURS = np.random.default_rng(1).integers(0, 256, (IMAGE_SIZE, IMAGE_SIZE, 4), dtype=np.uint8)
+
+
+def grey_rgb(grey: np.ndarray) -> np.ndarray:
+    return np.repeat(grey[..., None], 3, axis=2)
+
+
+# (id, image, the RGB pixels the model must see)
+IMAGE_MODES = [
+    ("16-bit grey I;16", Image.fromarray(RAMP_16.astype(np.uint16)), grey_rgb(RAMP_8)),
+    ("16-bit grey I;16B", Image.fromarray(RAMP_16.astype(">u2")), grey_rgb(RAMP_8)),
+    ("32-bit I, 16-bit values", Image.fromarray(RAMP_16.astype(np.int32)), grey_rgb(RAMP_8)),
+    ("32-bit I, 8-bit values", Image.fromarray(RAMP_8.astype(np.int32)), grey_rgb(RAMP_8)),
+    ("float F in [0, 1]", Image.fromarray((RAMP_8 / 255).astype(np.float32)), grey_rgb(RAMP_8)),
+    ("float F in [0, 255]", Image.fromarray(RAMP_8.astype(np.float32)), grey_rgb(RAMP_8)),
+    ("RGBA: alpha dropped", Image.fromarray(COLOURS, "RGBA"), COLOURS[..., :3]),
+    ("LA", Image.fromarray(COLOURS[..., :2], "LA"), grey_rgb(COLOURS[..., 0])),
+    ("grey L", Image.fromarray(RAMP_8), grey_rgb(RAMP_8)),
+    ("palette P", Image.fromarray(COLOURS[..., :3]).quantize(16), None),  # convert("RGB") of it
+    ("CMYK", Image.fromarray(COLOURS, "CMYK"), None),
+]
+
+
+@pytest.mark.parametrize(("image", "expected"), [pytest.param(*row[1:], id=row[0]) for row in IMAGE_MODES])
+def test_images_of_every_mode_become_the_8_bit_rgb_they_show(ctx, image, expected):
+    if expected is None:
+        expected = np.asarray(image.convert("RGB"))
+    converted = rgb_image(image)
+    assert converted.mode == "RGB"
+    np.testing.assert_array_equal(np.asarray(converted), expected)
+    pixels = ctx.processor(images=image)["pixel_values"]  # the processor sees the same image
+    assert torch.equal(pixels, ctx.processor(images=Image.fromarray(expected))["pixel_values"])
+
+
+@pytest.fixture
+def sixteen_bit_png(tmp_path) -> Path:
+    path = tmp_path / "ramp16.png"
+    Image.fromarray(RAMP_16.astype(np.uint16)).save(path)
+    with Image.open(path) as image:
+        assert image.mode == "I;16"  # what PIL reads a 16-bit PNG as
+    return path
+
+
+def test_a_16_bit_png_is_scaled_not_white_wherever_it_is_decoded(ctx, sixteen_bit_png):
+    """Issue 24: `convert("RGB")` clipped 16-bit values at 255, a 99.6% white image. The processor, the data
+    loaders (and the index build, which uses them), the dense-caption writer and the demo page decode alike."""
+    expected = grey_rgb(RAMP_8)
+    np.testing.assert_array_equal(np.asarray(open_rgb_image(sixteen_bit_png)), expected)
+    np.testing.assert_array_equal(np.asarray(load_rgb_image(sixteen_bit_png)), expected)
+    np.testing.assert_array_equal(np.asarray(load_pipeline_image(str(sixteen_bit_png))), expected)  # the pipelines
+    with Image.open(sixteen_bit_png) as opened:
+        pixels = ctx.processor(images=opened)["pixel_values"]
+    assert torch.equal(pixels, ctx.processor(images=Image.fromarray(expected))["pixel_values"])
+
+    class RecordingCaptioner:
+        model_id = "recording"
+
+        def __init__(self) -> None:
+            self.seen: list[Image.Image] = []
+
+        def caption_batch(self, images: list[Image.Image]) -> list[str]:
+            self.seen.extend(images)
+            return ["a caption"] * len(images)
+
+    captioner = RecordingCaptioner()
+    records = captioning._caption_files(captioner, [("ramp16.png", sixteen_bit_png)])
+    assert records[0]["text"] == "a caption"
+    np.testing.assert_array_equal(np.asarray(captioner.seen[0]), expected)
+
+    demo = load_script(Path(__file__).resolve().parents[1] / "demo" / "app.py", "seps_demo_app_images")
+    names, images = demo.load_gallery(sixteen_bit_png.parent, "*.png", 10)
+    assert names == ["ramp16.png"]
+    np.testing.assert_array_equal(np.asarray(images[0]), expected)
+
+
+def test_an_exif_rotated_jpeg_is_turned_upright(ctx, tmp_path):
+    wide = Image.fromarray(COLOURS[:20, :, :3])  # 40 wide, 20 high
+    exif = Image.Exif()
+    exif[0x0112] = 6  # shot rotated: viewers turn it 90 degrees clockwise
+    wide.save(tmp_path / "rotated.jpg", exif=exif, quality=95)
+    with Image.open(tmp_path / "rotated.jpg") as opened:
+        upright = ImageOps.exif_transpose(opened)
+        assert upright.size == (20, 40)
+        np.testing.assert_array_equal(np.asarray(open_rgb_image(tmp_path / "rotated.jpg")), np.asarray(upright))
+        assert torch.equal(ctx.processor(images=opened)["pixel_values"], ctx.processor(images=upright)["pixel_values"])
+
+
+def test_files_that_are_not_images_are_counted_and_named(tmp_path, caplog):
+    for name in ("b.png", "a.jpg", "notes.txt", ".DS_Store", "sub/c.JPEG", "sub/captions.csv"):
+        (tmp_path / name).parent.mkdir(exist_ok=True)
+        (tmp_path / name).write_bytes(b"")
+    files = list_image_files(tmp_path)
+    assert [path.relative_to(tmp_path).as_posix() for path in files.images] == ["a.jpg", "b.png", "sub/c.JPEG"]
+    message = (
+        f"skipped 3 files of {tmp_path} that are not images (by the extension): .DS_Store, notes.txt, sub/captions.csv"
+    )
+    assert files.skipped_message() == message
+    with caplog.at_level("WARNING"):
+        assert list(captioning.list_images(tmp_path)) == ["a.jpg", "b.png", "sub/c.JPEG"]  # the index build's list
+    assert message in caplog.text

@@ -1,5 +1,6 @@
-"""Bad inputs to the four command lines in `examples/`: each is refused before any work with one line on stderr that
-names the flag or the path, and exit status 2. Also: no run is destroyed or resumed by another run, and --help."""
+"""Bad inputs to the command lines in `examples/` and the demo page: each is refused before any work with one line on
+stderr that names the flag or the path, and exit status 2. Also: no run is destroyed or resumed by another run, and
+--help."""
 
 import json
 import os
@@ -26,17 +27,30 @@ from transformers_seps.train.checkpoints import (
     publish_checkpoint,
     run_arguments,
 )
-from transformers_seps.train.cli import USAGE_ERROR_STATUS, UsageError
+from transformers_seps.train.cli import USAGE_ERROR_STATUS, UsageError, check_model_location
 from transformers_seps.train.evaluation import infer_dataset
-from transformers_seps.train.training import run_training
+from transformers_seps.train.training import check_global_batch, launched_processes, plan_schedule, run_training
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+DEMO_APP = Path(__file__).resolve().parents[1] / "demo" / "app.py"
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 
 
 def example_main(name: str):
-    """The `main(argv)` of examples/<name>.py, loaded in this process (the heavy imports are already done)."""
-    return runpy.run_path(str(EXAMPLES / f"{name}.py"))["main"]
+    """The `main(argv)` of examples/<name>.py (or of the demo page, "app"), loaded in this process (the heavy imports
+    are already done)."""
+    return runpy.run_path(str(DEMO_APP if name == DEMO else EXAMPLES / f"{name}.py"))["main"]
+
+
+@pytest.fixture(autouse=True)
+def offline_hub(monkeypatch, tmp_path_factory) -> Path:
+    """No test here reaches the network: the Hub is offline (as HF_HUB_OFFLINE=1 makes it), its cache empty."""
+    import huggingface_hub.constants
+
+    cache = tmp_path_factory.mktemp("hub_cache")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(cache))
+    return cache
 
 
 @pytest.fixture(scope="module")
@@ -70,6 +84,8 @@ TRAIN = "train_retrieval"
 EVALUATE = "evaluate_retrieval"
 CONVERT = "convert_official_checkpoint"
 CAPTION = "generate_dense_captions"
+DEMO = "app"
+INDEX = "build_index"
 EVAL_BASE = "--model {model} --data_root {synthetic}"
 CONVERT_BASE = "--checkpoint {checkpoint} --output_dir {tmp}/converted"
 CAPTION_BASE = "--image_root {f30k} --output {tmp}/dense.jsonl --model {model}"
@@ -81,6 +97,22 @@ BAD_INPUTS = [
     (TRAIN, "--max_steps ten", "argument --max_steps/--max-steps: invalid int value: 'ten'"),
     (TRAIN, "--per_device_train_batch_size 0", "--per_device_train_batch_size must be a positive integer, got 0"),
     (TRAIN, "--num_train_epochs 0", "--num_train_epochs must be a positive integer, got 0"),
+    (
+        TRAIN,
+        "--per_device_train_batch_size 1",
+        "--per_device_train_batch_size 1 on 1 process is a global batch of 1: the",
+    ),
+    (
+        TRAIN,
+        "--data_root {synthetic} --synthetic_num_train 10 --per_device_train_batch_size 16",
+        "a global batch of 16, "
+        "more than the 10 training pairs of an epoch: use at most --per_device_train_batch_size 10",
+    ),
+    (
+        TRAIN,
+        "--synthetic_num_train 10 --one_caption_per_image false --per_device_train_batch_size 64",
+        "more than the 50",
+    ),
     (TRAIN, "--learning_rate -0.001", "--learning_rate must be a number in (0, inf], got -0.001"),
     (TRAIN, "--max_grad_norm nan", "--max_grad_norm must be a number in [0, inf], got nan"),
     (TRAIN, "--checkpointing_steps often", "--checkpointing_steps must be a positive number of steps or 'epoch'"),
@@ -126,6 +158,23 @@ BAD_INPUTS = [
     (CAPTION, "--image_root {f30k} --output {empty} --model {model}", "--output {empty}: this is a folder"),
     (CAPTION, "--image_root {f30k} --output {tmp}/d.jsonl --model ./no-llava", "--model ./no-llava: model not"),
     (CAPTION, CAPTION_BASE + " --ids_file {tmp}/ids.txt", "--ids_file {tmp}/ids.txt: this file does not exist"),
+    (
+        CAPTION,
+        "--image_root {f30k} --output {tmp}/d.jsonl --model no-org/no-such-captioner",
+        "--model no-org/no-such"
+        "-captioner: not in the local Hugging Face cache, and HF_HUB_OFFLINE is set: give a model folder, or download",
+    ),
+    (EVALUATE, "--model no-org/no-such-seps --data_root {synthetic}", "--model no-org/no-such-seps: not in the local"),
+    (
+        INDEX,
+        "--model {model} --image_root {f30k} --output_dir {used} --overwrite_output_dir",
+        "--output_dir {used} "
+        "holds files that are not an index's (notes.txt): --overwrite_output_dir replaces an index only",
+    ),
+    (DEMO, "--gallery {synthetic}/images", "--model runs/demo/best: model not found, neither a folder nor a hub id"),
+    (DEMO, "--model {model} --gallery {tmp}/photos", "--gallery {tmp}/photos: this folder does not exist"),
+    (DEMO, "--model {model} --gallery {empty}", "--gallery {empty} holds no image file matching --pattern '**/*'"),
+    (DEMO, "--model {model} --gallery {synthetic}/images --max_images 0", "--max_images must be a positive integer"),
 ]
 
 
@@ -141,6 +190,51 @@ def test_bad_input_is_one_clear_line_and_status_2(script, arguments, expected, p
     assert lines[0].startswith(f"{script}.py: error: ")
     assert expected.format(**places) in lines[0]
     assert sorted(Path(places["tmp"]).rglob("*")) == before  # nothing was written
+
+
+def test_the_global_batch_counts_every_process_and_datasets_read_later_are_checked_too(monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "2")  # torchrun / accelerate launch with 2 processes
+    assert launched_processes() == 2
+    check_global_batch(1, launched_processes())  # 2 pairs: each has a negative
+    args = RetrievalTrainingArguments(output_dir="unused", per_device_train_batch_size=8)
+    caption_to_image = [image for image in range(6) for _ in range(5)]  # a small f30k-layout folder: 30 captions
+    assert plan_schedule(args, caption_to_image, 1, 2, one_caption_per_image=False).steps_per_epoch == 3
+    with pytest.raises(UsageError, match="8 on 2 processes is a global batch of 16, more than the 6 training pairs"):
+        plan_schedule(args, caption_to_image, 2, 2, one_caption_per_image=True)
+
+
+def test_a_hub_id_is_looked_up_in_the_cache_then_asked_of_the_hub_once(offline_hub, monkeypatch):
+    """Issue 24: an id that does not exist took minutes offline, then a traceback without the id."""
+    import huggingface_hub
+    from huggingface_hub.errors import RepositoryNotFoundError
+    from huggingface_hub.utils import httpx
+
+    snapshot = offline_hub / "models--org--cached" / "snapshots" / ("0" * 40)
+    snapshot.mkdir(parents=True)
+    (snapshot / "config.json").write_text("{}")
+    (offline_hub / "models--org--cached" / "refs").mkdir()
+    (offline_hub / "models--org--cached" / "refs" / "main").write_text("0" * 40)
+    check_model_location("model", "org/cached")  # cached: loads offline, the Hub is not asked
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    asked = []
+
+    def missing(repo_id, timeout):
+        asked.append((repo_id, timeout))
+        request = httpx.Request("GET", f"https://huggingface.co/api/models/{repo_id}")
+        raise RepositoryNotFoundError("404", response=httpx.Response(404, request=request))
+
+    monkeypatch.setattr(huggingface_hub, "model_info", missing)
+    with pytest.raises(UsageError, match="--model org/typo: no such model on the Hugging Face Hub"):
+        check_model_location("model", "org/typo")
+    assert asked == [("org/typo", 10)]
+
+    def unreachable(repo_id, timeout):
+        raise httpx.ConnectError("[Errno -2] Name or service not known")
+
+    monkeypatch.setattr(huggingface_hub, "model_info", unreachable)
+    with pytest.raises(UsageError, match=r"the Hugging Face Hub cannot be reached to find it \(ConnectError: "):
+        check_model_location("model", "org/typo")
 
 
 def test_debug_shows_the_traceback(places):

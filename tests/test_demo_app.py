@@ -15,6 +15,7 @@ from conftest import load_script, tiny_model_with_processor
 from PIL import Image
 
 from transformers_seps import SepsModel, SepsProcessor, SepsRetriever
+from transformers_seps.train.cli import UsageError
 
 APP = Path(__file__).resolve().parents[1] / "demo" / "app.py"
 CAPTION = "a small red heart at the top left"
@@ -77,7 +78,7 @@ def test_the_launched_app_returns_the_retrievers_ranking_and_the_patch_pictures(
     expected = retriever.search(CAPTION, top_k=TOP_K)
 
     port = free_port()
-    command = [sys.executable, str(APP), "--model", str(model_folder), "--gallery", str(gallery), "--pattern", "*.png"]
+    command = [sys.executable, str(APP), "--model", str(model_folder), "--gallery", str(gallery)]  # every image
     env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "OMP_NUM_THREADS": "1"}
     server = subprocess.Popen(
         [*command, "--port", str(port)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
@@ -102,7 +103,23 @@ def test_the_launched_app_returns_the_retrievers_ranking_and_the_patch_pictures(
 def test_a_gallery_without_matching_images_and_a_bad_size_are_refused(tmp_path):
     app = load_app()
     (tmp_path / "notes.txt").write_text("not an image")
-    with pytest.raises(SystemExit, match=r"--gallery .* holds no image matching --pattern '\*\.png'"):
+    with pytest.raises(UsageError, match=r"--gallery .* holds no image file matching --pattern '\*\.png'"):
         app.load_gallery(tmp_path, "*.png", 10)
     with pytest.raises(SystemExit):
         app.parse_args(["--max_images", "0"])
+
+
+def test_the_gallery_is_every_image_file_of_the_folder_by_default(model_and_gallery, tmp_path, capsys):
+    """Issue 24: the default --pattern was the synthetic benchmark's test_*.png; a folder of photos needs them all."""
+    model_folder, _ = model_and_gallery
+    photos = tmp_path / "photos"
+    (photos / "2024").mkdir(parents=True)
+    for name in ("beach.JPG", "dog.png", "2024/cat.webp"):
+        Image.new("RGB", (40, 30)).save(photos / name)
+    (photos / "notes.txt").write_text("not an image")
+    args, names, images = load_app().parse_args(["--model", str(model_folder), "--gallery", str(photos)])
+    assert names == ["2024/cat.webp", "beach.JPG", "dog.png"] and len(images) == 3
+    assert (
+        capsys.readouterr().err.strip()
+        == f"skipped 1 file of {photos} that is not an image (by the extension): notes.txt"
+    )

@@ -1,6 +1,5 @@
 """A converted folder is a complete Hub repo: loading it by Hub id from the cache, offline; its model cards."""
 
-import hashlib
 import json
 import os
 import re
@@ -12,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import place_in_hub_cache
 from test_convert_checkpoint import CAPTIONS, authors_options, convert_tiny, random_images
 
 from transformers_seps import SepsModel, SepsProcessor
@@ -21,23 +21,6 @@ from transformers_seps.tools.model_card import AUTHORS_REPORTED, planned_release
 REPO_ID = "org/seps-vit-f30k"
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
 MODEL_CARDS = Path(__file__).resolve().parents[1] / "model_cards"
-
-
-def place_in_hub_cache(folder: Path, cache: Path, repo_id: str, commit: str) -> Path:
-    """Lay `folder` out as huggingface_hub's cache holds a downloaded repo: content-addressed blobs, a snapshot of
-    symlinks per commit, and `refs/main` naming the commit."""
-    repo = cache / f"models--{repo_id.replace('/', '--')}"
-    blobs, snapshot = repo / "blobs", repo / "snapshots" / commit
-    blobs.mkdir(parents=True)
-    snapshot.mkdir(parents=True)
-    for file in sorted(folder.iterdir()):
-        content = file.read_bytes()
-        blob = blobs / hashlib.sha256(content).hexdigest()
-        blob.write_bytes(content)
-        (snapshot / file.name).symlink_to(os.path.relpath(blob, snapshot))
-    (repo / "refs").mkdir()
-    (repo / "refs" / "main").write_text(commit)
-    return snapshot
 
 
 @pytest.fixture(scope="module")

@@ -17,9 +17,12 @@ from conftest import run_example, tiny_model_with_processor
 from PIL import Image
 
 from transformers_seps import SepsConfig, SepsModel, SepsProcessor
-from transformers_seps.index import MANIFEST_FILE, StoredGallery, model_fingerprint
+from transformers_seps.configuration_seps import NON_SCORING_FIELDS, SCORING_FIELDS
+from transformers_seps.index import MANIFEST_FILE, StoredGallery, model_signature, signature_difference
 from transformers_seps.retrieval import SepsRetriever
 from transformers_seps.train import indexing
+from transformers_seps.train.cli import UsageError
+from transformers_seps.train.data import RetrievalDataError
 from transformers_seps.train.index_arguments import IndexArguments
 from transformers_seps.train.indexing import GallerySource, build_index, gallery_from_arguments
 
@@ -123,22 +126,76 @@ def test_a_truncated_or_missing_shard_is_named(built, tmp_path):
         SepsRetriever.load(damaged, model)
 
 
-def test_another_model_is_refused(built):
+def test_another_model_is_refused_naming_what_differs(built):
     _, processor, _, root = built
     other, _ = tiny_model_with_processor("paper", seed=1)
-    with pytest.raises(ValueError, match="encoded by another model"):
+    with pytest.raises(ValueError, match="encoded by another model: the weights differ"):
         SepsRetriever.load(root / "fp32", other, processor)
 
 
-def test_the_fingerprint_follows_the_weights_outside_the_backbones():
+def test_every_config_field_either_shapes_scores_or_not():
+    """A new `SepsConfig` field must be classified: SCORING_FIELDS are part of an index's model signature."""
+    fields = set(SepsConfig.__annotations__)
+    assert set(SCORING_FIELDS) | set(NON_SCORING_FIELDS) == fields
+    assert not set(SCORING_FIELDS) & set(NON_SCORING_FIELDS)
+
+
+def test_the_signature_follows_the_weights_and_the_scoring_fields_only(tmp_path):
     model, _ = tiny_model_with_processor("paper")
-    before = model_fingerprint(model)
+    before = model_signature(model)
+    model.config.logit_scale = 12.5  # scales the logits, not S: the same ranking
+    model.config.similarity_chunk_size = 7
+    model.config.margin = 0.5
+    assert model_signature(model) == before
+    model.save_pretrained(tmp_path / "saved")
+    assert model_signature(SepsModel.from_pretrained(tmp_path / "saved")) == before  # another _name_or_path, dtype
     with torch.no_grad():
-        model.text_model.embeddings.word_embeddings.weight[0, 0] += 1  # a backbone weight: not covered
-    assert model_fingerprint(model) == before
-    with torch.no_grad():
-        model.global_embedding.image_projection.bias[0] += 1
-    assert model_fingerprint(model) != before
+        model.text_model.embeddings.word_embeddings.weight[0, 0] += 1  # a backbone's weight
+    changed = model_signature(model)
+    assert changed != before and changed["config"] == before["config"]
+    assert signature_difference(before, changed).startswith("the weights differ")
+    model.config.sparse_ratio = 0.75
+    model.config.text_config.layer_norm_eps = 1e-3
+    assert signature_difference(before, model_signature(model)) == (
+        "config fields differ: sparse_ratio 0.5 in the index, 0.75 in the model; text_config.layer_norm_eps 1e-12 in "
+        "the index, 0.001 in the model"
+    )
+
+
+def search_in_a_fresh_process(index: Path, models: list[str], cwd: Path) -> list:
+    """One process loads `index` with the model of each path of `models` and returns each search's best images."""
+    script = (
+        "import json, sys; from transformers_seps import SepsModel, SepsRetriever\n"
+        "for path in sys.argv[2:]:\n"
+        "    retriever = SepsRetriever.load(sys.argv[1], SepsModel.from_pretrained(path))\n"
+        "    print(json.dumps(retriever.search('a red circle', top_k=3).indices.tolist()))"
+    )
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    command = [sys.executable, "-c", script, str(index), *models]
+    result = subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=300, env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return [json.loads(line) for line in result.stdout.splitlines()[-len(models) :]]
+
+
+@pytest.mark.slow
+def test_an_index_loads_with_the_same_weights_from_any_path_in_any_process(tmp_path):
+    """Issue 24: save a model, build an index with it, then load the weights from `./relative`, the absolute path,
+    a copy and a moved folder in fresh processes: the index opens and searches alike."""
+    model, processor = tiny_model_with_processor("paper")
+    model.save_pretrained(tmp_path / "m1")
+    processor.save_pretrained(tmp_path / "m1")
+    images, dense = gallery(5)
+    retriever = SepsRetriever(SepsModel.from_pretrained(tmp_path / "m1"), processor)
+    retriever.add_images(images, dense)
+    retriever.save(tmp_path / "gallery.index")
+    expected = retriever.search("a red circle", top_k=3).indices.tolist()
+    shutil.copytree(tmp_path / "m1", tmp_path / "copy")
+    models = ["./m1", str(tmp_path / "m1"), "copy"]
+    assert search_in_a_fresh_process(tmp_path / "gallery.index", models, cwd=tmp_path) == [expected] * 3
+    (tmp_path / "elsewhere").mkdir()
+    shutil.move(tmp_path / "m1", tmp_path / "elsewhere" / "moved")
+    moved = search_in_a_fresh_process(tmp_path / "gallery.index", ["moved"], cwd=tmp_path / "elsewhere")
+    assert moved == [expected]
 
 
 def test_save_refuses_a_non_empty_folder_and_a_loaded_retriever_is_read_only(built, tmp_path):
@@ -180,7 +237,7 @@ def test_an_index_of_another_format_is_refused(built, tmp_path):
     shutil.copytree(root / "fp32", copy)
     manifest = json.loads((copy / MANIFEST_FILE).read_text())
     (copy / MANIFEST_FILE).write_text(json.dumps({**manifest, "version": 99}))
-    with pytest.raises(ValueError, match="version 99"):
+    with pytest.raises(ValueError, match="index version 99, written by another release"):
         SepsRetriever.load(copy, model)
     with pytest.raises(FileNotFoundError, match="no such index folder"):
         SepsRetriever.load(Path(tmp_path / "nowhere"), model)
@@ -255,6 +312,76 @@ def test_a_resumed_build_refuses_shards_of_other_images_or_models(tiny_synthetic
         build_index(other, processor, source, directory, shard_size=3)
     with pytest.raises(ValueError, match="holds shards of another build"):
         build_index(model, processor, source, directory, shard_size=4)
+
+
+def copied_source(source: GallerySource, folder: Path) -> GallerySource:
+    """`source` with its image files copied to `folder` (so that a test may damage one)."""
+    folder.mkdir()
+    paths = [Path(shutil.copy(path, folder / path.name)) for path in source.image_paths]
+    return GallerySource(source.image_ids, paths, source.dense_captions)
+
+
+def test_overwrite_replaces_an_index_only_once_the_new_one_is_complete(tiny_synthetic, tmp_path, monkeypatch):
+    """Issue 24: --overwrite_output_dir builds the new index beside the old one; a build that fails midway leaves
+    the old index whole and usable, the same command run again resumes and then replaces it."""
+    old_model, processor = tiny_model_with_processor("paper")
+    new_model, _ = tiny_model_with_processor("paper", seed=1)
+    source = copied_source(split_source(tiny_synthetic), tmp_path / "images")
+    directory = tmp_path / "index"
+    build_index(old_model, processor, source, directory, shard_size=3, dtype=torch.float32)
+    old_search = SepsRetriever.load(directory, old_model).search(SYNTHETIC_QUERIES, top_k=4)
+    with pytest.raises(
+        UsageError,
+        match=r"holds a finished index of another model \(the weights differ .*\): pass "
+        r"--overwrite_output_dir to replace it, or another --output_dir",
+    ):
+        build_index(new_model, processor, source, directory, shard_size=3)
+
+    damaged = source.image_paths[4]  # in the second of three shards
+    intact = damaged.read_bytes()
+    damaged.write_bytes(intact[: len(intact) // 2])
+    with pytest.raises(RetrievalDataError, match=damaged.name):
+        build_index(new_model, processor, source, directory, shard_size=3, dtype=torch.float32, overwrite=True)
+    unchanged = SepsRetriever.load(directory, old_model).search(SYNTHETIC_QUERIES, top_k=4)
+    assert torch.equal(unchanged.indices, old_search.indices) and torch.equal(unchanged.scores, old_search.scores)
+
+    damaged.write_bytes(intact)
+    encoded = []
+    original = indexing.encode_images
+    monkeypatch.setattr(indexing, "encode_images", lambda *a: encoded.append(len(a[2])) or original(*a))
+    build_index(new_model, processor, source, directory, shard_size=3, dtype=torch.float32, overwrite=True)
+    assert encoded == [3, 2]  # the first shard, finished before the failure, was kept
+    assert_same_search(
+        SepsRetriever.load(directory, new_model), in_memory_retriever(new_model, processor, source, None)
+    )
+    with pytest.raises(ValueError, match="encoded by another model"):
+        SepsRetriever.load(directory, old_model)
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["images", "index"]  # no temporary folder left
+
+    (directory / "notes.txt").write_text("a user's file")
+    with pytest.raises(UsageError, match=r"holds files that are not an index's \(notes.txt\): --overwrite_output_dir"):
+        build_index(old_model, processor, source, directory, shard_size=3, overwrite=True)
+    assert (directory / MANIFEST_FILE).is_file()
+
+
+def test_the_build_script_offers_to_overwrite_and_does(saved_models, tiny_synthetic, tmp_path, capsys):
+    main = runpy.run_path(str(Path(__file__).resolve().parents[1] / "examples" / "build_index.py"))["main"]
+    official = SepsModel.from_pretrained(saved_models["official"]).eval()
+    processor = SepsProcessor.from_pretrained(saved_models["official"])
+    build_index(official, processor, split_source(tiny_synthetic), tmp_path / "index", shard_size=3)
+    argv = ["--model", str(saved_models["paper"]), "--data_root", str(tiny_synthetic), "--dataset", "synthetic"]
+    argv += ["--output_dir", str(tmp_path / "index"), "--shard_size", "3"]
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert error.startswith(
+        f"build_index.py: error: --output_dir {tmp_path / 'index'} holds a finished index of another"
+    )
+    assert "config fields differ: variant 'official' in the index, 'paper' in the model" in error
+    assert error.endswith("pass --overwrite_output_dir to replace it, or another --output_dir")
+    manifest = main([*argv, "--overwrite_output_dir"])
+    assert manifest["model"]["config"]["variant"] == "paper" and manifest["num_images"] == 8
 
 
 def run_build_script(*arguments: str, processes: int = 1) -> subprocess.CompletedProcess:

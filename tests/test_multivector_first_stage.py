@@ -12,7 +12,7 @@ from safetensors.torch import load_file, save_file
 
 from transformers_seps import SepsConfig, SepsModel
 from transformers_seps.global_embedding import SepsGlobalEmbedding, first_stage_scores, global_contrastive_loss
-from transformers_seps.index import StoredGallery, finalize_index, model_fingerprint, write_shard
+from transformers_seps.index import StoredGallery, finalize_index, model_signature, write_shard
 
 IMAGE_SIZE = 40  # the tiny ViT of conftest
 
@@ -182,12 +182,12 @@ def test_the_faiss_first_stage_shortlists_as_the_best_vector_of_each_image(tmp_p
     num_images, num_vectors, embed_dim = 30, 4, model.config.embed_dim
     image_vectors = F.normalize(torch.randn(num_images, num_vectors, embed_dim, generator=generator), dim=-1)
     tokens = torch.randn(num_images, 5, embed_dim, generator=generator)
-    fingerprint = model_fingerprint(model)
+    signature = model_signature(model)
     for start in range(0, num_images, 8):
         rows = slice(start, start + 8)
         ids = list(range(num_images))[rows]
-        write_shard(tmp_path, start, ids, tokens[rows], image_vectors[rows], None, None, torch.float32, fingerprint)
-    manifest = finalize_index(tmp_path, fingerprint, first_stage)
+        write_shard(tmp_path, start, ids, tokens[rows], image_vectors[rows], None, None, torch.float32, signature)
+    manifest = finalize_index(tmp_path, signature, first_stage)
     assert manifest["global_vectors"] == num_vectors
     stored = StoredGallery(tmp_path, model)
     assert stored.first_stage.ntotal == num_images * num_vectors

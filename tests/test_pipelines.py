@@ -164,6 +164,40 @@ def test_zero_shot_pipeline_softmaxes_the_scaled_scores(calibrated):
         torch.testing.assert_close(torch.tensor([probabilities[label] for label in LABELS]), expected)
 
 
+def test_zero_shot_pipeline_truncates_a_long_label_as_the_processor_does(calibrated):
+    """Issue 24: a label longer than the text model's limit made the model refuse it, suggesting a processor
+    setting the pipeline does not use; the labels are now truncated at the model's limit, as captions are."""
+    model, processor, folder = calibrated
+    image = random_images(1, seed=11)[0]
+    labels = [" ".join(["a small red heart"] * 200), "a blue diamond"]  # 800 words: beyond 512 tokens
+    assert len(processor.tokenizer(labels[0])["input_ids"]) > model.config.max_text_length
+    expected = torch.softmax(40.0 * score_pairs(model, processor, image, labels)[0], 0)
+    result = pipeline("zero-shot-image-classification", model=str(folder))(
+        image, candidate_labels=labels, hypothesis_template="{}"
+    )
+    probabilities = {entry["label"]: entry["score"] for entry in result}
+    torch.testing.assert_close(torch.tensor([probabilities[label] for label in labels]), expected)
+
+
+def test_zero_shot_pipeline_of_another_model_runs_transformers_code(tmp_path):
+    """The task's class is a subclass of Transformers' that changes nothing for a model other than SEPS."""
+    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, ZeroShotImageClassificationPipeline
+
+    from transformers_seps.pipelines import SepsZeroShotImageClassificationPipeline
+
+    torch.manual_seed(0)
+    tiny = {"hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2}
+    text, vision = {**tiny, "vocab_size": 30522}, {**tiny, "image_size": 32, "patch_size": 16}
+    clip = CLIPModel(CLIPConfig(text_config=text, vision_config=vision, projection_dim=8)).eval()
+    _, processor = tiny_model_with_processor("paper")
+    parts = {"tokenizer": processor.tokenizer, "image_processor": CLIPImageProcessor(size=32, crop_size=32)}
+    ours = pipeline("zero-shot-image-classification", model=clip, **parts)
+    assert type(ours) is SepsZeroShotImageClassificationPipeline
+    theirs = ZeroShotImageClassificationPipeline(model=clip, **parts)
+    image = random_images(1, seed=12)[0]
+    assert ours(image, candidate_labels=LABELS) == theirs(image, candidate_labels=LABELS)
+
+
 def test_image_text_matching_pipeline_scores_and_ranks_captions(calibrated):
     model, processor, _ = calibrated
     images = random_images(2, seed=8)
@@ -233,6 +267,30 @@ def test_a_saved_matching_pipeline_loads_as_remote_code_without_the_package(cali
     assert result.returncode == 0, result.stderr[-3000:]
     scores = [entry["score"] for entry in json.loads(result.stdout.splitlines()[-1])]
     torch.testing.assert_close(torch.tensor(scores), expected, atol=1e-5, rtol=0)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "imports",
+    [
+        "from transformers import pipeline\nimport transformers_seps.pipelines",
+        "import transformers_seps\nfrom transformers import pipeline",
+    ],
+    ids=["transformers-first", "package-first"],
+)
+def test_both_pipelines_load_a_folder_whatever_was_imported_first(calibrated, imports, tmp_path):
+    """Issue 24: with Transformers imported before this package, a saved folder asked for trust_remote_code=True."""
+    _, _, folder = calibrated
+    script = f"""{imports}
+from PIL import Image
+image = Image.new("RGB", (40, 40))
+print(pipeline("zero-shot-image-classification", model={str(folder)!r})(image, candidate_labels=["a", "b"]))
+print(pipeline("image-text-matching", model={str(folder)!r})(image, text=["a red heart"]))
+"""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "HF_HOME": str(tmp_path / "hf_home")}
+    result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert not (tmp_path / "hf_home" / "modules").exists()  # no remote code was loaded
 
 
 def test_the_processor_loads_with_the_pipeline_folder(calibrated):

@@ -43,7 +43,7 @@ _LAZY_NAMES = {
     "metrics": ("fold_metrics", "markdown_table", "mean_metrics", "retrieval_metrics"),
     "retrieval": ("RetrievalResult", "SepsRetriever", "score_pairs", "score_processed", "shortlist_and_rerank"),
     "calibration": ("calibration_loss", "fit_logit_scale"),
-    "pipelines": ("SepsImageTextMatchingPipeline",),
+    "pipelines": ("SepsImageTextMatchingPipeline", "SepsZeroShotImageClassificationPipeline"),
     "visualization": ("plot_patch_selection", "plot_patch_word_alignment"),
 }
 _MODULE_OF_NAME = {name: module for module, names in _LAZY_NAMES.items() for name in names}
@@ -55,9 +55,12 @@ def register_auto_classes() -> None:
     """Register `SepsConfig`, `SepsModel` and `SepsProcessor` with the Auto classes, and mark them for
     `save_pretrained` to write `auto_map` and copy the code files, so that `trust_remote_code=True` loads a saved
     model in a process that cannot import this package. (EfficientNet-Lite registers itself on import.)
-    `SepsModel` is also the model of the `zero-shot-image-classification` pipeline (its calibrated logits)."""
+    `SepsModel` is also the model of the `zero-shot-image-classification` pipeline (its calibrated logits); the
+    pipelines module registers the `image-text-matching` task, so that `pipeline(...)` of a SEPS folder finds it
+    whatever was imported first (loading the folder's config gets here)."""
     from transformers import AutoConfig, AutoModel, AutoModelForZeroShotImageClassification, AutoProcessor
 
+    from . import pipelines  # noqa: F401  (registers the pipelines)
     from .configuration_seps import SepsConfig
     from .modeling_seps import SepsModel
     from .processing_seps import SepsProcessor
@@ -82,6 +85,12 @@ def _add_lazy_auto_names() -> None:
         return
     auto_mappings.CONFIG_MAPPING_NAMES.setdefault("seps", "SepsConfig")
     auto_mappings.PROCESSOR_MAPPING_NAMES.setdefault("seps", "SepsProcessor")
+    # `configuration_auto` copies the config names when it is imported: when Transformers' Auto classes (or
+    # `transformers.pipeline`) were imported before this package, the name goes into that copy too (else a saved
+    # folder would ask for `trust_remote_code=True`).
+    configuration_auto = sys.modules.get("transformers.models.auto.configuration_auto")
+    if configuration_auto is not None:
+        configuration_auto.CONFIG_MAPPING_NAMES.setdefault("seps", "SepsConfig")
     sys.modules.setdefault("transformers.models.seps", sys.modules[__name__])
 
 

@@ -54,6 +54,7 @@ from transformers import (
 )
 
 from .caption_settings import DENSE_CAPTION_GENERATION_KWARGS, DENSE_CAPTION_PROMPT, check_dense_caption_settings
+from .images import list_image_files, open_rgb_image
 
 if TYPE_CHECKING:
     from accelerate import PartialState
@@ -473,7 +474,8 @@ def list_images(
         ids_file (`str` or `os.PathLike`, *optional*):
             Text file with one image id per line, in the output order. Repeated ids count once (so the authors'
             `test_ids.txt`, one line per caption, works as is); blank lines are skipped. Without it, every file under
-            `image_root` with an image extension known to PIL is listed, sorted by relative path.
+            `image_root` with an image extension known to PIL is listed, sorted by relative path; the other files
+            are skipped, counted and named in a warning.
         id_mapping (`str`, `os.PathLike` or `Mapping`, *optional*):
             JSON file (or dict) mapping image id to a file name relative to `image_root`, like the authors'
             `id_mapping.json`. Without it, an image id is the path of the image relative to `image_root`.
@@ -483,9 +485,10 @@ def list_images(
     """
     root = Path(image_root)
     if ids_file is None:
-        extensions = set(Image.registered_extensions())
-        paths = sorted(path for path in root.rglob("*") if path.is_file() and path.suffix.lower() in extensions)
-        ids = [path.relative_to(root).as_posix() for path in paths]
+        files = list_image_files(root)
+        if files.skipped:
+            logger.warning(files.skipped_message())
+        ids = [path.relative_to(root).as_posix() for path in files.images]
     else:
         lines = Path(ids_file).read_text(encoding="utf-8").splitlines()
         ids = list(dict.fromkeys(line.strip() for line in lines if line.strip()))
@@ -501,12 +504,6 @@ def list_images(
     if not images:
         raise ValueError(f"No image to caption: no id in {ids_file}." if ids_file else f"No image file under {root}.")
     return images
-
-
-def _load_image(path: Path) -> Image.Image:
-    """Opens and fully decodes an image as RGB (a truncated file fails here, not later)."""
-    with Image.open(path) as image:
-        return image.convert("RGB")
 
 
 def _shard_path(output: Path, process_index: int, num_processes: int) -> Path:
@@ -668,7 +665,7 @@ def _caption_files(captioner: SepsDenseCaptioner, batch: Sequence[tuple[str, Pat
     failed: dict[str, BaseException] = {}
     for image_id, path in batch:
         try:
-            loaded[image_id] = _load_image(path)
+            loaded[image_id] = open_rgb_image(path)
         except _IMAGE_ERRORS as error:
             logger.warning("Cannot read image %r (%s): %s", image_id, path, error)
             failed[image_id] = error

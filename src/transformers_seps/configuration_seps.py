@@ -130,6 +130,50 @@ _FIELD_RULES: tuple[tuple[tuple[str, ...], type, str, Callable[[Any], bool], boo
 )
 
 
+# What each field changes, for a gallery encoded once and searched later (`transformers_seps.index`). SCORING_FIELDS
+# shape the stored vectors or a search's scores and ranking: an index is searched only with a model whose values of
+# these fields (and whose weights) equal those it was encoded with. NON_SCORING_FIELDS change training,
+# initialisation, speed or the scale of `logits_per_image` only (`logit_scale` multiplies S: the ranking stays).
+# Every field is in exactly one of the two (tests/test_index.py checks it): a new field that changes scores goes in
+# SCORING_FIELDS.
+SCORING_FIELDS = (
+    "vision_config",
+    "text_config",
+    "embed_dim",
+    "variant",
+    "sparse_ratio",
+    "aggr_ratio",
+    "aggr_hidden_ratio",
+    "num_patches",
+    "vision_cls_token",
+    "vision_hidden_size",
+    "beta",
+    "scorer_hidden_ratio",
+    "relevance_topk",
+    "keep_cls_and_extra_token",
+    "leaky_relu_slope",
+    "global_pooling_queries",
+    "global_image_vectors",
+    "first_stage_weight",  # the fused score S + w * G ranks
+)
+NON_SCORING_FIELDS = (
+    "gumbel_tau",  # the Gumbel sampling of training; search selects the top K
+    "detach_selected_patches",
+    "margin",
+    "max_violation_warmup_epochs",
+    "ratio_weight",
+    "lambda_sparse",
+    "lambda_dense",
+    "global_contrastive_weight",  # a loss weight (0 builds no first stage: the weights tell)
+    "global_temperature",
+    "global_max_smoothing",  # the contrastive loss only; search takes the maximum
+    "global_detach_tokens",
+    "similarity_chunk_size",  # block size: the same scores
+    "initializer_range",
+    "logit_scale",
+)
+
+
 class SepsConfig(PreTrainedConfig):
     r"""Configuration of a [`SepsModel`]: two backbones, a patch-selection head and a patch-word aligner.
 
@@ -291,6 +335,20 @@ class SepsConfig(PreTrainedConfig):
         return positions
 
     @classmethod
+    def get_config_dict(cls, pretrained_model_name_or_path: Any, **kwargs) -> tuple[dict[str, Any], dict[str, Any]]:
+        """As `PreTrainedConfig.get_config_dict` (what `from_pretrained` reads), refusing the config of another model
+        type, say a BERT's: Transformers only warns and `SepsModel.from_pretrained` would build a full-size SEPS model
+        with every weight random."""
+        config_dict, kwargs = super().get_config_dict(pretrained_model_name_or_path, **kwargs)
+        model_type = config_dict.get("model_type")
+        if model_type is not None and model_type != cls.model_type:
+            raise ValueError(
+                f"{str(pretrained_model_name_or_path)!r} holds a model of type {model_type!r} (its config.json), not a "
+                f"SEPS model ({cls.model_type!r}); to build SEPS on it as a backbone, use SepsModel.from_backbones"
+            )
+        return config_dict, kwargs
+
+    @classmethod
     def from_dict(cls, config_dict: dict[str, Any], **kwargs) -> "SepsConfig":
         """As `PreTrainedConfig.from_dict`; a config saved with a first stage but without `global_pooling_queries`,
         `global_image_vectors` or `global_max_smoothing` (written before that field existed) had a single pooling
@@ -356,4 +414,12 @@ class SepsConfig(PreTrainedConfig):
         return int(self.num_patches * self.aggr_ratio * self.sparse_ratio)
 
 
-__all__ = ["SepsConfig", "check_positive_int", "infer_patch_layout", "paper_ratios", "vision_image_size"]
+__all__ = [
+    "NON_SCORING_FIELDS",
+    "SCORING_FIELDS",
+    "SepsConfig",
+    "check_positive_int",
+    "infer_patch_layout",
+    "paper_ratios",
+    "vision_image_size",
+]

@@ -10,7 +10,12 @@ Layout of an index folder (`SepsRetriever.save`, `examples/build_index.py`):
 - `first_stage.faiss`: the global embeddings in a FAISS index (exact inner product, or HNSW as an option), one row
   per vector: row image * V + k holds vector k of the image.
 - `processor/`: the processor that tokenises queries.
-- `manifest.json`, written last: what the index holds. A folder without it (an interrupted build) is never loaded.
+- `manifest.json`, written last: what the index holds, and what it depends on in the model that encoded it
+  (`model_signature`: the config fields that shape vectors and scores, `SCORING_FIELDS`, and a hash of the
+  weights). A folder without it (an interrupted build) is never loaded.
+
+An index is searched only with a model of the same signature, wherever that model was loaded from: the model's
+name or path, its dtype field and the fields of training only are not part of it.
 
 Searching reads the SEPS tokens through memory maps, so only the shortlisted images are read from disk.
 """
@@ -26,7 +31,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 from safetensors.torch import save_file
+from transformers import PreTrainedConfig
 
+from .configuration_seps import SCORING_FIELDS
 from .modeling_seps import SepsModel
 
 if TYPE_CHECKING:
@@ -36,7 +43,7 @@ MANIFEST_FILE = "manifest.json"
 FIRST_STAGE_FILE = "first_stage.faiss"
 PROCESSOR_FOLDER = "processor"
 INDEX_FORMAT = "transformers-seps-gallery-index"
-INDEX_VERSION = 2  # 2: V global vectors per image (1 held one)
+INDEX_VERSION = 3  # 3: the model's signature in the manifest; 2: V global vectors per image (1 held one)
 FIRST_STAGE_KINDS = ("exact", "hnsw")
 # Storage precisions of the SEPS tokens; NumPy memory-maps both (bfloat16 it cannot).
 STORAGE_DTYPES = {"float16": torch.float16, "float32": torch.float32}
@@ -56,16 +63,75 @@ def import_faiss() -> "faiss":
     return faiss
 
 
-def model_fingerprint(model: SepsModel) -> str:
-    """SHA-256 of the model's SEPS config and of its weights outside the two backbones (projections, head, global
-    embedding): an index is searched only with the model that encoded it."""
-    digest = hashlib.sha256(model.config.to_json_string(use_diff=False).encode())
-    backbones = ("vision_model.", "text_model.")
+# Fields of a backbone's config that change neither its outputs nor its weights: Transformers' generic ones (names,
+# dtype, output flags, labels, versions) and those of training only.
+_GENERIC_BACKBONE_FIELDS = frozenset(PreTrainedConfig().to_dict()) - {"model_type"}
+_TRAINING_ONLY_BACKBONE_MARKERS = ("dropout", "drop_path", "initializer")
+# Differences listed by name in the error for an index of another model.
+_MAX_LISTED_DIFFERENCES = 6
+
+
+def _backbone_fields(config: PreTrainedConfig) -> dict[str, Any]:
+    fields = config.to_dict()
+    return {
+        key: value
+        for key, value in fields.items()
+        if key not in _GENERIC_BACKBONE_FIELDS and not any(marker in key for marker in _TRAINING_ONLY_BACKBONE_MARKERS)
+    }
+
+
+def weights_sha256(model: SepsModel) -> str:
+    """SHA-256 of every tensor of the model's state dict (backbones included), by name, shape and float32 value."""
+    digest = hashlib.sha256()
     for name, tensor in sorted(model.state_dict().items()):
-        if not name.startswith(backbones):
-            digest.update(name.encode())
-            digest.update(tensor.detach().float().cpu().contiguous().numpy().tobytes())
+        values = tensor.detach().float().cpu().contiguous()
+        digest.update(f"{name}{tuple(values.shape)}".encode())
+        digest.update(values.numpy().data)
     return digest.hexdigest()
+
+
+def model_signature(model: SepsModel) -> dict[str, Any]:
+    """What an index depends on in the model that encodes or searches it: the `SCORING_FIELDS` of its config (a
+    backbone's config without its generic and training-only fields) and a hash of all its weights. Where the model
+    was loaded from, its dtype field, `logit_scale` and the loss settings are not part of it."""
+    config = {}
+    for name in SCORING_FIELDS:
+        value = getattr(model.config, name)
+        config[name] = _backbone_fields(value) if isinstance(value, PreTrainedConfig) else value
+    # As the manifest stores it (JSON: tuples become lists), so that a signature read back compares equal.
+    return json.loads(json.dumps({"config": config, "weights_sha256": weights_sha256(model)}, sort_keys=True))
+
+
+def signature_fingerprint(signature: dict[str, Any]) -> str:
+    """SHA-256 of a `model_signature`: what shards record, to tell the model that wrote them."""
+    return hashlib.sha256(json.dumps(signature, sort_keys=True).encode()).hexdigest()
+
+
+def _flatten(fields: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat = {}
+    for key, value in fields.items():
+        if isinstance(value, dict) and key.endswith("_config"):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def signature_difference(stored: dict[str, Any], current: dict[str, Any]) -> str:
+    """What differs between the signature an index was encoded with and a model's: the config fields (with both
+    values), or else "the weights differ"."""
+    stored_fields, current_fields = _flatten(stored["config"]), _flatten(current["config"])
+    missing = "(not set)"
+    differing = [
+        f"{key} {stored_fields.get(key, missing)!r} in the index, {current_fields.get(key, missing)!r} in the model"
+        for key in sorted(set(stored_fields) | set(current_fields))
+        if stored_fields.get(key, missing) != current_fields.get(key, missing)
+    ]
+    if differing:
+        more = len(differing) - _MAX_LISTED_DIFFERENCES
+        listed = "; ".join(differing[:_MAX_LISTED_DIFFERENCES]) + (f"; and {more} more" if more > 0 else "")
+        return f"config fields differ: {listed}"
+    return "the weights differ (the config fields that shape vectors and scores are the same)"
 
 
 def check_storage_dtype(dtype: torch.dtype) -> str:
@@ -89,9 +155,10 @@ def write_shard(
     dense_embeds: torch.Tensor | None,
     dense_attention_mask: torch.Tensor | None,
     dtype: torch.dtype,
-    fingerprint: str,
+    signature: dict[str, Any],
 ) -> Path:
-    """Write the gallery rows [first_row, first_row + n) as one shard, atomically (temporary name, then rename)."""
+    """Write the gallery rows [first_row, first_row + n) as one shard, atomically (temporary name, then rename),
+    with the fingerprint of the `model_signature` of the model that encoded them."""
     check_storage_dtype(dtype)
     tensors = {
         "image_embeds": image_embeds.to(dtype).contiguous(),
@@ -100,7 +167,7 @@ def write_shard(
     if dense_embeds is not None:
         tensors["dense_embeds"] = dense_embeds.to(dtype).contiguous()
         tensors["dense_attention_mask"] = dense_attention_mask.to(torch.uint8).contiguous()
-    metadata = {"image_ids": json.dumps(list(image_ids)), "model_fingerprint": fingerprint}
+    metadata = {"image_ids": json.dumps(list(image_ids)), "model_fingerprint": signature_fingerprint(signature)}
     path = Path(directory) / shard_name(first_row, len(image_ids))
     temporary = path.with_name(f".tmp-{path.name}")
     save_file(tensors, str(temporary), metadata=metadata)
@@ -142,18 +209,25 @@ def _shard_files(directory: Path) -> list[tuple[int, int, Path]]:
     return sorted(shards)
 
 
+def is_index_file(name: str) -> bool:
+    """Whether `name`, in an index folder, is a file an index (or its interrupted build) writes."""
+    shard = name.startswith("shard-") and name.endswith(".safetensors")
+    return shard or name in (MANIFEST_FILE, FIRST_STAGE_FILE, PROCESSOR_FOLDER) or name.startswith(".tmp-")
+
+
 def finished_shards(directory: Path) -> set[str]:
     """Names of the shards a folder already holds (a resumed build skips them)."""
     return {path.name for _, _, path in _shard_files(Path(directory))}
 
 
-def finalize_index(directory: Path, fingerprint: str, first_stage: str = "exact") -> dict:
-    """Check that the shards of `directory` cover rows 0..N-1 once each and come from one model, put their global
-    embeddings in a FAISS index, and write the manifest (last)."""
+def finalize_index(directory: Path, signature: dict[str, Any], first_stage: str = "exact") -> dict:
+    """Check that the shards of `directory` cover rows 0..N-1 once each and come from the model of `signature`
+    (`model_signature`), put their global embeddings in a FAISS index, and write the manifest (last)."""
     if first_stage not in FIRST_STAGE_KINDS:
         raise ValueError(f"first_stage must be one of {FIRST_STAGE_KINDS}, got {first_stage!r}")
     directory = Path(directory)
     faiss = import_faiss()
+    fingerprint = signature_fingerprint(signature)
     shards = _shard_files(directory)
     if not shards:
         raise ValueError(f"{directory} holds no shard")
@@ -203,12 +277,27 @@ def finalize_index(directory: Path, fingerprint: str, first_stage: str = "exact"
         "dense_length": dense_length,
         "first_stage": first_stage,
         "model_fingerprint": fingerprint,
+        "model": signature,
         "shards": entries,
     }
     temporary = directory / f".tmp-{MANIFEST_FILE}"
     temporary.write_text(json.dumps(manifest, indent=1))
     os.replace(temporary, directory / MANIFEST_FILE)
     return manifest
+
+
+def check_manifest_version(manifest: dict, path: Path) -> None:
+    """`ValueError` for a manifest of another format, or of another version of this one (an index built by an
+    earlier release is built again, not read)."""
+    version = manifest.get("version")
+    if manifest.get("format") != INDEX_FORMAT:
+        raise ValueError(f"{path}: format {manifest.get('format')!r}, not a {INDEX_FORMAT!r}")
+    if version != INDEX_VERSION:
+        when = "an earlier" if isinstance(version, int) and version < INDEX_VERSION else "another"
+        raise ValueError(
+            f"{path}: index version {version!r}, written by {when} release of transformers-seps; this code reads "
+            f"version {INDEX_VERSION}: build the index again (SepsRetriever.save or examples/build_index.py)"
+        )
 
 
 class StoredGallery:
@@ -224,13 +313,12 @@ class StoredGallery:
                 f"{directory} has no {MANIFEST_FILE}: not a finished index (an interrupted build? run it again)"
             )
         manifest = json.loads(manifest_path.read_text())
-        if manifest.get("format") != INDEX_FORMAT or manifest.get("version") != INDEX_VERSION:
+        check_manifest_version(manifest, manifest_path)
+        signature = model_signature(model)
+        if manifest["model_fingerprint"] != signature_fingerprint(signature):
             raise ValueError(
-                f"{manifest_path}: format {manifest.get('format')!r} version {manifest.get('version')!r}; this "
-                f"code reads {INDEX_FORMAT!r} version {INDEX_VERSION}"
+                f"{directory} was encoded by another model: {signature_difference(manifest['model'], signature)}"
             )
-        if manifest["model_fingerprint"] != model_fingerprint(model):
-            raise ValueError(f"{directory} was encoded by another model (its fingerprint differs from the model's)")
         self.manifest = manifest
         self.first_stage = import_faiss().read_index(str(directory / FIRST_STAGE_FILE))
         if self.first_stage.ntotal != manifest["num_images"] * manifest["global_vectors"]:
@@ -307,4 +395,11 @@ class StoredGallery:
         return torch.tensor(shortlists, dtype=torch.long)
 
 
-__all__ = ["StoredGallery", "finalize_index", "model_fingerprint", "write_shard"]
+__all__ = [
+    "StoredGallery",
+    "finalize_index",
+    "model_signature",
+    "signature_difference",
+    "signature_fingerprint",
+    "write_shard",
+]

@@ -2,8 +2,9 @@
 the captions' tokenization under those limits (`caption_tokenizer_kwargs`, `tokenize_captions`).
 
 Shared by the processor, the model and the retrieval API, so that a bad input gets the same message everywhere.
-This module imports nothing from its own package: `save_pretrained` copies it, with the model and processor files
-that import it, into a folder that `trust_remote_code=True` loads without the package.
+This module imports nothing from its own package but `images` (how images are decoded): `save_pretrained` copies
+both, with the model and processor files that import them, into a folder that `trust_remote_code=True` loads
+without the package.
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ from huggingface_hub.utils import validate_repo_id
 from PIL import Image
 from transformers.image_utils import is_valid_image, make_flat_list_of_images
 from transformers.tokenization_utils_base import LARGE_INTEGER
+
+from .images import rgb_image
 
 __all__ = [
     "DEFAULT_TEXT_MAX_LENGTH",
@@ -64,7 +67,8 @@ def as_caption_batch(value: Any, name: str) -> list[str]:
 
 
 def as_image_batch(images: Any) -> list[Any]:
-    """Turns `images` into a flat, non-empty list; non-RGB PIL images are converted with `convert("RGB")`."""
+    """Turns `images` into a flat, non-empty list; PIL images become upright 8-bit RGB ones (`images.rgb_image`:
+    16-bit pixels scaled, not clipped)."""
     if isinstance(images, (list, tuple)) and len(images) == 0:
         raise ValueError("`images` is an empty list; give at least one image.")
     try:
@@ -79,7 +83,8 @@ def as_image_batch(images: Any) -> list[Any]:
             f"`images` must be a PIL image, a numpy array, a torch tensor, or a list of them; got {invalid}."
         ) from error
     return [
-        image.convert("RGB") if isinstance(image, Image.Image) and image.mode != "RGB" else image for image in batch
+        rgb_image(image, f"`images[{index}]`") if isinstance(image, Image.Image) else image
+        for index, image in enumerate(batch)
     ]
 
 

@@ -154,7 +154,9 @@ class SepsProcessor(ProcessorMixin):
         r"""
         Prepares images, captions and dense captions (one per image) for the SEPS model, each when given.
 
-        Non-RGB PIL images go through `convert("RGB")` (as the authors' loader). Float images in [0, 1] skip the
+        PIL images are turned upright by their EXIF orientation and into 8-bit RGB (`transformers_seps.images.
+        rgb_image`: as the authors' loader's `convert("RGB")`, but 16-bit pixels are scaled, not clipped at
+        white). Float images in [0, 1] skip the
         1/255 rescale (unless `do_rescale=True`); a batch must not mix them with [0, 255] images; floats outside
         [0, 255] are refused. `kwargs` are routed as in Transformers (flat, `text_kwargs=`, `images_kwargs=`,
         `common_kwargs=`) over the tokenizer's saved defaults, e.g. `return_tensors` (`"pt"`, `"np"`, or `None` for

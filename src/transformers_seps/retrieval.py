@@ -18,7 +18,7 @@ from .index import (
     check_storage_dtype,
     finalize_index,
     import_faiss,
-    model_fingerprint,
+    model_signature,
     write_shard,
 )
 from .inputs import as_caption_batch, as_image_batch, check_one_caption, check_one_image
@@ -354,7 +354,7 @@ class SepsRetriever:
             raise FileExistsError(f"{directory} exists and is not an empty folder: save an index to a new folder")
         import_faiss()  # before any file is written
         directory.mkdir(parents=True, exist_ok=True)
-        fingerprint = model_fingerprint(self.model)
+        signature = model_signature(self.model)
         for start in range(0, len(gallery), shard_size):
             rows = slice(start, start + shard_size)
             dense = gallery.dense_embeds
@@ -367,10 +367,10 @@ class SepsRetriever:
                 None if dense is None else dense[rows],
                 None if dense is None else gallery.dense_attention_mask[rows],
                 dtype,
-                fingerprint,
+                signature,
             )
         self.processor.save_pretrained(directory / PROCESSOR_FOLDER)
-        finalize_index(directory, fingerprint, first_stage)
+        finalize_index(directory, signature, first_stage)
 
     @classmethod
     def load(
@@ -381,9 +381,10 @@ class SepsRetriever:
         shortlist_size: int | None = None,
         batch_size: int = 32,
     ) -> "SepsRetriever":
-        """Open an index folder written by [`save`] or `examples/build_index.py` for search with `model` (the model
-        that encoded it; another model is refused). `processor` defaults to the one saved with the index. A folder
-        without its manifest (an interrupted build) is refused. The SEPS tokens stay on disk (memory-mapped)."""
+        """Open an index folder written by [`save`] or `examples/build_index.py` for search with `model`: the model
+        that encoded it, loaded from any folder (another model is refused, naming what differs). `processor`
+        defaults to the one saved with the index. A folder without its manifest (an interrupted build) is refused.
+        The SEPS tokens stay on disk (memory-mapped)."""
         stored = StoredGallery(directory, model)
         if processor is None:
             processor = SepsProcessor.from_pretrained(Path(directory) / PROCESSOR_FOLDER)

@@ -170,7 +170,45 @@ def looks_like_hub_id(name: str) -> bool:
     return name.count("/") == 1 and not name.startswith((".", "/", "~")) and all(name.split("/"))
 
 
+# Seconds to wait for the Hub when checking that a model id exists.
+HUB_CHECK_TIMEOUT = 10
+
+
 def check_model_location(flag: str, value: str) -> None:
-    """A model argument is an existing folder or a Hub id (org/name)."""
-    if not Path(value).exists() and not looks_like_hub_id(value):
+    """A model argument is an existing folder or a Hub id (org/name) that the local cache or the Hub holds
+    (`check_hub_model`)."""
+    if Path(value).exists():
+        return
+    if not looks_like_hub_id(value):
         raise UsageError(f"--{flag} {value}: model not found, neither a folder nor a hub id (org/name)")
+    check_hub_model(flag, value)
+
+
+def check_hub_model(flag: str, repo_id: str) -> None:
+    """A Hub model id must be in the local Hugging Face cache (it then loads offline) or on the Hub, asked once
+    with a short timeout: a `UsageError` says which, before anything loads (loading an unknown id retried for
+    minutes offline, then failed without naming it)."""
+    from huggingface_hub import model_info, try_to_load_from_cache
+    from huggingface_hub.errors import OfflineModeIsEnabled, RepositoryNotFoundError
+    from huggingface_hub.utils import httpx
+
+    if isinstance(try_to_load_from_cache(repo_id, "config.json"), str):
+        return
+    not_cached = f"--{flag} {repo_id}: not in the local Hugging Face cache"
+    try:
+        model_info(repo_id, timeout=HUB_CHECK_TIMEOUT)
+    except OfflineModeIsEnabled:
+        raise UsageError(
+            f"{not_cached}, and HF_HUB_OFFLINE is set: give a model folder, or download it first "
+            f"(hf download {repo_id})"
+        ) from None
+    except RepositoryNotFoundError:
+        raise UsageError(
+            f"--{flag} {repo_id}: no such model on the Hugging Face Hub (or a private one: log in with "
+            "`hf auth login`); check the id, or give a model folder"
+        ) from None
+    except (OSError, httpx.HTTPError) as error:
+        raise UsageError(
+            f"{not_cached}, and the Hugging Face Hub cannot be reached to find it ({type(error).__name__}: "
+            f"{error}): check the id and the connection, or give a model folder"
+        ) from None

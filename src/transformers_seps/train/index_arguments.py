@@ -14,6 +14,13 @@ class IndexArguments:
     output_dir: str = field(
         metadata={"help": "The index folder; a killed build resumes there without re-encoding finished shards."}
     )
+    overwrite_output_dir: bool = field(
+        default=False,
+        metadata={
+            "help": "Replace the index in --output_dir (of other images or another model): the new one is built "
+            "beside it and takes its place once complete; the old one stays usable until then."
+        },
+    )
     image_root: str | None = field(
         default=None, metadata={"help": "Index every image under this folder (ids: paths relative to it)."}
     )

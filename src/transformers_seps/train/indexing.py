@@ -7,32 +7,44 @@ the main process builds the first-stage FAISS index and writes the manifest (las
 """
 
 import json
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
-from PIL import Image
 from tqdm.auto import tqdm
 
 from ..captioning import is_error_record, list_images, read_dense_captions
 from ..index import (
+    INDEX_VERSION,
     MANIFEST_FILE,
     PROCESSOR_FOLDER,
     STORAGE_DTYPES,
     finalize_index,
     finished_shards,
     import_faiss,
-    model_fingerprint,
+    is_index_file,
+    model_signature,
     read_shard_header,
     shard_name,
+    signature_difference,
+    signature_fingerprint,
     write_shard,
 )
 from ..modeling_seps import SepsModel
 from ..processing_seps import SepsProcessor
 from ..retrieval import encode_images, pad_and_stack
-from .cli import UsageError, check_choice, check_existing, check_int, check_model_location, check_writable_folder
-from .data import load_retrieval_split
+from .cli import (
+    UsageError,
+    check_choice,
+    check_existing,
+    check_int,
+    check_model_location,
+    check_writable_folder,
+    replace_folder,
+)
+from .data import load_retrieval_split, load_rgb_image
 from .index_arguments import FIRST_STAGES, INDEX_DTYPES, IndexArguments
 
 if TYPE_CHECKING:
@@ -74,21 +86,65 @@ def gallery_from_arguments(args: IndexArguments) -> GallerySource:
     return GallerySource(list(images), list(images.values()), dense)
 
 
-def _read_image(path: Path) -> Image.Image:
-    try:
-        with Image.open(path) as image:
-            return image.convert("RGB")
-    except OSError as error:
-        raise UsageError(f"{path}: cannot read the image ({error})") from error
-
-
 def _check_finished_shard(path: Path, image_ids: list, fingerprint: str) -> None:
     metadata = read_shard_header(path)[0].get("__metadata__", {})
     if json.loads(metadata.get("image_ids", "null")) != image_ids or metadata.get("model_fingerprint") != fingerprint:
         raise UsageError(
-            f"{path} holds other images or another model's features than this build would write: build into a new "
-            "--output_dir"
+            f"{path} holds other images or another model's features than this build would write: {_WAYS_ON}"
         )
+
+
+# What a refused --output_dir offers.
+_WAYS_ON = "pass --overwrite_output_dir to replace it, or another --output_dir"
+
+
+def _finished_index(directory: Path, plan: dict[str, tuple[int, int]], signature: dict) -> dict | None:
+    """The manifest of `directory` if it holds the finished index this build would write; None if it holds no
+    finished index. `UsageError` (naming what differs) for the finished index of other images or another model."""
+    if not (directory / MANIFEST_FILE).is_file():
+        return None
+    manifest = json.loads((directory / MANIFEST_FILE).read_text())
+    if [entry.get("file") for entry in manifest.get("shards", [])] != list(plan):
+        raise UsageError(f"--output_dir {directory} holds a finished index of other images: {_WAYS_ON}")
+    if manifest.get("version") != INDEX_VERSION:
+        difference = f"index version {manifest.get('version')!r}, written by another release"
+    elif manifest.get("model_fingerprint") != signature_fingerprint(signature):
+        difference = signature_difference(manifest["model"], signature)
+    else:
+        return manifest
+    raise UsageError(f"--output_dir {directory} holds a finished index of another model ({difference}): {_WAYS_ON}")
+
+
+def _check_unfinished_shards(
+    directory: Path, plan: dict[str, tuple[int, int]], source: GallerySource, signature: dict
+) -> set[str]:
+    """The shards an interrupted build left in `directory` (returned) must be those this build would write."""
+    finished = finished_shards(directory)
+    strangers = sorted(finished - set(plan))
+    if strangers:
+        raise UsageError(f"--output_dir {directory} holds shards of another build ({strangers[0]}, ...): {_WAYS_ON}")
+    fingerprint = signature_fingerprint(signature)
+    for name in sorted(finished):
+        start, end = plan[name]
+        _check_finished_shard(directory / name, source.image_ids[start:end], fingerprint)
+    return finished
+
+
+def check_replaceable(directory: Path) -> None:
+    """`--overwrite_output_dir` replaces a folder of index files only (an index, or what a build left): a
+    `UsageError` names the first other files."""
+    if directory.is_dir():
+        others = sorted(path.name for path in directory.iterdir() if not is_index_file(path.name))
+        if others:
+            raise UsageError(
+                f"--output_dir {directory} holds files that are not an index's ({', '.join(others[:3])}): "
+                "--overwrite_output_dir replaces an index only; choose another --output_dir"
+            )
+
+
+def _wait(accelerator: "Accelerator | None") -> None:
+    if accelerator is not None:
+        accelerator.wait_for_everyone()
 
 
 def build_index(
@@ -102,37 +158,77 @@ def build_index(
     first_stage: str = "exact",
     accelerator: "Accelerator | None" = None,
     progress: bool = True,
+    overwrite: bool = False,
 ) -> dict:
-    """Encode the gallery into `directory` (resuming a killed build) and return the index's manifest."""
-    rank, world = (accelerator.process_index, accelerator.num_processes) if accelerator is not None else (0, 1)
+    """Encode the gallery into `directory` (resuming a killed build) and return the index's manifest.
+
+    A `directory` holding the finished index of other images or another model, or shards of another build, is
+    refused unless `overwrite`: then the new index is built beside it, in a hidden folder (which a killed build
+    run again resumes), and takes its place once complete (`replace_folder`): until then the old index stays
+    whole and usable, and a build that fails leaves it as it was. Only a folder of index files is replaced."""
+    rank = accelerator.process_index if accelerator is not None else 0
     directory = Path(directory)
-    fingerprint = model_fingerprint(model)
-    plan = [
-        (start, min(start + shard_size, len(source.image_ids))) for start in range(0, len(source.image_ids), shard_size)
-    ]
-    names = [shard_name(start, end - start) for start, end in plan]
-    if (directory / MANIFEST_FILE).is_file():
-        manifest = json.loads((directory / MANIFEST_FILE).read_text())
-        if [entry["file"] for entry in manifest["shards"]] != names or manifest["model_fingerprint"] != fingerprint:
-            raise UsageError(f"--output_dir {directory} holds a finished index of other images or another model")
+    signature = model_signature(model)
+    plan = _shard_plan(len(source.image_ids), shard_size)
+    build = (model, processor, source, plan, signature, batch_size, dtype, first_stage, accelerator, progress)
+    if not overwrite or not directory.is_dir() or not any(directory.iterdir()):
+        return _build(directory, *build)
+    check_replaceable(directory)
+    staging = directory.with_name(f".{directory.name}.overwrite")
+    if rank == 0 and staging.exists():
+        try:  # what a killed build of the same images and model left is resumed; anything else started again
+            _finished_index(staging, plan, signature)
+            _check_unfinished_shards(staging, plan, source, signature)
+        except (UsageError, ValueError, KeyError):
+            shutil.rmtree(staging)
+    _wait(accelerator)
+    manifest = _build(staging, *build)
+    if rank == 0:
+        replace_folder(staging, directory)
+    _wait(accelerator)
+    return manifest
+
+
+def _shard_plan(num_images: int, shard_size: int) -> dict[str, tuple[int, int]]:
+    """The shards' file names, each with its rows [start, end), in row order."""
+    plan = {}
+    for start in range(0, num_images, shard_size):
+        end = min(start + shard_size, num_images)
+        plan[shard_name(start, end - start)] = (start, end)
+    return plan
+
+
+def _build(
+    directory: Path,
+    model: SepsModel,
+    processor: SepsProcessor,
+    source: GallerySource,
+    plan: dict[str, tuple[int, int]],
+    signature: dict,
+    batch_size: int,
+    dtype: torch.dtype,
+    first_stage: str,
+    accelerator: "Accelerator | None",
+    progress: bool,
+) -> dict:
+    """Encode the gallery's shards (`plan`) into `directory`, resuming from its finished shards (`build_index`)."""
+    rank, world = (accelerator.process_index, accelerator.num_processes) if accelerator is not None else (0, 1)
+    manifest = _finished_index(directory, plan, signature)
+    if manifest is not None:
         return manifest
     directory.mkdir(parents=True, exist_ok=True)
-    finished = finished_shards(directory)
-    strangers = sorted(finished - set(names))
-    if strangers:
-        raise UsageError(f"--output_dir {directory} holds shards of another build ({strangers[0]}, ...): use a new one")
+    finished = _check_unfinished_shards(directory, plan, source, signature)
     model.eval()
-    mine = range(rank, len(plan), world)
-    for shard in tqdm(mine, desc=f"shards of process {rank}", disable=not progress):
-        (start, end), name = plan[shard], names[shard]
-        ids = source.image_ids[start:end]
+    names = list(plan)
+    for shard in tqdm(range(rank, len(names), world), desc=f"shards of process {rank}", disable=not progress):
+        name = names[shard]
+        start, end = plan[name]
         if name in finished:
-            _check_finished_shard(directory / name, ids, fingerprint)
             continue
         parts = []
         for batch_start in range(start, end, batch_size):
             rows = slice(batch_start, min(batch_start + batch_size, end))
-            images = [_read_image(path) for path in source.image_paths[rows]]
+            images = [load_rgb_image(path) for path in source.image_paths[rows]]
             dense = source.dense_captions[rows] if source.dense_captions is not None else None
             parts.append(encode_images(model, processor, images, dense))
         dense = mask = None
@@ -142,14 +238,13 @@ def build_index(
             )
         image_embeds = torch.cat([part.image_embeds for part in parts])
         global_embeds = torch.cat([part.global_embeds for part in parts])
-        write_shard(directory, start, ids, image_embeds, global_embeds, dense, mask, dtype, fingerprint)
-    if accelerator is not None:
-        accelerator.wait_for_everyone()
+        ids = source.image_ids[start:end]
+        write_shard(directory, start, ids, image_embeds, global_embeds, dense, mask, dtype, signature)
+    _wait(accelerator)
     if rank == 0:
         processor.save_pretrained(directory / PROCESSOR_FOLDER)
-        finalize_index(directory, fingerprint, first_stage)
-    if accelerator is not None:
-        accelerator.wait_for_everyone()
+        finalize_index(directory, signature, first_stage)
+    _wait(accelerator)
     return json.loads((directory / MANIFEST_FILE).read_text())
 
 
@@ -163,6 +258,8 @@ def run_build_index(args: IndexArguments) -> dict:
     check_choice("dtype", args.dtype, INDEX_DTYPES)
     check_choice("first_stage", args.first_stage, FIRST_STAGES)
     check_writable_folder("output_dir", Path(args.output_dir))
+    if args.overwrite_output_dir:
+        check_replaceable(Path(args.output_dir))
     try:
         import_faiss()
     except ImportError as error:
@@ -182,6 +279,7 @@ def run_build_index(args: IndexArguments) -> dict:
         args.first_stage,
         accelerator,
         progress=accelerator.is_local_main_process,
+        overwrite=args.overwrite_output_dir,
     )
     accelerator.print(
         f"{args.output_dir}: {manifest['num_images']} images in {len(manifest['shards'])} shard(s), "

@@ -22,7 +22,15 @@ from .. import SepsModel, SepsOutput, SepsProcessor
 from ..calibration import fit_first_stage_weight, fit_logit_scale
 from ..feature_cache import FrozenFeatureCache
 from ..loss import SepsForRetrievalTraining
-from ..metrics import FOLD_SIZE, METRIC_KEYS, fold_metrics, markdown_table, mean_metrics, retrieval_metrics
+from ..metrics import (
+    CAPTIONS_PER_IMAGE,
+    FOLD_SIZE,
+    METRIC_KEYS,
+    fold_metrics,
+    markdown_table,
+    mean_metrics,
+    retrieval_metrics,
+)
 from .arguments import DEFAULT_SYNTHETIC_ROOT, VIT_SCRATCH, DataArguments, ModelArguments, RetrievalTrainingArguments
 from .backbones import backbone_hub_ids, build_processor, load_text_backbone, load_vision_backbone
 from .checkpoints import (
@@ -200,6 +208,43 @@ def validate_training_arguments(
         raise UsageError("--push_to_hub needs --hub_model_id (the Hub repository, org/name)")
     check_writable_folder("output_dir", Path(args.output_dir))
     _check_data_root(data_args, model_args.use_dense_captions)
+    check_global_batch(args.per_device_train_batch_size, launched_processes(), _synthetic_pairs_per_epoch(data_args))
+
+
+def launched_processes() -> int:
+    """The number of processes of this run, before Accelerate starts: `WORLD_SIZE` of `torchrun` and `accelerate
+    launch`, 1 otherwise."""
+    world_size = os.environ.get("WORLD_SIZE", "1")
+    return int(world_size) if world_size.isdigit() and int(world_size) > 0 else 1
+
+
+def _synthetic_pairs_per_epoch(data_args: DataArguments) -> int | None:
+    """The training pairs of an epoch when the flags tell them before any data is read (the synthetic benchmark:
+    its images, or its captions without one caption per image); None for other datasets."""
+    if data_args.dataset != "synthetic" or data_args.dataset_name is not None:
+        return None
+    one_caption_per_image = data_args.one_caption_per_image is not False  # the synthetic default: one
+    return data_args.synthetic_num_train * (1 if one_caption_per_image else CAPTIONS_PER_IMAGE)
+
+
+def check_global_batch(per_device: int, num_processes: int, pairs_per_epoch: int | None = None) -> None:
+    """The triplet loss takes each pair's negatives from the other pairs of the global batch: it needs at least
+    2 pairs (with 1 the loss is 0 and nothing trains), and no more than an epoch holds. `UsageError` otherwise."""
+    global_batch = per_device * num_processes
+    batch = (
+        f"--per_device_train_batch_size {per_device} on {num_processes} process{'es' if num_processes > 1 else ''} "
+        f"is a global batch of {global_batch}"
+    )
+    if global_batch < 2:
+        raise UsageError(
+            f"{batch}: the triplet loss takes its negatives from the other pairs of the batch, so it would be 0 and "
+            "nothing would train; use a global batch of at least 2"
+        )
+    if pairs_per_epoch is not None and global_batch > pairs_per_epoch:
+        raise UsageError(
+            f"{batch}, more than the {pairs_per_epoch} training pairs of an epoch: use at most "
+            f"--per_device_train_batch_size {pairs_per_epoch // num_processes}"
+        )
 
 
 def _check_data_root(data_args: DataArguments, use_dense: bool) -> None:
@@ -424,10 +469,8 @@ def plan_schedule(
 ) -> TrainingSchedule:
     """Steps per epoch from the epoch's pairs and the global batch; `max_steps` (if set) or the epochs bound the run."""
     rows_per_epoch = len(epoch_order(caption_to_image, 0, args.seed, one_caption_per_image=one_caption_per_image))
-    global_batch = args.per_device_train_batch_size * num_processes
-    micro_steps_per_epoch = rows_per_epoch // global_batch
-    if micro_steps_per_epoch == 0:
-        raise ValueError(f"{rows_per_epoch} training pairs cannot fill one global batch of {global_batch}")
+    check_global_batch(args.per_device_train_batch_size, num_processes, rows_per_epoch)
+    micro_steps_per_epoch = rows_per_epoch // (args.per_device_train_batch_size * num_processes)
     steps_per_epoch = max(1, micro_steps_per_epoch // args.gradient_accumulation_steps)
     max_steps = args.max_steps if args.max_steps not in (None, -1) else steps_per_epoch * num_train_epochs
     return TrainingSchedule(rows_per_epoch, steps_per_epoch, max_steps, -(-max_steps // steps_per_epoch))

@@ -34,6 +34,7 @@ import datasets
 import torch
 from PIL import Image
 
+from ...images import open_rgb_image
 from ...metrics import CAPTIONS_PER_IMAGE
 
 if TYPE_CHECKING:
@@ -514,11 +515,12 @@ def _dense_or_none(split: RetrievalSplit, image_index: int) -> str | None:
 
 def load_rgb_image(path: str | os.PathLike) -> Image.Image:
     """
-    Opens and fully decodes an image as RGB.
+    Opens and fully decodes an image as upright 8-bit RGB (`transformers_seps.images.open_rgb_image`).
 
     Raises:
         RetrievalFileNotFoundError: the file does not exist.
-        UnreadableImageError: the file cannot be decoded (corrupted, truncated, not an image). Truncated files
+        UnreadableImageError: the file cannot be decoded (corrupted, truncated, not an image, pixels that cannot
+            be converted to 8-bit RGB). Truncated files
             are errors unless someone set PIL's global `ImageFile.LOAD_TRUNCATED_IMAGES = True` (the SEPS
             authors' loader does; this package never does).
     """
@@ -529,11 +531,9 @@ def load_rgb_image(path: str | os.PathLike) -> Image.Image:
 
 
 def _decode_rgb(source: Path | io.BytesIO, name: str | os.PathLike) -> Image.Image:
-    """Decodes an image file or an in-memory encoded image as RGB; `name` names it in the error."""
+    """Decodes an image file or an in-memory encoded image as upright 8-bit RGB; `name` names it in the error."""
     try:
-        with Image.open(source) as image:
-            image.load()
-            return image.convert("RGB")
+        return open_rgb_image(source, name)
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
         raise UnreadableImageError(f"cannot decode the image ({type(error).__name__}: {error}).", name) from error
 

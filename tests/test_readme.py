@@ -1,0 +1,139 @@
+"""Every Python snippet of README.md runs as printed (issue 24), extracted from the README by this test.
+
+The snippets are read as a reader runs them, in order: a snippet that defines every name it uses starts a fresh
+Python process (as a new session would: the pipelines snippet imports Transformers before this package), and a
+snippet that uses names of the snippets above continues their process. They run in a temporary working directory
+holding what `make demo` makes at the paths the README uses, at toy size: `runs/demo/best` (a tiny model saved with
+its processor) and `data/synthetic` (a small generated benchmark); the Hub ids they name resolve, offline, to tiny
+models placed in a Hugging Face cache. A snippet preceded by an HTML comment saying that this test does not run it
+is left out, with the comment's reason.
+"""
+
+import ast
+import builtins
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import textwrap
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import place_in_hub_cache, tiny_bert_config, tiny_model_with_processor, tiny_vit_config
+from transformers import BertModel, ViTModel
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+NOT_RUN = re.compile(r"<!-- tests/test_readme.py does not run the next snippet: (?P<reason>.+?) -->")
+FENCE = re.compile(r"^(?P<indent> *)```python\n(?P<code>.*?)^(?P=indent)```", re.S | re.M)
+COMMIT = "0123456789abcdef0123456789abcdef01234567"
+
+
+@dataclass
+class Snippet:
+    line: int  # of the README, where the code starts
+    code: str
+    not_run: str | None  # the reason the README gives, or None
+
+
+def readme_snippets(text: str) -> list[Snippet]:
+    snippets = []
+    for match in FENCE.finditer(text):
+        before = text[: match.start()].rstrip().splitlines()
+        reason = NOT_RUN.fullmatch(before[-1].strip()) if before else None
+        code = textwrap.dedent(match.group("code"))
+        line = text[: match.start()].count("\n") + 2
+        snippets.append(Snippet(line, code, reason.group("reason") if reason else None))
+    return snippets
+
+
+def free_names(code: str) -> set[str]:
+    """Names the code reads but neither assigns, imports nor takes from the builtins."""
+    tree = ast.parse(code)
+    defined, used = set(dir(builtins)), set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Name):
+            (defined if isinstance(node.ctx, ast.Store) else used).add(node.id)
+        elif isinstance(node, (ast.Import, ast.ImportFrom)):
+            defined.update((alias.asname or alias.name).split(".")[0] for alias in node.names)
+        elif isinstance(node, (ast.FunctionDef, ast.ClassDef)):
+            defined.add(node.name)
+        elif isinstance(node, ast.arg):
+            defined.add(node.arg)
+        elif isinstance(node, ast.comprehension):
+            defined.update(name.id for name in ast.walk(node.target) if isinstance(name, ast.Name))
+    return used - defined
+
+
+def sessions(snippets: list[Snippet]) -> list[list[Snippet]]:
+    """The snippets to run, grouped by process: a self-contained snippet starts a new one."""
+    groups: list[list[Snippet]] = []
+    for snippet in snippets:
+        if snippet.not_run is not None:
+            continue
+        if not groups or not free_names(snippet.code):
+            groups.append([])
+        groups[-1].append(snippet)
+    return groups
+
+
+RUNNER = """
+import json, sys
+namespace = {"__name__": "__main__"}
+for line, code in json.load(open(sys.argv[1])):
+    exec(compile(code, f"README.md, snippet of line {line}", "exec"), namespace)
+    print(f"ran the snippet of line {line}", flush=True)
+"""
+
+
+def test_the_snippets_are_found_and_grouped_as_a_reader_runs_them():
+    snippets = readme_snippets(README.read_text())
+    assert len(snippets) >= 7
+    first = snippets[0]
+    assert 'SepsModel.from_pretrained("runs/demo/best")' in first.code and not free_names(first.code)
+    assert free_names("from a import b\nc = [x for x in b]\nprint(c, d)") == {"d"}
+    not_run = [snippet for snippet in snippets if snippet.not_run]
+    assert [snippet.not_run for snippet in not_run] == ["it needs timm and a timm checkpoint from the Hub"]
+    groups = sessions(snippets)
+    assert [len(group) for group in groups][0] >= 4  # the first session goes on through the gallery snippets
+    pipelines = next(group for group in groups if "zero-shot-image-classification" in group[0].code)
+    assert pipelines[0].code.startswith("from transformers import pipeline\nimport transformers_seps.pipelines")
+
+
+@pytest.fixture(scope="module")
+def demo_workdir(tmp_path_factory, tiny_synthetic) -> Path:
+    """What `make demo` leaves, at toy size, and a Hub cache holding tiny models under the README's Hub ids."""
+    root = tmp_path_factory.mktemp("readme")
+    model, processor = tiny_model_with_processor("paper")
+    model.save_pretrained(root / "runs" / "demo" / "best")
+    processor.save_pretrained(root / "runs" / "demo" / "best")
+    shutil.copytree(tiny_synthetic, root / "data" / "synthetic")
+    hub_models = root / "hub_models"
+    torch.manual_seed(0)
+    vit = hub_models / "vit"
+    ViTModel(tiny_vit_config(image_size=224, patch_size=16), add_pooling_layer=False).save_pretrained(vit)
+    bert = hub_models / "bert"
+    BertModel(tiny_bert_config(vocab_size=30522), add_pooling_layer=False).save_pretrained(bert)
+    processor.tokenizer.save_pretrained(bert)  # an uncased BERT vocabulary
+    cache = root / "hf_home" / "hub"
+    place_in_hub_cache(vit, cache, "google/vit-base-patch16-224-in21k", COMMIT)
+    place_in_hub_cache(bert, cache, "bert-base-uncased", COMMIT)
+    return root
+
+
+@pytest.mark.slow
+def test_every_python_snippet_of_the_readme_runs_as_printed(demo_workdir, tmp_path):
+    env = {**os.environ, "HF_HOME": str(demo_workdir / "hf_home"), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    env.pop("HF_HUB_CACHE", None)
+    for index, group in enumerate(sessions(readme_snippets(README.read_text()))):
+        snippets = tmp_path / f"session-{index}.json"
+        snippets.write_text(json.dumps([(snippet.line, snippet.code) for snippet in group]))
+        command = [sys.executable, "-c", RUNNER, str(snippets)]
+        result = subprocess.run(command, cwd=demo_workdir, env=env, capture_output=True, text=True, timeout=600)
+        assert result.returncode == 0, f"session {index}: {result.stderr[-3000:]}"
+        ran = [line for line in result.stdout.splitlines() if line.startswith("ran the snippet of line ")]
+        assert ran == [f"ran the snippet of line {snippet.line}" for snippet in group]
+    assert (demo_workdir / "gallery.index" / "manifest.json").is_file()  # the index snippet saved it there
