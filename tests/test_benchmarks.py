@@ -1,5 +1,6 @@
 """The benchmark scripts run, at toy sizes (their numbers are printed, not asserted: see the README)."""
 
+import json
 import os
 import subprocess
 import sys
@@ -62,14 +63,29 @@ def test_synthetic_ceiling_matches_a_count_of_fitting_images(tiny_synthetic):
     assert float(rows["chance"][-1]) < float(rows["perfect reader"][-1])
 
 
-def test_synthetic_ceiling_places_a_model_and_breaks_its_recall_down(saved_models, tiny_synthetic):
+def test_compare_scorers_on_saved_models(saved_models, tiny_synthetic, tmp_path):
+    """Two models (the same one twice): every scorer's row, the grounding rows, zero spread, the model's score equal
+    to SEPS with dense captions (its first_stage_weight is 0), and the pictures."""
+    results = tmp_path / "scorers.json"
     output = run_benchmark(
-        "synthetic_ceiling.py", "--data_root", str(tiny_synthetic), "--model", str(saved_models["paper"]),
+        "compare_scorers.py", "--models", str(saved_models["paper"]), str(saved_models["paper"]),
+        "--data_root", str(tiny_synthetic), "--output_json", str(results), "--pictures", str(tmp_path / "pictures"),
     )  # fmt: skip
     rows = table_rows(output)
-    model_row = next(cells for name, cells in rows.items() if name.endswith("(dense captions: image)"))
-    assert 0 <= float(model_row[-1]) <= 600
-    counts = [int(rows[kind][0]) for kind in ("position", "pair", "relation")]
-    assert sum(counts) == 40  # every test caption (8 images x 5) has exactly one template
-    for group in ("the caption is true of", "every colour the caption names", "every shape the caption names"):
-        assert 0.0 <= float(rows[group][0]) <= 1.0
+    dense, alone = rows["SEPS: S with each image's dense caption"], rows["SEPS: S without dense captions"]
+    assert rows["the model's score: S (dense captions) + w * G"] == dense != alone
+    assert all(value.endswith("± 0.0") or value.endswith("± 0.000") for value in dense)
+    assert "first stage alone: G" in rows
+    for name in ("selection with dense captions", "selection without dense captions"):
+        assert 0 <= float(rows[name][0].split(" ")[0]) <= 100
+    assert rows["random, as many patches"][0] == "50.0"  # sparse_ratio 0.5
+    report = json.loads(results.read_text())
+    assert len(report["per_model"]) == 2 and report["std"]["scorers"]["seps"]["rsum"] == 0
+    assert (
+        report["mean"]["scorers"]["seps"]["t2i_by_template"]["pair"]["count"]
+        + sum(report["mean"]["scorers"]["seps"]["t2i_by_template"][kind]["count"] for kind in ("position", "relation"))
+        == 40
+    )  # every test caption (8 images x 5) has exactly one template
+    assert sorted(path.name for path in (tmp_path / "pictures").iterdir()) == [
+        "selection_pair.png", "selection_position.png", "selection_relation.png"
+    ]  # fmt: skip

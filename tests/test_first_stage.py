@@ -130,6 +130,21 @@ def test_the_training_loss_adds_the_weighted_contrastive_term(weight):
         assert parameter.grad is not None and parameter.grad.abs().sum() > 0, name
 
 
+def test_an_infonce_term_on_s_adds_to_the_triplet_loss():
+    from transformers_seps.global_embedding import paired_infonce
+    from transformers_seps.modeling_seps import vse_triplet_loss
+
+    pixels, ids, mask = batch(4, 2)
+    image_ids = torch.tensor([0, 1, 1, 2])  # rows 1 and 2: two captions of one image
+    model = tiny_model(alignment_infonce_weight=0.5, alignment_temperature=0.2).eval()
+    with torch.no_grad():
+        output = model(pixels, ids, mask, image_ids=image_ids, return_loss=True)
+        scores = model.similarity(output.image_embeds, output.text_embeds, mask, first_stage_weight=0)
+    triplet = vse_triplet_loss(scores, image_ids, model.config.margin, True)
+    torch.testing.assert_close(output.alignment_loss, triplet + 0.5 * paired_infonce(scores.t() / 0.2, image_ids))
+    assert paired_infonce(scores.t() / 0.2, image_ids) > 0
+
+
 def test_training_the_contrastive_term_puts_each_image_first_in_its_captions_shortlist():
     torch.manual_seed(0)
     model = tiny_model()

@@ -82,6 +82,16 @@ def test_the_training_script_takes_the_ratios_from_the_backbone(tmp_path):
     assert processor.text_model_max_length == model.config.max_text_length == 512
     assert processor.image_processor.size["height"] == tiny_swin_config().image_size
 
+
+def test_config_overrides_reach_the_new_model(tmp_path):
+    SwinModel(tiny_swin_config()).save_pretrained(tmp_path / "swin")
+    model_args, _, _ = parse(
+        "--vision_model", str(tmp_path / "swin"), "--text_model", MINILM, "--embed_dim", "16",
+        "--config_overrides", "alignment_infonce_weight=0.5,keep_cls_and_extra_token=false",
+    )  # fmt: skip
+    model, _ = _build_model(model_args, warmup_epochs=1)
+    assert model.config.alignment_infonce_weight == 0.5 and model.config.keep_cls_and_extra_token is False
+
     model_args.sparse_ratio = 0.5
     model, _ = _build_model(model_args, warmup_epochs=1)
     assert (model.config.sparse_ratio, model.config.aggr_ratio) == (0.5, 0.6)

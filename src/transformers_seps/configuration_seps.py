@@ -100,7 +100,13 @@ _FIELD_RULES: tuple[tuple[tuple[str, ...], type, str, Callable[[Any], bool], boo
     (("embed_dim", "relevance_topk", "global_pooling_queries"), int, "an integer >= 1", lambda v: v >= 1, False),
     (("similarity_chunk_size", "global_image_vectors"), int, "an integer >= 1 or None", lambda v: v >= 1, True),
     (("max_violation_warmup_epochs",), int, "an integer >= 0", lambda v: v >= 0, False),
-    (("gumbel_tau", "logit_scale", "global_temperature"), float, "> 0", lambda v: v > 0, False),
+    (
+        ("gumbel_tau", "logit_scale", "global_temperature", "alignment_temperature"),
+        float,
+        "> 0",
+        lambda v: v > 0,
+        False,
+    ),
     (
         (
             "margin",
@@ -112,6 +118,7 @@ _FIELD_RULES: tuple[tuple[tuple[str, ...], type, str, Callable[[Any], bool], boo
             "global_contrastive_weight",
             "global_max_smoothing",
             "first_stage_weight",
+            "alignment_infonce_weight",
         ),
         float,
         ">= 0",
@@ -161,6 +168,8 @@ NON_SCORING_FIELDS = (
     "detach_selected_patches",
     "margin",
     "max_violation_warmup_epochs",
+    "alignment_infonce_weight",
+    "alignment_temperature",
     "ratio_weight",
     "lambda_sparse",
     "lambda_dense",
@@ -228,6 +237,11 @@ class SepsConfig(PreTrainedConfig):
             Margin of the bidirectional triplet loss (Eq. 6).
         max_violation_warmup_epochs (`int`, defaults to 1):
             Epochs that sum the loss over all negatives before switching to the hardest negative (VSE++).
+        alignment_infonce_weight (`float`, defaults to 0.0):
+            Weight of an InfoNCE term on S (`paired_infonce` of S / `alignment_temperature` over the global batch)
+            added to the triplet loss, an alternative to hardest negatives; 0: the paper's triplet loss alone.
+        alignment_temperature (`float`, defaults to 0.1):
+            Temperature of that term.
         ratio_weight (`float`, defaults to 2.0):
             Weight of the ratio loss (Eq. 7) in the total loss (the authors' default).
         lambda_sparse (`float`, defaults to 1.0):
@@ -309,6 +323,8 @@ class SepsConfig(PreTrainedConfig):
     detach_selected_patches: bool = True
     margin: float = 0.2
     max_violation_warmup_epochs: int = 1
+    alignment_infonce_weight: float = 0.0
+    alignment_temperature: float = 0.1
     ratio_weight: float = 2.0
     lambda_sparse: float = 1.0
     lambda_dense: float = 1.0

@@ -115,10 +115,22 @@ def global_contrastive_loss(
         temperature: logits are the `first_stage_scores` (the best of an image's cosines) / temperature.
         max_smoothing: the `smoothing` of `first_stage_scores` (0: the maximum a search takes).
     """
-    logits = first_stage_scores(text_global, image_global, max_smoothing) / temperature
+    return paired_infonce(first_stage_scores(text_global, image_global, max_smoothing) / temperature, image_ids)
+
+
+def paired_infonce(logits: torch.Tensor, image_ids: torch.Tensor) -> torch.Tensor:
+    """Symmetric InfoNCE of the (N, N) logits of a paired batch (row k: caption k; column k: image k): a
+    cross-entropy over the images for each caption and over the captions for each image, every pair of the same
+    image id a positive (the target spreads evenly over them)."""
     positives = (image_ids[:, None] == image_ids[None, :]).to(logits.dtype)
     targets = positives / positives.sum(dim=1, keepdim=True)
     return (F.cross_entropy(logits, targets) + F.cross_entropy(logits.t(), targets)) / 2
 
 
-__all__ = ["SepsGlobalEmbedding", "first_stage_scores", "global_contrastive_loss", "mean_pooled_embedding"]
+__all__ = [
+    "SepsGlobalEmbedding",
+    "first_stage_scores",
+    "global_contrastive_loss",
+    "mean_pooled_embedding",
+    "paired_infonce",
+]

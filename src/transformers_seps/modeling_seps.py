@@ -28,6 +28,7 @@ from .global_embedding import (
     first_stage_scores,
     global_contrastive_loss,
     mean_pooled_embedding,
+    paired_infonce,
 )
 from .inputs import check_pretrained_location
 
@@ -269,7 +270,8 @@ class SepsOutput(ModelOutput):
     Args:
         loss (`torch.FloatTensor` of shape `()`, *optional*): alignment loss + `ratio_weight` * ratio loss
             (+ `global_contrastive_weight` * global contrastive loss, for a model with a trained first stage).
-        alignment_loss (`torch.FloatTensor` of shape `()`, *optional*): the triplet loss (Eq. 6).
+        alignment_loss (`torch.FloatTensor` of shape `()`, *optional*): the triplet loss (Eq. 6), plus
+            `alignment_infonce_weight` times an InfoNCE term on S when that weight is set.
         ratio_loss (`torch.FloatTensor` of shape `()`, *optional*): the ratio loss (Eq. 7, unweighted).
         global_contrastive_loss (`torch.FloatTensor` of shape `()`, *optional*): the InfoNCE loss that trains the
             first stage (`transformers_seps.global_embedding`, unweighted); None without one.
@@ -1456,7 +1458,11 @@ class SepsModel(SepsPreTrainedModel):
         loss = alignment_loss = ratio_loss = contrastive_loss = None
         if return_loss:
             config = self.config
-            alignment_loss = vse_triplet_loss(scores, image_ids, config.margin, max_violation)
+            ids = image_ids if image_ids is not None else torch.arange(image_embeds.shape[0], device=scores.device)
+            alignment_loss = vse_triplet_loss(scores, ids, config.margin, max_violation)
+            if config.alignment_infonce_weight > 0:
+                infonce = paired_infonce(scores.t() / config.alignment_temperature, ids)
+                alignment_loss = alignment_loss + config.alignment_infonce_weight * infonce
             ratio_loss = config.lambda_sparse * (config.sparse_ratio - sparse_keep_mask.mean()) ** 2
             if dense_keep_mask is not None:
                 ratio_loss = ratio_loss + config.lambda_dense * (config.sparse_ratio - dense_keep_mask.mean()) ** 2
@@ -1468,7 +1474,7 @@ class SepsModel(SepsPreTrainedModel):
                 contrastive_loss = global_contrastive_loss(
                     self.global_image_embeds(image_tokens),
                     self.global_text_embeds(text_tokens, text_attention_mask),
-                    image_ids if image_ids is not None else torch.arange(image_embeds.shape[0], device=scores.device),
+                    ids,
                     config.global_temperature,
                     config.global_max_smoothing,
                 )

@@ -67,6 +67,13 @@ class ModelArguments:
         metadata={"help": "Input side of the local vision backbones (default: 128 stride16, 224 lite0, 64 vit)."},
     )
     patch_size: int = field(default=8, metadata={"help": f"Patch size of '{VIT_SCRATCH}'."})
+    config_overrides: str | None = field(
+        default=None,
+        metadata={
+            "help": "Other SepsConfig fields of the new model, as Transformers' run_clm.py takes them: "
+            "'name=value,name=value' (e.g. 'alignment_infonce_weight=1.0,beta=0.3'; booleans true/false)."
+        },
+    )
 
 
 @dataclass(kw_only=True)

@@ -8,6 +8,7 @@ import shutil
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import datasets
 import numpy as np
@@ -18,7 +19,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 # From the package, not its modules: the first use registers the Auto classes, so saved folders get `auto_map`.
-from .. import SepsModel, SepsOutput, SepsProcessor
+from .. import SepsConfig, SepsModel, SepsOutput, SepsProcessor
 from ..calibration import fit_first_stage_weight, fit_logit_scale
 from ..feature_cache import FrozenFeatureCache
 from ..loss import SepsForRetrievalTraining
@@ -158,6 +159,31 @@ def epoch_order(caption_to_image: list[int], epoch: int, seed: int, *, one_capti
     return rows[torch.randperm(len(rows), generator=generator)].tolist()
 
 
+# SepsConfig fields that have a flag of their own (ModelArguments), never set through --config_overrides.
+_FIELDS_WITH_FLAGS = ("variant", "embed_dim", "sparse_ratio", "aggr_ratio", "max_violation_warmup_epochs")
+
+
+def config_overrides(text: str | None) -> dict[str, Any]:
+    """The `SepsConfig` fields `--config_overrides` sets ('name=value,...'), typed as the fields' defaults are (as
+    `PreTrainedConfig.update_from_string` types them); a `UsageError` names an unknown field or a bad value."""
+    if not text:
+        return {}
+    malformed = [item for item in text.split(",") if "=" not in item]
+    if malformed:
+        raise UsageError(f"--config_overrides {text!r}: {malformed[0]!r} is not name=value")
+    defaults = SepsConfig()
+    names = [item.split("=", 1)[0] for item in text.split(",")]
+    try:
+        defaults.update_from_string(text)
+        defaults.validate_seps()
+    except (ValueError, TypeError) as error:
+        raise UsageError(f"--config_overrides {text!r}: {error}") from error
+    flagged = [name for name in names if name in _FIELDS_WITH_FLAGS]
+    if flagged:
+        raise UsageError(f"--config_overrides {text!r}: set {', '.join(flagged)} with its own flag (--{flagged[0]})")
+    return {name: getattr(defaults, name) for name in names}
+
+
 def validate_training_arguments(
     model_args: ModelArguments, data_args: DataArguments, args: RetrievalTrainingArguments
 ) -> None:
@@ -206,6 +232,7 @@ def validate_training_arguments(
         raise UsageError(f"--freeze_vision_model true would keep '{VIT_SCRATCH}' at its random initialisation")
     if args.push_to_hub and not args.hub_model_id:
         raise UsageError("--push_to_hub needs --hub_model_id (the Hub repository, org/name)")
+    config_overrides(model_args.config_overrides)
     check_writable_folder("output_dir", Path(args.output_dir))
     _check_data_root(data_args, model_args.use_dense_captions)
     check_global_batch(args.per_device_train_batch_size, launched_processes(), _synthetic_pairs_per_epoch(data_args))
@@ -398,6 +425,7 @@ def _build_model(model_args: ModelArguments, warmup_epochs: int) -> tuple[SepsMo
         embed_dim=model_args.embed_dim,
         max_violation_warmup_epochs=warmup_epochs,
         **ratios,
+        **config_overrides(model_args.config_overrides),
     )
     processor = build_processor(
         model_args.vision_model, model_args.text_model, vision, text_model_max_length=model.config.max_text_length

@@ -71,8 +71,10 @@ __all__ = [
     "dense_caption",
     "edit_scene",
     "generate_synthetic_benchmark",
+    "named_objects",
     "read_benchmark_info",
     "read_scenes",
+    "render_object_mask",
     "render_scene",
     "sample_scene",
     "scene_captions",
@@ -377,6 +379,16 @@ def caption_holds(caption: str, scene: Scene) -> bool:
     )
 
 
+def named_objects(caption: str, scene: Scene) -> list[SceneObject]:
+    """The objects of `scene` that a caption in the grammar of `scene_captions` names, one per mention that fits an
+    object of the scene ("a red circle and a blue star": the red circle and the blue star, if it has them; of its
+    own image, a caption names one or two objects, since no two objects share shape and colour). Raises ValueError
+    for a caption outside the grammar."""
+    kind, match = _parse_caption(caption)
+    mentions = ("a",) if kind == "position" else ("a", "b")
+    return [obj for name in mentions for obj in scene.objects if _fits(obj, match, name)]
+
+
 def read_scenes(folder: str | os.PathLike, split: str) -> list[Scene]:
     """The scenes of a generated split (`{split}_scenes.jsonl`), in image order."""
     path = Path(folder) / f"{split}_scenes.jsonl"
@@ -454,12 +466,26 @@ def render_scene(scene: Scene, image_size: int) -> Image.Image:
     canvas = background.resize((side, side), Image.Resampling.NEAREST)
     draw = ImageDraw.Draw(canvas)
     for obj in scene.objects:
-        cx, cy, r = obj.center[0] * side, obj.center[1] * side, obj.radius * side
-        if obj.shape == "circle":
-            draw.ellipse((cx - r, cy - r, cx + r, cy + r), fill=obj.rgb)
-        else:
-            draw.polygon(_shape_polygon(obj.shape, cx, cy, r), fill=obj.rgb)
+        _draw_object(draw, obj, side, obj.rgb)
     return canvas.resize((image_size, image_size), Image.Resampling.BOX)
+
+
+def render_object_mask(obj: SceneObject, image_size: int) -> np.ndarray:
+    """(image_size, image_size) float32: the share of each pixel that `obj` covers in `render_scene`'s image (drawn
+    the same way, at `SUPERSAMPLE` times the size and box-downsampled)."""
+    side = image_size * SUPERSAMPLE
+    canvas = Image.new("L", (side, side), 0)
+    _draw_object(ImageDraw.Draw(canvas), obj, side, 255)
+    small = canvas.resize((image_size, image_size), Image.Resampling.BOX)
+    return np.asarray(small, dtype=np.float32) / 255
+
+
+def _draw_object(draw: ImageDraw.ImageDraw, obj: SceneObject, side: int, fill: tuple[int, int, int] | int) -> None:
+    cx, cy, r = obj.center[0] * side, obj.center[1] * side, obj.radius * side
+    if obj.shape == "circle":
+        draw.ellipse((cx - r, cy - r, cx + r, cy + r), fill=fill)
+    else:
+        draw.polygon(_shape_polygon(obj.shape, cx, cy, r), fill=fill)
 
 
 def _split_scenes(config: SyntheticBenchmarkConfig, split: str):
