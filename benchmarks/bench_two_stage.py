@@ -1,20 +1,25 @@
-"""Two-stage text-to-image search against exhaustive SEPS scoring, on a trained model and a real split.
+"""Two-stage text-to-image search against exhaustive scoring and against its own first stage, on trained models and
+a real split (several models, e.g. training seeds: mean and standard deviation).
 
 Stage 1 shortlists the images whose global embedding is closest to the caption's (`SepsModel.global_image_embeds`:
 trained by the contrastive loss, or the mean-pooled tokens of a model without one); stage 2 re-ranks the shortlist
-with SEPS (`transformers_seps.retrieval.shortlist_and_rerank`, what `SepsRetriever` does with
-`shortlist_size`). Prints text-to-image R@1/5/10, how often the shortlist holds the caption's image (beside how
-often exhaustive SEPS ranks it among as many images: the shortlist's yardstick), and the time per query of each
-search. R@K is exact for K up to the shortlist size: an image left out of the shortlist
-ranks below every shortlisted one.
+with the model's score (`transformers_seps.retrieval.shortlist_and_rerank`, what `SepsRetriever` does with
+`shortlist_size`: S, fused with the first stage's score when the model's `first_stage_weight` is set). Prints
+text-to-image R@1/5/10 of the exhaustive search, of the first stage alone (the shortlist's own ranking) and of each
+two-stage search, how often the shortlist holds the caption's image (beside how often the exhaustive search ranks it
+among as many images: the shortlist's yardstick), and the time per query. R@K is exact for K up to the shortlist
+size: an image left out of the shortlist ranks below every shortlisted one.
 
-    .venv/bin/python benchmarks/bench_two_stage.py --model runs/demo/best --data_root data/synthetic \
-        --shortlist_sizes 10 20 50 100
+    .venv/bin/python benchmarks/bench_two_stage.py --models runs/demo/best --data_root data/synthetic \\
+        --shortlist_sizes 10 20 50 100 [--output_json two_stage.json]
 """
 
 import argparse
+import json
 import time
+from pathlib import Path
 
+import numpy as np
 import torch
 
 from transformers_seps import SepsModel, SepsProcessor
@@ -22,52 +27,38 @@ from transformers_seps.metrics import retrieval_metrics
 from transformers_seps.retrieval import shortlist_and_rerank
 from transformers_seps.train.allocator import reuse_freed_cpu_memory
 from transformers_seps.train.data import load_retrieval_split
-from transformers_seps.train.evaluation import encode_split, score_split
+from transformers_seps.train.evaluation import encode_split, first_stage_similarity, score_split
+
+COLUMNS = ("t2i_r1", "t2i_r5", "t2i_r10", "in_shortlist", "in_exhaustive_top", "ms_per_query")
 
 
-def text_to_image_row(
-    name: str, similarity: torch.Tensor, caption_to_image, seconds: float, in_shortlist: float, in_seps_top: float
-):
-    metrics = retrieval_metrics(similarity, caption_to_image)
-    per_query_ms = 1000 * seconds / similarity.shape[1]
-    recalls = " | ".join(f"{metrics[f't2i_r{k}']:.1f}" for k in (1, 5, 10))
-    return f"| {name} | {recalls} | {100 * in_shortlist:.1f} | {100 * in_seps_top:.1f} | {per_query_ms:.1f} |"
+def row(similarity: torch.Tensor, targets: torch.Tensor, seconds: float, in_shortlist: float, in_top: float) -> dict:
+    """A table row: (N_img, N_txt) scores of a search, its time, and how often the right image was among its
+    candidates / among the exhaustive search's as many best."""
+    metrics = retrieval_metrics(similarity, targets)
+    return {
+        **{key: metrics[key] for key in COLUMNS[:3]},
+        "in_shortlist": 100 * in_shortlist,
+        "in_exhaustive_top": 100 * in_top,
+        "ms_per_query": 1000 * seconds / similarity.shape[1],
+    }
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default="runs/demo/best", help="a trained model folder or hub id")
-    parser.add_argument("--dataset", default="synthetic")
-    parser.add_argument("--data_root", default="data/synthetic")
-    parser.add_argument("--image_root", default=None)
-    parser.add_argument("--split", default="test")
-    parser.add_argument("--shortlist_sizes", type=int, nargs="+", default=[10, 20, 50, 100])
-    args = parser.parse_args()
-
-    reuse_freed_cpu_memory()
-    model = SepsModel.from_pretrained(args.model).eval()
-    processor = SepsProcessor.from_pretrained(args.model)
-    split = load_retrieval_split(args.data_root, args.dataset, args.split, args.image_root)
-    encoded = encode_split(model, processor, split, use_dense=split.has_dense_captions, progress=False)
+def searches(model: SepsModel, encoded, shortlist_sizes: list[int]) -> dict[str, dict]:
+    """Every row of one model: the exhaustive search, the first stage alone, and each two-stage search."""
     targets = torch.as_tensor(encoded.caption_to_image)
     num_images, num_captions = encoded.image_embeds.shape[0], len(targets)
-    print(
-        f"{args.dataset}/{args.split}: {num_images} images, {num_captions} caption queries, dense captions "
-        f"{'on' if encoded.dense_embeds is not None else 'off'}, {torch.get_num_threads()} threads"
-    )
-    # "in exhaustive top K": how often exhaustive SEPS ranks the image among as many images as the shortlist.
-    print("| search | t2i R@1 | t2i R@5 | t2i R@10 | image in shortlist (%) | in exhaustive top K (%) | ms per query |")
-    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
-
+    pairing = "image" if encoded.dense_embeds is not None else "none"
     start = time.perf_counter()
-    exhaustive = score_split(model, encoded, "image" if encoded.dense_embeds is not None else "none", progress=False)
-    seconds = time.perf_counter() - start
-    print(text_to_image_row("exhaustive", torch.as_tensor(exhaustive), targets, seconds, 1.0, 1.0))
-    # Images exhaustive SEPS scores above each caption's own image (ties count for the caption).
-    caption_scores = torch.as_tensor(exhaustive).t()
-    seps_rank = (caption_scores > caption_scores.gather(1, targets.unsqueeze(1))).sum(dim=1)
-
-    for size in sorted(set(args.shortlist_sizes)):
+    exhaustive = torch.as_tensor(score_split(model, encoded, pairing, progress=False))
+    rows = {"exhaustive": row(exhaustive, targets, time.perf_counter() - start, 1.0, 1.0)}
+    # Images the exhaustive search scores above each caption's own image (ties count for the caption).
+    caption_scores = exhaustive.t()
+    exhaustive_rank = (caption_scores > caption_scores.gather(1, targets.unsqueeze(1))).sum(dim=1)
+    start = time.perf_counter()
+    first_stage = torch.as_tensor(first_stage_similarity(model, encoded))
+    rows["first stage alone"] = row(first_stage, targets, time.perf_counter() - start, 1.0, 1.0)
+    for size in sorted(set(shortlist_sizes)):
         if size >= num_images:
             continue
         start = time.perf_counter()
@@ -80,8 +71,57 @@ def main() -> None:
         similarity = torch.full((num_captions, num_images), result.scores.min().item() - 1)
         similarity.scatter_(1, result.indices, result.scores)
         in_shortlist = (result.indices == targets.unsqueeze(1)).any(dim=1).float().mean().item()
-        in_top = (seps_rank < size).float().mean().item()
-        print(text_to_image_row(f"shortlist {size} + SEPS", similarity.t(), targets, seconds, in_shortlist, in_top))
+        in_top = (exhaustive_rank < size).float().mean().item()
+        rows[f"shortlist {size} + re-ranking"] = row(similarity.t(), targets, seconds, in_shortlist, in_top)
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--models", nargs="+", default=["runs/demo/best"], help="trained model folders or hub ids")
+    parser.add_argument("--dataset", default="synthetic")
+    parser.add_argument("--data_root", default="data/synthetic")
+    parser.add_argument("--image_root", default=None)
+    parser.add_argument("--split", default="test")
+    parser.add_argument("--shortlist_sizes", type=int, nargs="+", default=[10, 20, 50, 100])
+    parser.add_argument("--output_json", default=None, help="write every number here")
+    args = parser.parse_args()
+
+    reuse_freed_cpu_memory()
+    split = load_retrieval_split(args.data_root, args.dataset, args.split, args.image_root)
+    per_model = []
+    for folder in args.models:
+        model = SepsModel.from_pretrained(folder).eval()
+        processor = SepsProcessor.from_pretrained(folder)
+        encoded = encode_split(model, processor, split, use_dense=split.has_dense_captions, progress=False)
+        per_model.append(
+            {
+                "first_stage_weight": model.config.first_stage_weight,
+                "rows": searches(model, encoded, args.shortlist_sizes),
+            }
+        )
+    runs = len(per_model)
+    names = list(per_model[0]["rows"])
+    values = {name: {key: [m["rows"][name][key] for m in per_model] for key in COLUMNS} for name in names}
+    mean = {name: {key: float(np.mean(v)) for key, v in columns.items()} for name, columns in values.items()}
+    std = {
+        name: {key: float(np.std(v, ddof=1)) if runs > 1 else 0.0 for key, v in columns.items()}
+        for name, columns in values.items()
+    }
+    weights = [m["first_stage_weight"] for m in per_model]
+    print(
+        f"{args.dataset}/{args.split}: {split.num_images} images, {split.num_captions} caption queries, dense captions "
+        f"{'on' if split.has_dense_captions else 'off'}, {torch.get_num_threads()} threads; {runs} model(s)"
+        f"{' (mean ± standard deviation)' if runs > 1 else ''}; first_stage_weight {weights}"
+    )
+    print("| search | t2i R@1 | t2i R@5 | t2i R@10 | image in shortlist (%) | in exhaustive top K (%) | ms per query |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
+    for name in names:
+        cells = [f"{mean[name][k]:.1f} ± {std[name][k]:.1f}" if runs > 1 else f"{mean[name][k]:.1f}" for k in COLUMNS]
+        print(f"| {name} | " + " | ".join(cells) + " |")
+    if args.output_json:
+        results = {"models": args.models, "split": f"{args.dataset}/{args.split}", "mean": mean, "std": std}
+        Path(args.output_json).write_text(json.dumps({**results, "per_model": per_model}, indent=2))
 
 
 if __name__ == "__main__":

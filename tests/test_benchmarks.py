@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from transformers_seps import SepsConfig
 from transformers_seps.train.data.synthetic import caption_holds, read_scenes
 
 pytestmark = pytest.mark.slow
@@ -40,16 +41,22 @@ def test_bench_eval_agrees_with_the_reference_loop():
     assert "8" in rows  # the gallery-size row of the scaling table
 
 
-def test_bench_two_stage_on_a_saved_model(saved_models, tiny_synthetic):
+def test_bench_two_stage_on_saved_models(saved_models, tiny_synthetic, tmp_path):
+    results = tmp_path / "two_stage.json"
     output = run_benchmark(
-        "bench_two_stage.py", "--model", str(saved_models["paper"]), "--data_root", str(tiny_synthetic),
-        "--shortlist_sizes", "3", "5", "100",
+        "bench_two_stage.py", "--models", str(saved_models["paper"]), str(saved_models["official"]),
+        "--data_root", str(tiny_synthetic), "--shortlist_sizes", "3", "5", "100", "--output_json", str(results),
     )  # fmt: skip
     rows = table_rows(output)
-    assert rows["exhaustive"][3] == "100.0"  # the exhaustive search always holds the caption's image
-    # Exhaustive SEPS holds the image in its top 5 as often as its t2i R@5 says.
-    assert rows["shortlist 5 + SEPS"][4] == rows["exhaustive"][1]
-    assert "shortlist 3 + SEPS" in rows and "shortlist 100 + SEPS" not in rows  # 100 >= the 8-image gallery
+    report = json.loads(results.read_text())
+    mean = report["mean"]
+    assert mean["exhaustive"]["in_shortlist"] == 100.0  # the exhaustive search always holds the caption's image
+    # Exhaustive search holds the image in its top 5 as often as its t2i R@5 says.
+    assert mean["shortlist 5 + re-ranking"]["in_exhaustive_top"] == pytest.approx(mean["exhaustive"]["t2i_r5"])
+    # The first stage's own R@5: how often its shortlist of 5 holds the image.
+    assert mean["shortlist 5 + re-ranking"]["in_shortlist"] == pytest.approx(mean["first stage alone"]["t2i_r5"])
+    assert "shortlist 3 + re-ranking" in rows and "shortlist 100 + re-ranking" not in rows  # 100 >= 8 images
+    assert len(report["per_model"]) == 2 and " ± " in rows["exhaustive"][0]
 
 
 def test_synthetic_ceiling_matches_a_count_of_fitting_images(tiny_synthetic):
@@ -78,7 +85,9 @@ def test_compare_scorers_on_saved_models(saved_models, tiny_synthetic, tmp_path)
     assert "first stage alone: G" in rows
     for name in ("selection with dense captions", "selection without dense captions"):
         assert 0 <= float(rows[name][0].split(" ")[0]) <= 100
-    assert rows["random, as many patches"][0] == "50.0"  # sparse_ratio 0.5
+    config = SepsConfig.from_pretrained(saved_models["paper"])
+    kept_share = 100 * config.num_kept_patches / config.num_patches  # K / N (13 of the 5 x 5 patches)
+    assert rows["random, as many patches"][0] == f"{kept_share:.1f}"
     report = json.loads(results.read_text())
     assert len(report["per_model"]) == 2 and report["std"]["scorers"]["seps"]["rsum"] == 0
     assert (
