@@ -98,3 +98,18 @@ def test_compare_scorers_on_saved_models(saved_models, tiny_synthetic, tmp_path)
     assert sorted(path.name for path in (tmp_path / "pictures").iterdir()) == [
         "selection_pair.png", "selection_position.png", "selection_relation.png"
     ]  # fmt: skip
+
+
+def test_bench_training_times_the_run_with_and_without_cached_tokens(tmp_path):
+    results = tmp_path / "speed.json"
+    output = run_benchmark(
+        "bench_training.py", "--data_root", str(tmp_path / "data"), "--generate_synthetic",
+        "--synthetic_num_train", "24", "--synthetic_num_dev", "8", "--synthetic_num_test", "8",
+        "--image_size", "64", "--embed_dim", "32", "--per_device_train_batch_size", "8", "--steps", "2",
+        "--output_json", str(results),
+    )  # fmt: skip
+    rows = table_rows(output)
+    assert {"encoded at every step", "cached once (--cache_frozen_features true)"} == set(rows) - {"backbone tokens", "---"}
+    report = json.loads(results.read_text())
+    for name in ("encoded", "cached"):
+        assert report[name]["steps_per_second"] > 0 and report[name]["epoch_seconds"] > 0

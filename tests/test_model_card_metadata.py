@@ -163,6 +163,12 @@ def test_training_writes_a_card_with_the_test_results(tiny_backbones, tmp_path: 
     assert values["Image-to-text R@1"][0] == round(results["i2t_r1"], 2)
     assert all(args == {"dense_pairing": "image"} for _, args in values.values())
     assert "| best dev epoch (rSum) | 0 (" in card.text
+    # The card names the score its model-index holds, beside SEPS's and the first stage's alone.
+    score = "S" if not results["first_stage_weight"] else f"S + {results['first_stage_weight']:.3g} x"
+    assert f"whole test set, the model's score ({score}" in card.text
+    for name, prefix in (("SEPS alone (S)", "seps_"), ("first stage alone", "first_stage_")):
+        row = next(line for line in card.text.splitlines() if line.startswith(f"| whole test set, {name} |"))
+        assert row.endswith(f"| {results[prefix + 'rsum']:.1f} |")
 
 
 @pytest.mark.parametrize(

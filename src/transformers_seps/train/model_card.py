@@ -111,9 +111,16 @@ def our_results_text(eval_results: Mapping[str, Any], dataset: str | None, dense
         f"**Ours**, measured on the {test_set} with `transformers_seps` (the protocol below: "
         f"{DENSE_PAIRING_PROTOCOLS[dense_pairing]}); the card's `model-index` holds the same numbers."
     )
-    table = markdown_table(whole, "whole test set")
+    weight = eval_results.get("first_stage_weight")
+    score = "S" if not weight else f"S + {weight:.3g} x the first stage's score"
+    table = markdown_table(whole, f"whole test set, the model's score ({score})")
     if folds is not None:
         table += "\n" + markdown_table(folds, "1K folds (mean of 5)").split("\n", 2)[2]
+    # A training run's results also hold SEPS's score and the first stage's alone (`evaluate_model`).
+    for prefix, name in (("seps_", "SEPS alone (S)"), ("first_stage_", "first stage alone")):
+        if all(f"{prefix}{key}" in eval_results for key in METRIC_KEYS):
+            alone = {key: float(eval_results[f"{prefix}{key}"]) for key in METRIC_KEYS}
+            table += "\n" + markdown_table(alone, f"whole test set, {name}").split("\n", 2)[2]
     return textwrap.fill(intro, width=CARD_WIDTH) + "\n\n" + table
 
 
