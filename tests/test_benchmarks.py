@@ -1,4 +1,5 @@
-"""The benchmark scripts run, at toy sizes (their numbers are printed, not asserted: see the README)."""
+"""The benchmark scripts run, at toy sizes (their numbers are printed, not asserted: the docs quote them from their
+results files)."""
 
 import os
 import subprocess
