@@ -130,6 +130,26 @@ def demo_workdir(tmp_path_factory, tiny_synthetic) -> Path:
     return root
 
 
+LINK = re.compile(r"\]\((?P<target>[^)\s]+)\)")
+
+
+def heading_anchors(page: Path) -> set[str]:
+    """The anchors of a page's headings, as GitHub and MkDocs make them."""
+    headings = re.findall(r"^#+ (.+)$", page.read_text(), re.M)
+    return {re.sub(r"[^\w\- ]", "", heading.lower()).strip().replace(" ", "-") for heading in headings}
+
+
+def test_the_readmes_links_lead_to_files_and_headings_that_exist():
+    for target in LINK.findall(README.read_text()):
+        if target.startswith(("http://", "https://")):
+            continue
+        path, _, anchor = target.partition("#")
+        page = ROOT / path if path else README
+        assert page.exists(), f"README.md links to {target}: no such file"
+        if anchor:
+            assert anchor in heading_anchors(page), f"README.md links to {target}: no such heading"
+
+
 def printed_results(code: str) -> list[str]:
     """What a snippet says it prints: the comment lines right after each of its `print(...)` lines."""
     lines, expected = code.splitlines(), []
