@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install test test-fast lint common-tests demo demo-app bench clean
+.PHONY: install test test-fast lint common-tests docs docs-tables dist demo demo-app bench clean
 
 $(STAMP): setup.cfg pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -16,16 +16,30 @@ $(STAMP): setup.cfg pyproject.toml constraints.txt
 install: $(STAMP)
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check --no-cache src tests benchmarks examples metrics demo
-	$(VENV)/bin/ruff format --no-cache --check src tests benchmarks examples metrics demo
+	$(VENV)/bin/ruff check --no-cache src tests benchmarks examples metrics demo tools
+	$(VENV)/bin/ruff format --no-cache --check src tests benchmarks examples metrics demo tools
 
 # Transformers' common test suites (its wheel has none): the installed release's source archive from PyPI, kept in
 # .cache/ (downloaded once; tests/transformers_common/__init__.py tells how they are loaded).
 common-tests: $(STAMP)
 	$(PY) tests/transformers_common/fetch_common_tests.py
 
+# The docs site (mkdocs.yml), built strictly: a broken link, a missing page or API reference fails. It builds
+# offline (no web fonts or assets); the site goes to .cache/site.
+docs: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --quiet --site-dir .cache/site
+
+# The docs' measured tables, rendered from their results files in docs/results/ (tools/docs_tables.py; the tests
+# fail when a table differs from its rendering).
+docs-tables:
+	$(PYTHON) tools/docs_tables.py
+
+# The sdist and the wheel users install, in dist/.
+dist: $(STAMP)
+	$(PY) -m build --outdir dist .
+
 # SEPS_REQUIRE_COMMON_TESTS=1: tests/test_transformers_common.py fails (instead of skipping) without those suites.
-test: lint common-tests
+test: lint common-tests docs
 	SEPS_REQUIRE_COMMON_TESTS=1 $(PY) -m pytest -q -n 2
 
 # The inner loop: everything but the tests marked slow (subprocesses, several processes, the notebook).

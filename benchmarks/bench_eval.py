@@ -12,8 +12,11 @@ Part 2: per-query time of exhaustive scoring against the two-stage search (mean-
 SEPS re-ranking of `--shortlist` images) as the gallery grows.
 
 With `--dtype bfloat16` the scoring runs `similarity(dtype=torch.bfloat16)` (the reference loop in float32).
+`--results_file docs/results/NAME.json` also writes the tables "main" (part 1) and "scaling" (part 2) for the docs
+(`benchmarks/results.py`).
 
     .venv/bin/python benchmarks/bench_eval.py [--images 1000 --captions 5000] [--skip_scaling] [--dtype bfloat16]
+        [--results_file docs/results/full_evaluation.json]
 """
 
 import argparse
@@ -27,6 +30,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from bench_similarity import DTYPES, build_model, random_captions
+from results import Column, Recorder, Table, add_results_argument
 
 from transformers_seps.retrieval import shortlist_and_rerank
 from transformers_seps.train.allocator import reuse_freed_cpu_memory
@@ -109,6 +113,22 @@ def scaling(args: argparse.Namespace) -> list[dict]:
     return rows
 
 
+MAIN_COLUMNS = [
+    Column("variant"),
+    Column("seconds", "time (s)", "{:,.0f}"),
+    Column("pairs_per_second", "pairs/s", "{:,.0f}"),
+    Column("peak_memory_gb", "peak memory (GB)", "{:.2f}"),
+    Column("reference_minutes", "reference loop, extrapolated (min)", "{:.1f}"),
+    Column("speedup", "speed-up", "{:.1f}x"),
+    Column("max_abs_difference", "max abs diff", "{:.1e}"),
+]
+SCALING_COLUMNS = [
+    Column("gallery", "gallery images"),
+    Column("exhaustive_ms_per_query", "exhaustive (ms per query)", "{:.0f}"),
+    Column("two_stage_ms_per_query", "two-stage (ms per query)", "{:.0f}"),
+]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--images", type=int, default=1000)
@@ -123,34 +143,29 @@ def main() -> None:
     parser.add_argument("--skip_scaling", action="store_true")
     parser.add_argument("--dtype", choices=DTYPES, default="float32", help="scoring dtype of part 1")
     parser.add_argument("--variant", help=argparse.SUPPRESS)  # internal: measure one variant and print JSON
+    add_results_argument(parser)
     args = parser.parse_args()
     if args.variant:
         print(json.dumps(measure_variant(args.variant, args)))
         return
+    recorder = Recorder(args.results_file)
 
     print(
         f"torch {torch.__version__}, {torch.get_num_threads()} threads, {args.dtype}; {args.images} images x "
         f"{args.captions} captions of 8-{args.caption_tokens} tokens, dense captions on (honest pairing); reference "
         f"loop on {args.reference_captions} captions"
     )
-    print("| variant | time | pairs/s | peak memory | reference loop (extrapolated) | speed-up | max abs diff |")
-    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
+    results = []
     for variant in ("official", "paper"):
         command = [sys.executable, __file__, *sys.argv[1:], "--variant", variant]
-        result = json.loads(subprocess.run(command, capture_output=True, text=True, check=True).stdout)
-        print(
-            f"| {variant} | {result['seconds'] / 60:.1f} min | {result['pairs_per_second']:,.0f} | "
-            f"{result['peak_memory_gb']:.2f} GB | {result['reference_minutes']:.1f} min | "
-            f"{result['speedup']:.1f}x | {result['max_abs_difference']:.1e} |",
-            flush=True,
-        )
-    if args.skip_scaling:
-        return
-    print(f"\nper-query cost, paper variant, {args.queries} queries, shortlist {args.shortlist}")
-    print("| gallery images | exhaustive ms/query | two-stage ms/query |")
-    print("| ---: | ---: | ---: |")
-    for row in scaling(args):
-        print(f"| {row['gallery']} | {row['exhaustive_ms_per_query']:.0f} | {row['two_stage_ms_per_query']:.0f} |")
+        results.append(json.loads(subprocess.run(command, capture_output=True, text=True, check=True).stdout))
+    tables = {"main": Table(MAIN_COLUMNS, results)}
+    print(tables["main"].markdown())
+    if not args.skip_scaling:
+        print(f"\nper-query cost, paper variant, {args.queries} queries, shortlist {args.shortlist}")
+        tables["scaling"] = Table(SCALING_COLUMNS, scaling(args))
+        print(tables["scaling"].markdown())
+    recorder.write(tables)
 
 
 if __name__ == "__main__":

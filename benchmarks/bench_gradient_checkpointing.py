@@ -5,9 +5,11 @@ with dense captions, embed 512, a paired batch of `--batch_size` images, caption
 dense captions of `--dense_length` tokens; forward, backward and an AdamW step. Each mode runs in a fresh process;
 a peak is the resident set's high-water mark (Linux: reset through /proc/self/clear_refs before the step) above
 the resident set before the step: through the backward pass (activations and gradients), and over the whole step
-(plus AdamW's state, created by its first step). The weights are not counted.
+(plus AdamW's state, created by its first step). The weights are not counted. `--results_file
+docs/results/NAME.json` also writes the table for the docs (`benchmarks/results.py`).
 
     .venv/bin/python benchmarks/bench_gradient_checkpointing.py [--batch_size 8] [--tiny]
+        [--results_file docs/results/gradient_checkpointing.json]
 """
 
 import argparse
@@ -18,6 +20,7 @@ import time
 from pathlib import Path
 
 import torch
+from results import Column, Recorder, Table, add_results_argument
 from transformers import BertConfig, ViTConfig
 
 from transformers_seps import SepsConfig, SepsModel
@@ -78,20 +81,28 @@ def main() -> None:
     parser.add_argument("--dense_length", type=int, default=128)
     parser.add_argument("--tiny", action="store_true", help="tiny backbones instead of ViT-B + BERT-base")
     parser.add_argument("--mode", choices=MODES, help=argparse.SUPPRESS)  # one measurement, in a child process
+    add_results_argument(parser)
     args = parser.parse_args()
     sizes = (args.batch_size, args.caption_length, args.dense_length, args.tiny)
     if args.mode:
         print(json.dumps(run_step(args.mode, *sizes)))
         return
-    print("| gradient checkpointing | peak through backward (MiB) | peak of the step (MiB) | step time (s) | loss |")
-    print("| --- | ---: | ---: | ---: | ---: |")
+    recorder = Recorder(args.results_file)
+    table = Table(
+        [
+            Column("mode", "gradient checkpointing"),
+            Column("backward_peak_mib", "peak through backward (MiB)", "{:.0f}"),
+            Column("peak_mib", "peak of the step (MiB)", "{:.0f}"),
+            Column("seconds", "step time (s)", "{:.1f}"),
+            Column("loss", "loss", "{:.6f}"),
+        ]
+    )
     for mode in MODES:
         command = [sys.executable, __file__, *sys.argv[1:], "--mode", mode]
         result = json.loads(subprocess.run(command, check=True, capture_output=True, text=True).stdout)
-        print(
-            f"| {mode} | {result['backward_peak_mib']:.0f} | {result['peak_mib']:.0f} | {result['seconds']:.1f} "
-            f"| {result['loss']:.6f} |"
-        )
+        table.rows.append({"mode": mode, **result})
+    print(table.markdown())
+    recorder.write({"main": table})
 
 
 if __name__ == "__main__":

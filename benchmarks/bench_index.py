@@ -5,8 +5,11 @@ Random features (197 x 512 tokens per image, paper variant, random weights; no d
 `--dense_tokens`), written as `SepsRetriever.save` writes them (`transformers_seps.index`), then opened as
 `SepsRetriever.load` opens them. Queries are random 16-token captions. Also prints how far float16 storage moves
 SEPS scores from float32. Each gallery size is built, measured and deleted in turn (10k images: 2 GB in float16).
+`--results_file docs/results/NAME.json` also writes the tables "main" and "float16" for the docs
+(`benchmarks/results.py`).
 
-    .venv/bin/python benchmarks/bench_index.py --sizes 10000 30000 --output_dir /tmp/bench-index
+    .venv/bin/python benchmarks/bench_index.py --sizes 10000 30000 --output_dir /tmp/bench-index \
+        [--results_file docs/results/index.json]
 """
 
 import argparse
@@ -19,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from bench_similarity import build_model
+from results import Column, Recorder, Table, add_results_argument
 
 from transformers_seps.index import STORAGE_DTYPES, StoredGallery, finalize_index, model_signature, write_shard
 from transformers_seps.retrieval import global_image_embeds, rerank_shortlists
@@ -118,7 +122,9 @@ def main() -> None:
     parser.add_argument("--dtype", choices=tuple(STORAGE_DTYPES), default="float16")
     parser.add_argument("--first_stage", choices=("exact", "hnsw"), default="exact")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    add_results_argument(parser)
     args = parser.parse_args()
+    recorder = Recorder(args.results_file)
     if args.threads:
         torch.set_num_threads(args.threads)
 
@@ -126,18 +132,27 @@ def main() -> None:
     torch.set_grad_enabled(False)
     model = build_model("paper", 512)
     error, same_top10 = float16_error(model, args)
-    print(
-        f"float16 storage against float32: max abs score difference {error:.1e}, same top-10 for "
-        f"{100 * same_top10:.0f}% of captions"
+    float16 = Table(
+        [
+            Column("max_abs_difference", "max abs score difference", "{:.1e}"),
+            Column("same_top10", "captions with the same top-10 images (%)", "{:.0f}"),
+        ],
+        [{"max_abs_difference": error, "same_top10": 100 * same_top10}],
     )
+    print(f"float16 storage against float32 (200 images x 20 captions):\n{float16.markdown()}\n")
     print(
         f"{args.dtype} tokens, {args.first_stage} first stage, dense tokens {args.dense_tokens}, "
         f"{torch.get_num_threads()} threads, {args.queries} queries"
     )
-    header = "| images | disk per image | memory per image | build | "
-    header += " | ".join(f"shortlist {k} p50 / p95 (ms)" for k in args.shortlist_sizes) + " |"
-    print(header)
-    print("| ---: " * (4 + len(args.shortlist_sizes)) + "|")
+    latency_keys = {size: f"shortlist_{size}" for size in args.shortlist_sizes}
+    columns = [
+        Column("images", "images", "{:,}"),
+        Column("disk_kb", "disk per image (KB)", "{:.0f}"),
+        Column("memory_kb", "memory per image (KB)", "{:.1f}"),
+        Column("build_seconds", "build (s)", "{:.0f}"),
+        *(Column(key, f"shortlist {size} p50 / p95 (ms)") for size, key in latency_keys.items()),
+    ]
+    table = Table(columns)
     for num_images in args.sizes:
         directory = Path(args.output_dir) / f"index-{num_images}"
         shutil.rmtree(directory, ignore_errors=True)
@@ -148,20 +163,23 @@ def main() -> None:
             with multiprocessing.get_context("spawn").Pool(1) as pool:
                 memory = pool.apply(loaded_index_megabytes, (directory,))
             gallery = StoredGallery(directory, model)
-            latencies = []
-            for size in args.shortlist_sizes:
+            row = {
+                "images": num_images,
+                "disk_kb": disk / num_images / 1024,
+                "memory_kb": memory * 1024 / num_images,
+                "build_seconds": seconds,
+            }
+            for size, key in latency_keys.items():
                 times = 1000 * query_latencies(model, gallery, size, args)
-                latencies.append(f"{np.percentile(times, 50):.0f} / {np.percentile(times, 95):.0f}")
-            print(
-                f"| {num_images:,} | {disk / num_images / 1024:.0f} KB | {memory * 1024 / num_images:.1f} KB | "
-                f"{seconds:.0f} s | " + " | ".join(latencies) + " |",
-                flush=True,
-            )
+                row[key] = f"{np.percentile(times, 50):.0f} / {np.percentile(times, 95):.0f}"
+            table.rows.append(row)
             del gallery
         finally:
             shutil.rmtree(directory, ignore_errors=True)
+    print(table.markdown())
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(f"peak resident memory of the process: {peak:.0f} MB")
+    recorder.write({"main": table, "float16": float16})
 
 
 if __name__ == "__main__":

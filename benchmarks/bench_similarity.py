@@ -15,13 +15,15 @@ median over the rounds. Rows:
 bfloat16 path's error. `--profile` prints where `similarity` spends its time on the caption branch.
 `--floor` prints how far `similarity` is from this machine's floor on the official caption branch: the
 multiply-adds per pair of its operations (counted from the shapes) at the fp32 GEMM rate measured here on the
-patch-word product's shape; the rest of the time goes to gathers and element-wise passes (README, Speed).
+patch-word product's shape; the rest of the time goes to gathers and element-wise passes (docs/speed.md).
 `--chunk_sizes A B ... [--thread_counts 1 2]` instead times `similarity` on the official caption branch for each
-block size and thread count, in alternating rounds (the knobs of the README's Speed section), and exits.
+block size and thread count, in alternating rounds (the knobs of docs/speed.md), and exits.
+`--results_file docs/results/NAME.json` also writes the tables (`benchmarks/results.py`): "main", "dense" and,
+with `--floor`, "floor" and "floor_rate"; with `--chunk_sizes`, "main" is the knob table.
 
     .venv/bin/python benchmarks/bench_similarity.py [--images 128 --captions 64 --reference_captions 16]
         [--rounds 5] [--threads 2] [--dtype bfloat16] [--profile] [--floor]
-        [--chunk_sizes 64 256 1024 --thread_counts 1 2]
+        [--chunk_sizes 64 256 1024 --thread_counts 1 2] [--results_file docs/results/similarity_speed.json]
 """
 
 import argparse
@@ -38,6 +40,7 @@ from transformers_seps.train.allocator import reuse_freed_cpu_memory
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from reference_seps import official_caption_loop, reference_similarity  # noqa: E402
+from results import Column, Recorder, Table, add_results_argument  # noqa: E402
 
 DTYPES = ("float32", "bfloat16")
 
@@ -92,7 +95,7 @@ def profile_table(function, rows: int = 12) -> str:
     return recorded.key_averages(group_by_input_shape=True).table(sort_by="self_cpu_time_total", row_limit=rows)
 
 
-def knob_table(images: torch.Tensor, texts: torch.Tensor, text_mask: torch.Tensor, args: argparse.Namespace) -> None:
+def knob_table(images: torch.Tensor, texts: torch.Tensor, text_mask: torch.Tensor, args: argparse.Namespace) -> Table:
     """Pairs/s of `similarity` on the official caption branch for each block size and thread count."""
     model = build_model("official", args.embed_dim)
     settings = [
@@ -106,10 +109,13 @@ def knob_table(images: torch.Tensor, texts: torch.Tensor, text_mask: torch.Tenso
     with torch.no_grad():
         timed(args.chunk_sizes[0], torch.get_num_threads())  # warm-up
         _, median = interleaved({setting: lambda setting=setting: timed(*setting) for setting in settings}, args.rounds)
-    print("| chunk_size | threads | pairs/s |")
-    print("| ---: | ---: | ---: |")
-    for chunk, threads in settings:
-        print(f"| {chunk} | {threads} | {images.shape[0] * texts.shape[0] / median[chunk, threads]:,.0f} |")
+    columns = [Column("chunk_size"), Column("threads"), Column("pairs_per_second", "pairs/s", "{:,.0f}")]
+    pairs = images.shape[0] * texts.shape[0]
+    rows = [
+        {"chunk_size": chunk, "threads": threads, "pairs_per_second": pairs / median[chunk, threads]}
+        for chunk, threads in settings
+    ]
+    return Table(columns, rows)
 
 
 def multiply_adds_per_pair(config: SepsConfig, words: float) -> dict[str, float]:
@@ -135,35 +141,55 @@ def gemm_rate(rows: int, dim: int, columns: int, rounds: int) -> float:
     return rows * dim * columns / statistics.median(times)
 
 
-def floor_report(config: SepsConfig, words: float, measured_pairs_per_second: float, rounds: int) -> None:
+def floor_tables(config: SepsConfig, words: float, measured_pairs_per_second: float, rounds: int) -> dict[str, Table]:
     """What the official caption branch's multiply-adds would cost at the GEMM rate of this machine, and the
-    share of that floor `similarity` reaches."""
+    share of that floor `similarity` reaches: the multiply-adds by step ("floor") and the rates ("floor_rate")."""
     counts = multiply_adds_per_pair(config, words)
     total = sum(counts.values())
     # The patch-word product of a block of 8 images x 64 captions, the largest GEMM of the scoring.
     rate = gemm_rate(8 * config.num_patches, config.embed_dim, round(64 * words), rounds)
     floor = rate / total
-    threads = torch.get_num_threads()
-    print(f"\nfloor, official caption branch (torch threads: {threads}, {words:.1f} words per caption):")
-    print("| step | multiply-adds per pair |")
-    print("| --- | ---: |")
-    for step, count in counts.items():
-        print(f"| {step} | {count / 1e6:.3f} M |")
-    print(f"| total | {total / 1e6:.3f} M |")
-    print(
-        f"GEMM rate {rate / 1e9:.1f} G multiply-adds/s -> floor {floor:,.0f} pairs/s; similarity "
-        f"{measured_pairs_per_second:,.0f} pairs/s = {100 * measured_pairs_per_second / floor:.0f}% of it"
-    )
+    steps = [{"step": step, "multiply_adds": count / 1e6} for step, count in [*counts.items(), ("total", total)]]
+    step_columns = [Column("step"), Column("multiply_adds", "multiply-adds per pair (M)", "{:.3f}")]
+    rate_columns = [
+        Column("threads", "torch threads"),
+        Column("words", "words per caption", "{:.1f}"),
+        Column("gemm_rate", "GEMM rate (G multiply-adds/s)", "{:.1f}"),
+        Column("floor", "floor (pairs/s)", "{:,.0f}"),
+        Column("similarity", "similarity (pairs/s)", "{:,.0f}"),
+        Column("share", "share of the floor (%)", "{:.0f}"),
+    ]
+    rates = {
+        "threads": torch.get_num_threads(),
+        "words": words,
+        "gemm_rate": rate / 1e9,
+        "floor": floor,
+        "similarity": measured_pairs_per_second,
+        "share": 100 * measured_pairs_per_second / floor,
+    }
+    return {"floor": Table(step_columns, steps), "floor_rate": Table(rate_columns, [rates])}
 
 
-def ratio_row(
-    label: str, loop_note: str, results: dict, median: dict, pairs: int, reference_pairs: int, subset: slice
-) -> str:
+def ratio_row(label: str, results: dict, median: dict, pairs: int, reference_pairs: int, subset: slice) -> dict:
     """A table row: `similarity`'s pairs/s ("ours") against the loop's ("loop"), the ratio, and the largest score
     difference on the captions both scored."""
     fast, slow = pairs / median["ours"], reference_pairs / median["loop"]
     difference = (results["ours"][:, subset] - results["loop"]).abs().max().item()
-    return f"| {label} | {fast:,.0f} pairs/s | {slow:,.0f} pairs/s{loop_note} | {fast / slow:.1f}x | {difference:.1e} |"
+    return {"scoring": label, "similarity": fast, "loop": slow, "speedup": fast / slow, "max_abs_diff": difference}
+
+
+MAIN_COLUMNS = [
+    Column("scoring"),
+    Column("similarity", "similarity (pairs/s)", "{:,.0f}"),
+    Column("loop", "authors-shaped loop (pairs/s)", "{:,.0f}"),
+    Column("speedup", "speed-up", "{:.1f}x"),
+    Column("max_abs_diff", "max abs diff", "{:.1e}"),
+]
+DENSE_COLUMNS = [
+    Column("scoring"),
+    Column("similarity_ms_per_image", "similarity, once per image (ms per image)", "{:.2f}"),
+    Column("loop", "authors-shaped loop, every pair (pairs/s)", "{:,.0f}"),
+]
 
 
 def main() -> None:
@@ -183,7 +209,9 @@ def main() -> None:
     parser.add_argument("--floor", action="store_true", help="share of this machine's floor (official, caption)")
     parser.add_argument("--chunk_sizes", type=int, nargs="+", help="time these block sizes instead (knobs)")
     parser.add_argument("--thread_counts", type=int, nargs="+", help="with --chunk_sizes: these thread counts")
+    add_results_argument(parser)
     args = parser.parse_args()
+    recorder = Recorder(args.results_file)
     dtype = getattr(torch, args.dtype)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -201,7 +229,9 @@ def main() -> None:
             f"torch {torch.__version__}; {args.images} images x {args.captions} captions of "
             f"{args.min_caption_tokens}-{args.caption_tokens} tokens, {args.rounds} alternating rounds, median"
         )
-        knob_table(images, texts, text_mask, args)
+        knobs = knob_table(images, texts, text_mask, args)
+        print(knobs.markdown())
+        recorder.write({"main": knobs})
         return
     subset = slice(0, args.reference_captions)
     reference_pairs, pairs = args.images * args.reference_captions, args.images * args.captions
@@ -211,8 +241,8 @@ def main() -> None:
         f"{args.captions} captions of {args.min_caption_tokens}-{args.caption_tokens} tokens (loop: "
         f"{args.reference_captions} captions), {args.rounds} alternating rounds, median"
     )
-    print("| scoring | similarity | authors-shaped loop | speed-up | max abs diff |")
-    print("| --- | ---: | ---: | ---: | ---: |")
+    tables = {"main": Table(MAIN_COLUMNS), "dense": Table(DENSE_COLUMNS)}
+    profiles = []
     for variant in ("official", "paper"):
         model = build_model(variant, args.embed_dim)
         with torch.no_grad():
@@ -226,12 +256,11 @@ def main() -> None:
                 },
                 args.rounds,
             )
-            print(
-                ratio_row(f"{variant} caption branch", "", results, median, pairs, reference_pairs, subset), flush=True
-            )
+            caption_row = ratio_row(f"{variant} caption branch", results, median, pairs, reference_pairs, subset)
+            tables["main"].rows.append(caption_row)
             if variant == "official" and args.floor:
                 words = text_mask.sum(dim=1).float().mean().item()
-                floor_report(model.config, words, pairs / median["ours"], args.rounds)
+                tables.update(floor_tables(model.config, words, caption_row["similarity"], args.rounds))
             if variant == "official":
                 dense_captions = [d[m.bool()] for d, m in zip(dense[subset], dense_mask[subset], strict=True)]
                 with_dense = lambda model=model: model.similarity(  # noqa: E731
@@ -250,10 +279,12 @@ def main() -> None:
                     args.rounds,
                 )
                 per_image = max(median["with dense"] - median["without"], 0) / args.images
-                print(
-                    f"| official dense branch | {1e3 * per_image:.2f} ms per image | "
-                    f"{reference_pairs / median['leaky loop']:,.0f} pairs/s (per pair) | | |",
-                    flush=True,
+                tables["dense"].rows.append(
+                    {
+                        "scoring": "official dense branch",
+                        "similarity_ms_per_image": 1e3 * per_image,
+                        "loop": reference_pairs / median["leaky loop"],
+                    }
                 )
             else:
                 results, median = interleaved(
@@ -267,13 +298,15 @@ def main() -> None:
                     },
                     args.rounds,
                 )
-                row = ratio_row(
-                    "paper with dense captions", " (our loop)", results, median, pairs, reference_pairs, subset
-                )
-                print(row, flush=True)
+                row = ratio_row("paper with dense captions", results, median, pairs, reference_pairs, subset)
+                tables["main"].rows.append(row)
             if args.profile:
-                print(f"\nprofile of similarity(), {variant} caption branch:")
-                print(profile_table(lambda model=model: model.similarity(images, texts, text_mask, dtype=dtype)))
+                table = profile_table(lambda model=model: model.similarity(images, texts, text_mask, dtype=dtype))
+                profiles.append(f"\nprofile of similarity(), {variant} caption branch:\n{table}")
+    for name, table in tables.items():
+        print(f"\n{name}:\n{table.markdown()}")
+    print(*profiles, sep="\n")
+    recorder.write(tables, notes="The paper variant has no authors' code: its loop is ours.")
 
 
 if __name__ == "__main__":

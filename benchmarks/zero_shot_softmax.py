@@ -4,14 +4,17 @@ calibrating its logit scale.
 For each test image of a split in the authors' layout, the pipeline picks among three candidate captions: the
 image's first caption (the right one) and the first captions of the next two images. Printed: the mean
 probability of the right caption and the top-1 accuracy, with `logit_scale` 1.0 (the raw scores S, as before
-calibration) and with the model's own (fit on dev by the training runner).
+calibration) and with the model's own (fit on dev by the training runner). `--results_file
+docs/results/NAME.json` also writes the table for the docs (`benchmarks/results.py`).
 
-    python benchmarks/zero_shot_softmax.py --model runs/demo/best --data_root data/synthetic
+    python benchmarks/zero_shot_softmax.py --model runs/demo/best --data_root data/synthetic \
+        [--results_file docs/results/zero_shot_softmax.json]
 """
 
 import argparse
 import copy
 
+from results import Column, Recorder, Table, add_results_argument
 from transformers import pipeline
 
 from transformers_seps import SepsModel, SepsProcessor
@@ -52,7 +55,9 @@ def main() -> None:
     parser.add_argument("--dataset", default="synthetic")
     parser.add_argument("--split", default="test")
     parser.add_argument("--max_images", type=int, default=200)
+    add_results_argument(parser)
     args = parser.parse_args()
+    recorder = Recorder(args.results_file)
 
     split = load_retrieval_split(args.data_root, args.dataset, args.split, dense_captions="ignore")
     num_images = min(args.max_images, split.num_images)
@@ -66,11 +71,18 @@ def main() -> None:
     uncalibrated.config.logit_scale = 1.0
 
     print(f"{num_images} images of {args.dataset}/{args.split}, {CANDIDATES} candidate captions each")
-    print("| logit_scale | mean p(right caption) | top-1 accuracy (%) |")
-    print("| --- | --- | --- |")
+    table = Table(
+        [
+            Column("logit_scale", "logit_scale"),
+            Column("probability", "mean p(right caption)", "{:.3f}"),
+            Column("accuracy", "top-1 accuracy (%)", "{:.1f}"),
+        ]
+    )
     for name, scaled in (("1.0 (raw S)", uncalibrated), (f"{model.config.logit_scale:.2f} (fit on dev)", model)):
         probability, accuracy = zero_shot(scaled, processor, images, captions)
-        print(f"| {name} | {probability:.3f} | {accuracy:.1f} |")
+        table.rows.append({"logit_scale": name, "probability": probability, "accuracy": accuracy})
+    print(table.markdown())
+    recorder.write({"main": table}, notes=f"{num_images} test images, {CANDIDATES} candidate captions each.")
 
 
 if __name__ == "__main__":

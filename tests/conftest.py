@@ -81,7 +81,10 @@ def random_captions(num: int, max_len: int, seed: int, min_len: int = 3) -> tupl
 
 
 def load_script(path: Path, module_name: str):
-    """A script of the repository (a benchmark, the demo app: not part of the package) imported as a module."""
+    """A script of the repository (a benchmark, the demo app: not part of the package) imported as a module, with
+    its folder on `sys.path` as when it runs (a benchmark imports `benchmarks/results.py`)."""
+    if str(path.parent) not in sys.path:
+        sys.path.append(str(path.parent))
     spec = importlib.util.spec_from_file_location(module_name, path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)

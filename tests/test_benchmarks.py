@@ -1,4 +1,5 @@
-"""The benchmark scripts run, at toy sizes (their numbers are printed, not asserted: see the README)."""
+"""The benchmark scripts run, at toy sizes (their numbers are printed, not asserted: the docs quote them from their
+results files)."""
 
 import json
 import os
@@ -116,3 +117,26 @@ def test_bench_training_times_the_run_with_and_without_cached_tokens(tmp_path):
     report = json.loads(results.read_text())
     for name in ("encoded", "cached"):
         assert report[name]["steps_per_second"] > 0 and report[name]["epoch_seconds"] > 0
+
+
+def test_bench_demo_trains_each_run_and_records_its_test_recall(tmp_path):
+    results = tmp_path / "demo.json"
+    tiny = [
+        "--synthetic_num_train", "24", "--synthetic_num_dev", "6", "--synthetic_num_test", "6",
+        "--synthetic_image_size", "32", "--vision_model", "vit-scratch", "--image_size", "32", "--embed_dim", "16",
+        "--per_device_train_batch_size", "8", "--num_train_epochs", "1", "--generate_synthetic",
+    ]  # fmt: skip
+    output = run_benchmark(
+        "bench_demo.py", "--seeds", "3", "--run", "tiny official=--variant official", "--data_root",
+        str(tmp_path / "data"), "--output_root", str(tmp_path / "runs"), "--results_file", str(results), "--", *tiny,
+    )  # fmt: skip
+    rows = table_rows(output)
+    record = json.loads(results.read_text())
+    (row,) = record["tables"]["main"]["rows"]
+    run = tmp_path / "runs" / "0-seed3"
+    arguments = json.loads((run / "seps_run.json").read_text())["arguments"]
+    assert (arguments["seed"], arguments["variant"]) == (3, "official")
+    eval_results = json.loads((run / "eval_results.json").read_text())
+    assert row["run"] == "tiny official" and row["rsum"] == [eval_results["rsum"]]  # one value per seed
+    assert rows["tiny official"][6] == f"{eval_results['rsum']:.1f}"
+    assert record["notes"] == "Mean ± standard deviation over the seeds 3."

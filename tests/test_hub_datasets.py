@@ -251,7 +251,7 @@ def test_evaluation_equals_the_authors_folder_evaluation(f30k_folder, tmp_path: 
 
     assert from_hub == from_folder
     assert from_folder["rsum"] > 0  # a real evaluation, not two empty reports
-    assert "f30k/test, dense pairing: image" in capsys.readouterr().out
+    assert "f30k/test, score S + 0 * G, dense pairing: image" in capsys.readouterr().out  # first_stage_weight 0
 
 
 def test_runner_flags_are_checked_before_any_work(f30k_folder, tmp_path: Path):

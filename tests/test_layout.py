@@ -1,6 +1,6 @@
-"""The package layout by role (README, "Layout"): the model library at the top of `transformers_seps`, the runners
-under `transformers_seps.train`, the publishing tools under `transformers_seps.tools`; no import cycles, and a
-light `import transformers_seps`."""
+"""The package layout by role (docs/conformance.md, "Layout"): the model library at the top of
+`transformers_seps`, the runners under `transformers_seps.train`, the publishing tools under
+`transformers_seps.tools`; no import cycles, and a light `import transformers_seps`."""
 
 import ast
 import json

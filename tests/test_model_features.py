@@ -185,7 +185,7 @@ def test_input_embeddings_are_the_text_backbones_and_resize():
 def test_similarity_compiles_with_inductor_on_cpu():
     """`torch.compile` of `similarity` with the default (inductor) backend on CPU, as on CUDA: same scores (the
     input checks and the block loop are graph breaks, the scoring blocks are compiled). The official variant only:
-    the paper variant compiles too, in about twice the time (README, Tests)."""
+    the paper variant compiles too, in about twice the time."""
     model = tiny_model("official")
     ids, mask = random_captions(5, 7, seed=9)
     dense_ids, dense_mask = random_captions(3, 10, seed=10)

@@ -1,4 +1,4 @@
-"""Every Python snippet of README.md runs as printed (issue 24), extracted from the README by this test.
+"""Every Python snippet of README.md and of the docs pages runs as printed, extracted from the page by this test.
 
 The snippets are read as a reader runs them, in order: a snippet that defines every name it uses starts a fresh
 Python process (as a new session would: the pipelines snippet imports Transformers before this package), and a
@@ -26,7 +26,10 @@ import torch
 from conftest import place_in_hub_cache, tiny_bert_config, tiny_model_with_processor, tiny_vit_config
 from transformers import BertModel, ViTModel
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+ROOT = Path(__file__).resolve().parents[1]
+README = ROOT / "README.md"
+# The pages whose snippets run: the README and every docs page with a Python snippet.
+DOCUMENTS = [README, *(page for page in sorted((ROOT / "docs").glob("*.md")) if "```python" in page.read_text())]
 NOT_RUN = re.compile(r"<!-- tests/test_readme.py does not run the next snippet: (?P<reason>.+?) -->")
 FENCE = re.compile(r"^(?P<indent> *)```python\n(?P<code>.*?)^(?P=indent)```", re.S | re.M)
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
@@ -91,14 +94,17 @@ for line, code in json.load(open(sys.argv[1])):
 
 def test_the_snippets_are_found_and_grouped_as_a_reader_runs_them():
     snippets = readme_snippets(README.read_text())
-    assert len(snippets) >= 7
+    assert len(snippets) >= 4
     first = snippets[0]
     assert 'SepsModel.from_pretrained("runs/demo/best")' in first.code and not free_names(first.code)
     assert free_names("from a import b\nc = [x for x in b]\nprint(c, d)") == {"d"}
-    not_run = [snippet for snippet in snippets if snippet.not_run]
-    assert [snippet.not_run for snippet in not_run] == ["it needs timm and a timm checkpoint from the Hub"]
+    assert not [snippet for snippet in snippets if snippet.not_run]  # the README's snippets all run
+    every = [snippet for page in DOCUMENTS for snippet in readme_snippets(page.read_text())]
+    not_run = [snippet.not_run for snippet in every if snippet.not_run]
+    assert not_run == ["it needs timm and a timm checkpoint from the Hub"]  # docs/backbones.md
+    assert {page.name for page in DOCUMENTS} >= {"README.md", "retrieval.md", "pipelines.md", "backbones.md"}
     groups = sessions(snippets)
-    assert [len(group) for group in groups][0] >= 4  # the first session goes on through the gallery snippets
+    assert [len(group) for group in groups][0] >= 3  # the first session goes on through the gallery snippets
     pipelines = next(group for group in groups if "zero-shot-image-classification" in group[0].code)
     assert pipelines[0].code.startswith("from transformers import pipeline\nimport transformers_seps.pipelines")
 
@@ -124,16 +130,58 @@ def demo_workdir(tmp_path_factory, tiny_synthetic) -> Path:
     return root
 
 
+LINK = re.compile(r"\]\((?P<target>[^)\s]+)\)")
+
+
+def heading_anchors(page: Path) -> set[str]:
+    """The anchors of a page's headings, as GitHub and MkDocs make them."""
+    headings = re.findall(r"^#+ (.+)$", page.read_text(), re.M)
+    return {re.sub(r"[^\w\- ]", "", heading.lower()).strip().replace(" ", "-") for heading in headings}
+
+
+def test_the_readmes_links_lead_to_files_and_headings_that_exist():
+    for target in LINK.findall(README.read_text()):
+        if target.startswith(("http://", "https://")):
+            continue
+        path, _, anchor = target.partition("#")
+        page = ROOT / path if path else README
+        assert page.exists(), f"README.md links to {target}: no such file"
+        if anchor:
+            assert anchor in heading_anchors(page), f"README.md links to {target}: no such heading"
+
+
+def printed_results(code: str) -> list[str]:
+    """What a snippet says it prints: the comment lines right after each of its `print(...)` lines."""
+    lines, expected = code.splitlines(), []
+    for number, line in enumerate(lines):
+        if line.startswith("print("):
+            for comment in lines[number + 1 :]:
+                if not comment.startswith("# "):
+                    break
+                expected.append(comment[2:])
+    return expected
+
+
+def test_printed_results_are_read_from_the_comments_under_print():
+    assert printed_results("x = 1\nprint(x)\n# 1\ny = 2  # not printed\nprint(x, y)\n# 1 2\n") == ["1", "1 2"]
+
+
 @pytest.mark.slow
-def test_every_python_snippet_of_the_readme_runs_as_printed(demo_workdir, tmp_path):
-    env = {**os.environ, "HF_HOME": str(demo_workdir / "hf_home"), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+@pytest.mark.parametrize("page", DOCUMENTS, ids=lambda page: page.name)
+def test_every_python_snippet_runs_and_prints_what_the_page_says(page, demo_workdir, tmp_path):
+    workdir = tmp_path / "work"
+    shutil.copytree(demo_workdir, workdir)
+    env = {**os.environ, "HF_HOME": str(workdir / "hf_home"), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
     env.pop("HF_HUB_CACHE", None)
-    for index, group in enumerate(sessions(readme_snippets(README.read_text()))):
+    for index, group in enumerate(sessions(readme_snippets(page.read_text()))):
         snippets = tmp_path / f"session-{index}.json"
         snippets.write_text(json.dumps([(snippet.line, snippet.code) for snippet in group]))
         command = [sys.executable, "-c", RUNNER, str(snippets)]
-        result = subprocess.run(command, cwd=demo_workdir, env=env, capture_output=True, text=True, timeout=600)
-        assert result.returncode == 0, f"session {index}: {result.stderr[-3000:]}"
+        result = subprocess.run(command, cwd=workdir, env=env, capture_output=True, text=True, timeout=600)
+        assert result.returncode == 0, f"{page.name}, session {index}: {result.stderr[-3000:]}"
         ran = [line for line in result.stdout.splitlines() if line.startswith("ran the snippet of line ")]
         assert ran == [f"ran the snippet of line {snippet.line}" for snippet in group]
-    assert (demo_workdir / "gallery.index" / "manifest.json").is_file()  # the index snippet saved it there
+        printed = [line for line in result.stdout.splitlines() if not line.startswith("ran the snippet of line ")]
+        assert printed == [line for snippet in group for line in printed_results(snippet.code)]
+    if page == README:
+        assert (workdir / "gallery.index" / "manifest.json").is_file()  # the index snippet saved it there

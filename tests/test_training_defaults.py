@@ -8,8 +8,8 @@ from tests.conftest import tiny_swin_config
 from transformers_seps.train.arguments import MINILM, DataArguments, ModelArguments, RetrievalTrainingArguments
 from transformers_seps.train.training import _build_model, resolve_defaults, step_decay
 
-# The synthetic default run: 6000 one-caption pairs in batches of 32 per epoch (README, "Measured on the synthetic
-# benchmark").
+# The synthetic default run: 6000 one-caption pairs in batches of 32 per epoch (docs/training.md, "Measured on the
+# synthetic benchmark").
 SYNTHETIC_STEPS_PER_EPOCH = 6000 // 32
 
 
@@ -59,7 +59,7 @@ def test_the_synthetic_defaults_are_unchanged():
     assert (args.per_device_train_batch_size, args.backbone_lr_ratio) == (32, 0.1)
     assert (resolved.learning_rate, resolved.first_stage_learning_rate) == (1e-4, 1e-4)
     # No lr decay is reached within the default run (nor was one under the former decay at epochs 15 and 25): the
-    # learning rate, and so the demo's numbers, are those measured in the README.
+    # learning rate, and so the demo's numbers, are those measured in docs/training.md.
     factor = step_decay(args.lr_decay_epochs, args.lr_decay_rate, SYNTHETIC_STEPS_PER_EPOCH)
     assert {factor(step) for step in range(resolved.num_train_epochs * SYNTHETIC_STEPS_PER_EPOCH)} == {1.0}
 

@@ -3,8 +3,8 @@
 `return_loss=True`) and `ConfigTester` for `SepsConfig`.
 
 The suites come from the source archive of the installed Transformers release (`make common-tests`, see
-`tests/transformers_common/__init__.py`); without it this module is skipped (under `make test` it fails). The
-README's Testing section lists the skips below and the counts.
+`tests/transformers_common/__init__.py`); without it this module is skipped (under `make test` it fails).
+docs/conformance.md lists the skips below.
 """
 
 import unittest
@@ -20,7 +20,6 @@ modeling_common = common.module("test_modeling_common")
 ModelTesterMixin = modeling_common.ModelTesterMixin
 ConfigTester = common.module("test_configuration_common").ConfigTester
 
-# About 1 min for both variants on a quiet 2-core machine (README, Testing).
 pytestmark = pytest.mark.slow
 
 

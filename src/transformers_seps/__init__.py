@@ -6,13 +6,16 @@ The first use of the model's names (`SepsConfig`, `SepsModel`, `SepsProcessor`, 
 classes; so does `AutoConfig`/`AutoModel`/`AutoProcessor.from_pretrained` of a saved SEPS folder, which finds
 `SepsConfig` and `SepsProcessor` by name in this package, as Transformers finds its own models (`_LAZY_AUTO_NAMES`).
 
-The runners live in `transformers_seps.train`, the publishing tools in `transformers_seps.tools`; the README's
-"Layout" section tells where each thing lives.
+The runners live in `transformers_seps.train`, the publishing tools in `transformers_seps.tools`; the docs'
+"Layout" section (docs/conformance.md) tells where each thing lives.
 """
 
 import importlib
 import sys
 from typing import Any
+
+# The release (CHANGELOG.md); setup.cfg reads it from here.
+__version__ = "0.1.0"
 
 # Names imported from their module on first access.
 _LAZY_NAMES = {

@@ -269,12 +269,12 @@ class SepsConfig(PreTrainedConfig):
         global_max_smoothing (`float`, defaults to 0.1):
             In the contrastive loss only, an image's score is the smooth maximum s * logsumexp(cosines / s) of its
             vectors' cosines (s this value; 0: the maximum, as search takes), so that more than the best vector
-            learns from each caption. It measured better than the maximum on the synthetic benchmark (README,
-            "Speed"). No effect with one image vector.
+            learns from each caption. It measured better than the maximum on the synthetic benchmark. No
+            effect with one image vector.
         global_detach_tokens (`bool`, defaults to `True`):
             The contrastive loss trains the global embedding only: it sees the SEPS tokens detached from the graph,
             so that the projections and backbones learn from the SEPS loss alone. `False` lets its gradient reach
-            them too (README, "Speed", measures both).
+            them too.
         first_stage_weight (`float`, defaults to 0.0):
             w of the fused score S + w * G that [`~SepsModel.similarity`] (and so re-ranking, `SepsRetriever`, the
             pipelines and the evaluation) ranks by, G being the first stage's score of the pair
@@ -286,7 +286,7 @@ class SepsConfig(PreTrainedConfig):
         similarity_chunk_size (`int`, *optional*):
             Image-caption pairs scored at once by `SepsModel.similarity`; bounds its memory. None (the default)
             chooses from the device (`transformers_seps.modeling_seps.default_similarity_chunk_size`): 512 on CPU,
-            the fastest measured (`benchmarks/bench_similarity.py --chunk_sizes ...`, README, Speed); on CUDA as
+            the fastest measured (`benchmarks/bench_similarity.py --chunk_sizes ...`, docs/speed.md, Knobs); on CUDA as
             many pairs as fit in half the free memory. A value set here (or `similarity(chunk_size=...)`) wins.
         initializer_range (`float`, defaults to 0.02):
             Kept for Transformers' initialisation helpers; the SEPS head uses Xavier-uniform linear layers.

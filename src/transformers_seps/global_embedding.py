@@ -27,8 +27,8 @@ class SepsGlobalEmbedding(nn.Module):
     concatenated, go through one shared projection (one group of all queries: a single vector). An image scores a
     caption by its best vector (`first_stage_scores`), as PVSE (Song and Soleymani, CVPR 2019) scores its
     multiple image embeddings: each vector can describe another object of the scene, where a single query's
-    softmax settles on a few tokens and a single vector of a crowded scene matches each object weakly (README,
-    "Speed"). Images pool all their tokens ([CLS] included), captions their real tokens.
+    softmax settles on a few tokens and a single vector of a crowded scene matches each object weakly.
+    Images pool all their tokens ([CLS] included), captions their real tokens.
     """
 
     def __init__(self, embed_dim: int, num_queries: int = 1, image_vectors: int = 1):

@@ -424,8 +424,9 @@ def kept_softmax(
     return torch.where(underflow, exact, weights / torch.where(underflow, torch.ones_like(total), total))
 
 
-# Blocks of `SepsModel.similarity` when neither its `chunk_size` nor `config.similarity_chunk_size` is set (README,
-# Speed, knobs): on CPU the fastest block measured; on CUDA as many pairs as fit in this share of the free memory.
+# Blocks of `SepsModel.similarity` when neither its `chunk_size` nor `config.similarity_chunk_size` is set
+# (docs/speed.md, Knobs): on CPU the fastest block measured; on CUDA as many pairs as fit in this share of the free
+# memory.
 CPU_CHUNK_SIZE = 512
 CUDA_MEMORY_SHARE = 0.5
 # A block holds at least this many images when it can (a block of fewer captions, sorted by length, pads less).
@@ -785,8 +786,8 @@ class SepsPreTrainedModel(PreTrainedModel):
         if global_embedding is not None:
             layer_name = next((name for name, layer in global_embedding.named_children() if layer is module), None)
         if layer_name is not None:
-            # PyTorch's default `nn.Linear` init: the first stage learned faster from it than from xavier's
-            # (README, "Speed"). Drawn from a generator seeded by the current random state and the layer's name,
+            # PyTorch's default `nn.Linear` init: the first stage learned faster from it than from xavier's.
+            # Drawn from a generator seeded by the current random state and the layer's name,
             # which leaves that state where it was (see `SepsModel.__init__`).
             if module.weight.is_meta:
                 return
@@ -1259,7 +1260,7 @@ class SepsModel(SepsPreTrainedModel):
                 N_img * N_txt * N * C.
             dtype: `torch.bfloat16` runs the two large products of the scoring (patches x words, weights x Gram
                 matrix) in bfloat16, faster where the hardware has bfloat16 matrix units (CUDA, CPUs with AMX or
-                AVX512-BF16; much slower on others) at a cost in precision (README, Speed); the selection, the
+                AVX512-BF16; much slower on others) at a cost in precision (docs/speed.md, bfloat16); the selection, the
                 softmaxes and the normalisations stay in float32. Default float32 throughout.
             first_stage_weight: w of the fused score S + w * G, G being the first stage's score of the pair
                 (`transformers_seps.global_embedding.first_stage_scores`); default `config.first_stage_weight`

@@ -4,7 +4,8 @@ PyTorch takes CPU memory from glibc's malloc. Scoring a gallery allocates and fr
 block tensors thousands of times; with glibc's defaults, in a process that also holds large tensors (the text
 side of 5000 captions), each block lands on fresh pages (mmap'd, or handed back by heap trimming) and the page
 faults cost up to a third of the scoring time. Serving allocations below `mmap_threshold` from the heap, and
-keeping up to `trim_threshold` of freed heap, removes them (measured in the README, `benchmarks/bench_eval.py`).
+keeping up to `trim_threshold` of freed heap, removes them (`benchmarks/bench_eval.py` and
+`examples/evaluate_retrieval.py` apply it).
 """
 
 import ctypes

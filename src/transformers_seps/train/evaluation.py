@@ -48,7 +48,7 @@ if TYPE_CHECKING:
 
 LEAK_WARNING = (
     "dense_pairing='query_ground_truth' reproduces the SEPS authors' evaluation: every caption carries the dense "
-    "caption of its ground-truth image, which hands the answer to the model (a label leak; see the README, Evaluate). "
+    "caption of its ground-truth image, which hands the answer to the model (a label leak; see docs/evaluation.md). "
     "Use its numbers only to measure the leak, never as retrieval results."
 )
 
