@@ -31,12 +31,23 @@ DEFAULT_RUNS = (
     "paper, no dense captions (`--use_dense_captions false`)=--use_dense_captions false",
 )
 METRICS = ("i2t_r1", "i2t_r5", "i2t_r10", "t2i_r1", "t2i_r5", "t2i_r10", "rsum")
+TIME_COLUMNS = [Column("minutes", "run time (min)", "{:.1f}"), Column("cpu_minutes", "CPU time (min)", "{:.1f}")]
 COLUMNS = [
     Column("run"),
     *(Column(key, key.replace("_r", " R@").replace("rsum", "rSum"), "{:.1f}") for key in METRICS),
+    Column("seps_rsum", "rSum, SEPS alone", "{:.1f}"),
+    Column("first_stage_rsum", "rSum, first stage alone", "{:.1f}"),
     Column("best_dev_rsum", "best dev rSum", "{:.1f}"),
-    Column("minutes", "run time (min)", "{:.1f}"),
-    Column("cpu_minutes", "CPU time (min)", "{:.1f}"),
+    *TIME_COLUMNS,
+]
+# --split dev: the dev metrics of each run's best epoch (runs trained with --eval_test false), to choose settings.
+DEV_COLUMNS = [
+    Column("run"),
+    *(Column(key, f"dev {key.replace('_r', ' R@')}", "{:.1f}") for key in ("i2t_r1", "i2t_r10", "t2i_r1", "t2i_r10")),
+    Column("rsum", "dev rSum", "{:.1f}"),
+    Column("first_stage_rsum", "dev rSum, first stage alone", "{:.1f}"),
+    Column("best_epoch", "best epoch", "{:.1f}"),
+    *TIME_COLUMNS,
 ]
 
 
@@ -53,18 +64,33 @@ def children_cpu_seconds() -> float:
 
 
 def train(output_dir: Path, seed: int, arguments: list[str], args: argparse.Namespace) -> dict:
-    """One training run: its test metrics, best dev rSum, wall and CPU minutes."""
+    """One training run: its test metrics (or with `--split dev`, the dev metrics of its best epoch and its dev rSum
+    after each epoch), wall and CPU minutes."""
+    dev = ["--eval_test", "false"] if args.split == "dev" else []
     command = [
         sys.executable, str(TRAIN), "--output_dir", str(output_dir), "--overwrite_output_dir",
-        "--data_root", args.data_root, "--seed", str(seed), *arguments, *args.extra,
+        "--data_root", args.data_root, "--seed", str(seed), *arguments, *args.extra, *dev,
     ]  # fmt: skip
     print(shlex.join(command), flush=True)
     cpu, start = children_cpu_seconds(), time.perf_counter()
     subprocess.run(command, check=True, env={**os.environ, "TQDM_DISABLE": "1"}, stdout=subprocess.DEVNULL)
-    minutes, cpu_minutes = (time.perf_counter() - start) / 60, (children_cpu_seconds() - cpu) / 60
+    times = {"minutes": (time.perf_counter() - start) / 60, "cpu_minutes": (children_cpu_seconds() - cpu) / 60}
+    if args.split == "dev":
+        history = json.loads((output_dir / "dev_history.json").read_text())
+        best = max(history, key=lambda epoch: epoch["rsum"])  # the first of equals, as the run keeps it
+        keys = [column.key for column in DEV_COLUMNS[1:-2] if column.key != "best_epoch"]
+        by_epoch = {f"epoch_{epoch['epoch']}": epoch["rsum"] for epoch in history}
+        return {**{key: best[key] for key in keys}, "best_epoch": best["epoch"], **times, **by_epoch}
     results = json.loads((output_dir / "eval_results.json").read_text())
-    return {**{key: results[key] for key in METRICS}, "best_dev_rsum": results["best_dev_rsum"], "minutes": minutes,
-            "cpu_minutes": cpu_minutes}  # fmt: skip
+    keys = [column.key for column in COLUMNS[1:-2]]
+    return {**{key: results[key] for key in keys}, **times}
+
+
+def epochs_table(rows: list[dict]) -> Table:
+    """Dev rSum after each epoch, by run (`--split dev`)."""
+    epochs = sorted({key for row in rows for key in row if key.startswith("epoch_")}, key=lambda k: int(k[6:]))
+    columns = [Column("run"), *(Column(key, f"epoch {int(key[6:]) + 1}", "{:.1f}") for key in epochs)]
+    return Table(columns, [{key: row.get(key) for key in ("run", *epochs)} for row in rows])
 
 
 def main() -> None:
@@ -73,6 +99,13 @@ def main() -> None:
     parser.add_argument("--run", type=parse_run, action="append", help="LABEL=ARGUMENTS (repeat; default: 3 runs)")
     parser.add_argument("--data_root", default="data/synthetic")
     parser.add_argument("--output_root", default="runs/bench-demo")
+    parser.add_argument(
+        "--split",
+        choices=("test", "dev"),
+        default="test",
+        help="test: the test metrics of each run; dev: the runs train with --eval_test false, and the dev metrics "
+        "of their best epoch and their dev rSum after each epoch are recorded (to choose settings on dev)",
+    )
     add_results_argument(parser)
     parser.add_argument("extra", nargs=argparse.REMAINDER, help="-- then arguments for every run")
     args = parser.parse_args()
@@ -80,14 +113,18 @@ def main() -> None:
     recorder = Recorder(args.results_file)
     runs = args.run or [parse_run(spec) for spec in DEFAULT_RUNS]
 
-    table = Table(COLUMNS)
+    rows = []
     for number, (label, arguments) in enumerate(runs):
         seeds = [train(Path(args.output_root) / f"{number}-seed{seed}", seed, arguments, args) for seed in args.seeds]
-        row = {key: [seed[key] for seed in seeds] for key in seeds[0]}
-        table.rows.append({"run": label, **row})
-    print(table.markdown())
+        rows.append({"run": label, **{key: [seed.get(key) for seed in seeds] for key in seeds[0]}})
+    columns = DEV_COLUMNS if args.split == "dev" else COLUMNS
+    tables = {"main": Table(columns, [{c.key: row[c.key] for c in columns} for row in rows])}
+    if args.split == "dev":
+        tables["epochs"] = epochs_table(rows)
+    for table in tables.values():
+        print(table.markdown() + "\n")
     seeds = ", ".join(map(str, args.seeds))
-    recorder.write({"main": table}, notes=f"Mean ± standard deviation over the seeds {seeds}.")
+    recorder.write(tables, notes=f"Mean ± standard deviation over the seeds {seeds}.")
 
 
 if __name__ == "__main__":

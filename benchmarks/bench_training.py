@@ -3,18 +3,17 @@
 every training and dev input once), the optimizer steps per second, and a dev evaluation; the same model, data
 and seed both ways.
 
-    .venv/bin/python benchmarks/bench_training.py --data_root data/synthetic --steps 60 [--output_json speed.json]
+    python benchmarks/bench_training.py --data_root data/synthetic --steps 60 [--results_file docs/results/NAME.json]
 
 Any option of `examples/train_retrieval.py` sets up the run (its `--output_dir` is a temporary folder).
 """
 
-import json
 import tempfile
 import time
 from dataclasses import dataclass, field, replace
-from pathlib import Path
 
 import torch
+from results import Column, Recorder, Table
 from tqdm.auto import tqdm
 from transformers import HfArgumentParser
 
@@ -25,7 +24,18 @@ from transformers_seps.train.training import evaluate_model, prepare_run, train_
 @dataclass
 class BenchmarkArguments:
     steps: int = field(default=60, metadata={"help": "Optimizer steps timed."})
-    output_json: str | None = field(default=None, metadata={"help": "Write the numbers here."})
+    results_file: str | None = field(
+        default=None, metadata={"help": "Also write the results to this JSON file (docs/results/NAME.json)."}
+    )
+
+
+COLUMNS = [
+    Column("tokens", "backbone tokens"),
+    Column("prepare_seconds", "prepare the run (s)", "{:.1f}"),
+    Column("steps_per_second", "steps per second", "{:.2f}"),
+    Column("dev_evaluation_seconds", "dev evaluation (s)", "{:.1f}"),
+    Column("epoch_seconds", "one epoch with its dev evaluation (s)", "{:.1f}"),
+]
 
 
 def measure(
@@ -55,7 +65,8 @@ def main() -> None:
     parser = HfArgumentParser((ModelArguments, DataArguments, RetrievalTrainingArguments, BenchmarkArguments))
     parser.description = __doc__
     model_args, data_args, training_args, bench = parser.parse_args_into_dataclasses()
-    results = {}
+    recorder = Recorder(bench.results_file)
+    rows = []
     with tempfile.TemporaryDirectory() as folder:
         for cache in (False, True):
             args = replace(
@@ -65,19 +76,13 @@ def main() -> None:
                 cache_frozen_features=cache,
                 eval_test=False,
             )
-            results["cached" if cache else "encoded"] = measure(model_args, data_args, args, bench.steps)
-    print(f"{torch.get_num_threads()} threads, {bench.steps} steps timed")
-    print("| backbone tokens | prepare the run (s) | steps per second | dev evaluation (s) | one epoch (s) |")
-    print("| --- | ---: | ---: | ---: | ---: |")
-    for name, row in results.items():
-        cells = [
-            f"{row[key]:.1f}"
-            for key in ("prepare_seconds", "steps_per_second", "dev_evaluation_seconds", "epoch_seconds")
-        ]
-        title = "cached once (--cache_frozen_features true)" if name == "cached" else "encoded at every step"
-        print(f"| {title} | " + " | ".join(cells) + " |")
-    if bench.output_json:
-        Path(bench.output_json).write_text(json.dumps(results, indent=2))
+            title = "cached once (--cache_frozen_features true)" if cache else "encoded at every step"
+            rows.append({"tokens": title, **measure(model_args, data_args, args, bench.steps)})
+    table = Table(COLUMNS, rows)
+    notes = f"{bench.steps} steps timed, {torch.get_num_threads()} threads."
+    print(notes)
+    print(table.markdown())
+    recorder.write({"main": table}, notes=notes)
 
 
 if __name__ == "__main__":

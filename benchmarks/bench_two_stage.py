@@ -10,17 +10,15 @@ two-stage search, how often the shortlist holds the caption's image (beside how 
 among as many images: the shortlist's yardstick), and the time per query. R@K is exact for K up to the shortlist
 size: an image left out of the shortlist ranks below every shortlisted one.
 
-    .venv/bin/python benchmarks/bench_two_stage.py --models runs/demo/best --data_root data/synthetic \\
-        --shortlist_sizes 10 20 50 100 [--output_json two_stage.json]
+    python benchmarks/bench_two_stage.py --models runs/demo/best --data_root data/synthetic \\
+        --shortlist_sizes 10 20 50 100 [--results_file docs/results/NAME.json]
 """
 
 import argparse
-import json
 import time
-from pathlib import Path
 
-import numpy as np
 import torch
+from results import Column, Recorder, Table, add_results_argument
 
 from transformers_seps import SepsModel, SepsProcessor
 from transformers_seps.metrics import retrieval_metrics
@@ -29,7 +27,15 @@ from transformers_seps.train.allocator import reuse_freed_cpu_memory
 from transformers_seps.train.data import load_retrieval_split
 from transformers_seps.train.evaluation import encode_split, first_stage_similarity, score_split
 
-COLUMNS = ("t2i_r1", "t2i_r5", "t2i_r10", "in_shortlist", "in_exhaustive_top", "ms_per_query")
+COLUMNS = [
+    Column("search"),
+    Column("t2i_r1", "t2i R@1", "{:.1f}"),
+    Column("t2i_r5", "t2i R@5", "{:.1f}"),
+    Column("t2i_r10", "t2i R@10", "{:.1f}"),
+    Column("in_shortlist", "image in shortlist (%)", "{:.1f}"),
+    Column("in_exhaustive_top", "in exhaustive top K (%)", "{:.1f}"),
+    Column("ms_per_query", "ms per query", "{:.1f}"),
+]
 
 
 def row(similarity: torch.Tensor, targets: torch.Tensor, seconds: float, in_shortlist: float, in_top: float) -> dict:
@@ -37,7 +43,7 @@ def row(similarity: torch.Tensor, targets: torch.Tensor, seconds: float, in_shor
     candidates / among the exhaustive search's as many best."""
     metrics = retrieval_metrics(similarity, targets)
     return {
-        **{key: metrics[key] for key in COLUMNS[:3]},
+        **{key: metrics[key] for key in ("t2i_r1", "t2i_r5", "t2i_r10")},
         "in_shortlist": 100 * in_shortlist,
         "in_exhaustive_top": 100 * in_top,
         "ms_per_query": 1000 * seconds / similarity.shape[1],
@@ -84,44 +90,34 @@ def main() -> None:
     parser.add_argument("--image_root", default=None)
     parser.add_argument("--split", default="test")
     parser.add_argument("--shortlist_sizes", type=int, nargs="+", default=[10, 20, 50, 100])
-    parser.add_argument("--output_json", default=None, help="write every number here")
+    add_results_argument(parser)
     args = parser.parse_args()
+    recorder = Recorder(args.results_file)
 
     reuse_freed_cpu_memory()
     split = load_retrieval_split(args.data_root, args.dataset, args.split, args.image_root)
-    per_model = []
+    per_model, weights = [], []
     for folder in args.models:
         model = SepsModel.from_pretrained(folder).eval()
         processor = SepsProcessor.from_pretrained(folder)
         encoded = encode_split(model, processor, split, use_dense=split.has_dense_captions, progress=False)
-        per_model.append(
-            {
-                "first_stage_weight": model.config.first_stage_weight,
-                "rows": searches(model, encoded, args.shortlist_sizes),
-            }
-        )
-    runs = len(per_model)
-    names = list(per_model[0]["rows"])
-    values = {name: {key: [m["rows"][name][key] for m in per_model] for key in COLUMNS} for name in names}
-    mean = {name: {key: float(np.mean(v)) for key, v in columns.items()} for name, columns in values.items()}
-    std = {
-        name: {key: float(np.std(v, ddof=1)) if runs > 1 else 0.0 for key, v in columns.items()}
-        for name, columns in values.items()
-    }
-    weights = [m["first_stage_weight"] for m in per_model]
-    print(
-        f"{args.dataset}/{args.split}: {split.num_images} images, {split.num_captions} caption queries, dense captions "
-        f"{'on' if split.has_dense_captions else 'off'}, {torch.get_num_threads()} threads; {runs} model(s)"
-        f"{' (mean ± standard deviation)' if runs > 1 else ''}; first_stage_weight {weights}"
+        per_model.append(searches(model, encoded, args.shortlist_sizes))
+        weights.append(model.config.first_stage_weight)
+    rows = [
+        {"search": name, **{c.key: [searched[name][c.key] for searched in per_model] for c in COLUMNS[1:]}}
+        for name in per_model[0]
+    ]
+    notes = (
+        f"{args.dataset}/{args.split}: {split.num_images} images, {split.num_captions} caption queries, dense "
+        f"captions {'on' if split.has_dense_captions else 'off'}; {len(per_model)} model(s)"
+        f"{', mean ± standard deviation' if len(per_model) > 1 else ''}; w (first_stage_weight, fit on dev): "
+        + ", ".join(f"{weight:.3g}" for weight in weights)
+        + "."
     )
-    print("| search | t2i R@1 | t2i R@5 | t2i R@10 | image in shortlist (%) | in exhaustive top K (%) | ms per query |")
-    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
-    for name in names:
-        cells = [f"{mean[name][k]:.1f} ± {std[name][k]:.1f}" if runs > 1 else f"{mean[name][k]:.1f}" for k in COLUMNS]
-        print(f"| {name} | " + " | ".join(cells) + " |")
-    if args.output_json:
-        results = {"models": args.models, "split": f"{args.dataset}/{args.split}", "mean": mean, "std": std}
-        Path(args.output_json).write_text(json.dumps({**results, "per_model": per_model}, indent=2))
+    table = Table(COLUMNS, rows)
+    print(f"{notes} {torch.get_num_threads()} threads.")
+    print(table.markdown())
+    recorder.write({"main": table}, notes=notes)
 
 
 if __name__ == "__main__":

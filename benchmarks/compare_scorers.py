@@ -1,21 +1,22 @@
 """Where SEPS stands on a split: SEPS's score with and without dense captions, the first stage's alone, and the fused
-score the model ranks by, for one or several trained models (several training seeds: mean and standard deviation).
+score the model ranks by, for one or several trained models (several training seeds: mean ± standard deviation).
 On the synthetic benchmark also text-to-image recall by caption template, the AUC of the colours and shapes a
 caption names (`transformers_seps.train.synthetic_eval`), and selection grounding: how much of the objects a caption
-names its patch selection keeps, with and without dense captions, beside a random selection of as many patches.
+names its patch selection keeps in the caption's own image, with and without dense captions, beside how much of the
+scene's other objects it keeps and beside a random selection of as many patches.
 
-    .venv/bin/python benchmarks/compare_scorers.py --models runs/demo-0/best runs/demo-1/best runs/demo-2/best \\
-        --data_root data/synthetic --split test [--output_json scorers.json] [--pictures docs/images]
+    python benchmarks/compare_scorers.py --models runs/demo-0/best runs/demo-1/best runs/demo-2/best \\
+        --data_root data/synthetic --split test [--pictures docs/images] [--results_file docs/results/NAME.json]
 """
 
 import argparse
-import json
 from pathlib import Path
 
 import numpy as np
+from results import Column, Recorder, Table, add_results_argument
 
 from transformers_seps import SepsModel, SepsProcessor
-from transformers_seps.metrics import METRIC_KEYS, retrieval_metrics
+from transformers_seps.metrics import retrieval_metrics
 from transformers_seps.train.data import load_retrieval_split
 from transformers_seps.train.data.synthetic import CAPTION_KINDS, caption_kind, read_scenes
 from transformers_seps.train.evaluation import encode_split, first_stage_similarity, score_split
@@ -28,102 +29,96 @@ from transformers_seps.train.synthetic_eval import (
     selection_grounding,
 )
 
-# The scorers compared, by name: what each ranks by.
+# The scorers compared: what each ranks by.
 SCORERS = {
-    "seps_dense": "SEPS: S with each image's dense caption",
+    "seps_dense": "SEPS: S with each image's own dense caption",
     "seps": "SEPS: S without dense captions",
     "first_stage": "first stage alone: G",
-    "model": "the model's score: S (dense captions) + w * G",
+    "model": "the model's score: S (dense captions) + w G",
 }
-GROUNDING = {"dense": "selection with dense captions", "no_dense": "selection without dense captions"}
+SELECTIONS = {"dense": "selection with dense captions", "no_dense": "selection without dense captions"}
 
 
 def scorer_report(model: SepsModel, encoded, split, scenes) -> dict:
-    """Every number of one model: per scorer its metrics (and on the synthetic benchmark its recall by template and
-    attribute AUCs), and the selection grounding."""
+    """Every number of one model: each scorer's metrics (on the synthetic benchmark with its recall by template and
+    attribute AUCs), and the selection grounding of each selection."""
     dense = encoded.dense_embeds is not None
-    scores = {
-        "seps": score_split(model, encoded, "none", progress=False, first_stage_weight=0),
-        "first_stage": first_stage_similarity(model, encoded),
-    }
+    scores = {"seps": score_split(model, encoded, "none", progress=False, first_stage_weight=0)}
     if dense:
         scores["seps_dense"] = score_split(model, encoded, "image", progress=False, first_stage_weight=0)
+    scores["first_stage"] = first_stage_similarity(model, encoded)
     scores["model"] = model.fuse_scores(scores["seps_dense" if dense else "seps"], scores["first_stage"])
-    report: dict = {"first_stage_weight": model.config.first_stage_weight, "scorers": {}}
+    report: dict = {"scorers": {}, "grounding": {}}
     for name, similarity in scores.items():
         entry: dict = retrieval_metrics(similarity, split.caption_to_image)
         if scenes is not None:
-            entry["t2i_by_template"] = recall_by_template(similarity, split.captions, split.caption_to_image)
-            entry["auc"] = attribute_aucs(similarity, split.captions, scenes)
+            by_template = recall_by_template(similarity, split.captions, split.caption_to_image)
+            entry.update({f"t2i_r10_{kind}": by_template[kind]["t2i_r10"] for kind in CAPTION_KINDS})
+            entry.update(
+                {f"auc_{group}": auc for group, auc in attribute_aucs(similarity, split.captions, scenes).items()}
+            )
         report["scorers"][name] = entry
     if scenes is not None:
         side = grid_side(model)
         pairs = zip(split.captions, split.caption_to_image, strict=True)
-        named, others = (
-            np.stack(c) for c in zip(*(caption_coverage(t, scenes[i], side) for t, i in pairs), strict=True)
-        )
-        selections = {"no_dense": False, **({"dense": True} if dense else {})}
-        report["grounding"] = {
-            name: selection_grounding(own_image_keep_masks(model, encoded, use_dense), named, others, split.captions)
-            for name, use_dense in selections.items()
-        }
+        coverages = [caption_coverage(caption, scenes[image], side) for caption, image in pairs]
+        named, others = np.stack([c[0] for c in coverages]), np.stack([c[1] for c in coverages])
+        for name, use_dense in {"no_dense": False, **({"dense": True} if dense else {})}.items():
+            keep = own_image_keep_masks(model, encoded, use_dense)
+            report["grounding"][name] = selection_grounding(keep, named, others, split.captions)
     return report
 
 
-def mean_and_std(reports: list) -> tuple:
-    """The mean and the standard deviation (n - 1) over models of every number of their reports, nested alike."""
-    first = reports[0]
-    if isinstance(first, dict):
-        pairs = {key: mean_and_std([report[key] for report in reports]) for key in first}
-        return {key: mean for key, (mean, _) in pairs.items()}, {key: std for key, (_, std) in pairs.items()}
-    values = np.asarray(reports, dtype=float)
-    return float(values.mean()), float(values.std(ddof=1)) if len(values) > 1 else 0.0
-
-
-def cell(mean: float, std: float, runs: int, digits: int = 1) -> str:
-    return f"{mean:.{digits}f} ± {std:.{digits}f}" if runs > 1 else f"{mean:.{digits}f}"
-
-
-def print_tables(mean: dict, std: dict, runs: int, synthetic: bool) -> None:
-    keys = [key for key in METRIC_KEYS if key.endswith(("r1", "r10", "rsum"))]
-    header = ["scorer", *keys]
+def scorer_table(reports: list[dict], synthetic: bool) -> Table:
+    columns = [Column("scorer")]
+    columns += [
+        Column(key, key.replace("_r", " R@").replace("rsum", "rSum"), "{:.1f}")
+        for key in ("i2t_r1", "i2t_r10", "t2i_r1", "t2i_r10", "rsum")
+    ]
     if synthetic:
-        header += [f"t2i R@10 {kind}" for kind in CAPTION_KINDS] + ["AUC colours", "AUC shapes"]
-    print("| " + " | ".join(header) + " |")
-    print("| --- |" + " ---: |" * (len(header) - 1))
+        columns += [Column(f"t2i_r10_{kind}", f"t2i R@10, {kind} captions", "{:.1f}") for kind in CAPTION_KINDS]
+        columns += [
+            Column("auc_colours", "AUC colours named", "{:.3f}"),
+            Column("auc_shapes", "AUC shapes named", "{:.3f}"),
+        ]
+    rows = []
     for name, title in SCORERS.items():
-        if name not in mean["scorers"]:
-            continue
-        m, s = mean["scorers"][name], std["scorers"][name]
-        cells = [cell(m[key], s[key], runs) for key in keys]
-        if synthetic:
-            by_kind, by_kind_std = m["t2i_by_template"], s["t2i_by_template"]
-            cells += [cell(by_kind[k]["t2i_r10"], by_kind_std[k]["t2i_r10"], runs) for k in CAPTION_KINDS]
-            cells += [cell(m["auc"][a], s["auc"][a], runs, 3) for a in ("colours", "shapes")]
-        print(f"| {title} | " + " | ".join(cells) + " |")
-    if not synthetic:
-        return
-    print(
-        "\n| patches kept | named objects kept | other objects kept | precision (best possible) | "
-        + " | ".join(f"named kept, {kind}" for kind in CAPTION_KINDS)
-        + " |"
+        if name in reports[0]["scorers"]:
+            row = {"scorer": title}
+            row.update({c.key: [r["scorers"][name][c.key] for r in reports] for c in columns[1:]})
+            rows.append(row)
+    return Table(columns, rows)
+
+
+def grounding_table(reports: list[dict]) -> Table:
+    columns = [
+        Column("selection", "patches kept"),
+        Column("recall", "named objects kept (%)", "{:.1f}"),
+        Column("other_recall", "other objects kept (%)", "{:.1f}"),
+        Column("precision", "precision (%)", "{:.1f}"),
+        Column("best_precision", "best possible precision (%)", "{:.1f}"),
+        *(Column(f"recall_{kind}", f"named kept, {kind} captions (%)", "{:.1f}") for kind in CAPTION_KINDS),
+    ]
+
+    def values(name: str, group: str, key: str) -> list[float]:
+        return [100 * report["grounding"][name][group][key] for report in reports]
+
+    rows = []
+    for name, title in SELECTIONS.items():
+        if name in reports[0]["grounding"]:
+            row = {
+                "selection": title,
+                **{key: values(name, "all", key) for key in ("recall", "other_recall", "precision", "best_precision")},
+            }
+            row.update({f"recall_{kind}": values(name, kind, "recall") for kind in CAPTION_KINDS})
+            rows.append(row)
+    random = {"selection": "random, as many patches"}
+    random.update(
+        recall=values("no_dense", "all", "random_recall"), other_recall=values("no_dense", "all", "random_recall")
     )
-    print("| --- |" + " ---: |" * (3 + len(CAPTION_KINDS)))
-    for name, title in GROUNDING.items():
-        if name not in mean["grounding"]:
-            continue
-        m, s = mean["grounding"][name], std["grounding"][name]
-        percent = {
-            (group, key): cell(100 * m[group][key], 100 * s[group][key], runs) for group in m for key in m[group]
-        }
-        cells = [percent["all", "recall"], percent["all", "other_recall"]]
-        cells.append(f"{percent['all', 'precision']} ({percent['all', 'best_precision']})")
-        cells += [percent[kind, "recall"] for kind in CAPTION_KINDS]
-        print(f"| {title} | " + " | ".join(cells) + " |")
-    random = mean["grounding"]["no_dense"]
-    cells = [f"{100 * random['all']['random_recall']:.1f}"] * 2 + [f"{100 * random['all']['random_precision']:.1f}"]
-    cells += [f"{100 * random[kind]['random_recall']:.1f}" for kind in CAPTION_KINDS]
-    print("| random, as many patches | " + " | ".join(cells) + " |")
+    random.update(precision=values("no_dense", "all", "random_precision"))
+    random.update({f"recall_{kind}": values("no_dense", kind, "random_recall") for kind in CAPTION_KINDS})
+    return Table(columns, [*rows, random])
 
 
 def save_pictures(model: SepsModel, processor: SepsProcessor, split, folder: Path) -> None:
@@ -146,32 +141,36 @@ def main() -> None:
     parser.add_argument("--data_root", default="data/synthetic")
     parser.add_argument("--image_root", default=None)
     parser.add_argument("--split", default="test")
-    parser.add_argument("--output_json", default=None, help="write every number here")
     parser.add_argument("--pictures", default=None, help="synthetic only: save one selection picture per template")
+    add_results_argument(parser)
     args = parser.parse_args()
+    recorder = Recorder(args.results_file)
 
     split = load_retrieval_split(args.data_root, args.dataset, args.split, args.image_root, dense_captions="auto")
     synthetic = args.dataset == "synthetic"
     scenes = read_scenes(args.data_root, args.split) if synthetic else None
-    reports = []
+    reports, weights = [], []
     for folder in args.models:
         model = SepsModel.from_pretrained(folder).eval()
         processor = SepsProcessor.from_pretrained(folder)
         encoded = encode_split(model, processor, split, use_dense=split.has_dense_captions, progress=False)
         reports.append(scorer_report(model, encoded, split, scenes))
+        weights.append(model.config.first_stage_weight)
         if args.pictures and folder == args.models[0]:
             save_pictures(model, processor, split, Path(args.pictures))
-    mean, std = mean_and_std(reports)
-    runs = len(reports)
-    print(
-        f"{args.dataset}/{args.split}: {split.num_images} images, {split.num_captions} captions; {runs} model(s)"
-        + (" (mean ± standard deviation)" if runs > 1 else "")
-        + f"; first_stage_weight {cell(mean['first_stage_weight'], std['first_stage_weight'], runs, 3)}"
+    tables = {"main": scorer_table(reports, synthetic)}
+    if synthetic:
+        tables["grounding"] = grounding_table(reports)
+    notes = (
+        f"{args.dataset}/{args.split}: {split.num_images} images, {split.num_captions} captions; {len(reports)} "
+        f"model(s){', mean ± standard deviation' if len(reports) > 1 else ''}; w (first_stage_weight, fit on dev): "
+        + ", ".join(f"{weight:.3g}" for weight in weights)
+        + "."
     )
-    print_tables(mean, std, runs, synthetic)
-    if args.output_json:
-        results = {"models": args.models, "split": f"{args.dataset}/{args.split}", "mean": mean, "std": std}
-        Path(args.output_json).write_text(json.dumps({**results, "per_model": reports}, indent=2))
+    print(notes)
+    for table in tables.values():
+        print(table.markdown() + "\n")
+    recorder.write(tables, notes=notes)
 
 
 if __name__ == "__main__":

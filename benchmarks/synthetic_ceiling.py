@@ -7,11 +7,14 @@ random order among themselves; it cannot tell its ground-truth image from anothe
 Its expected R@K is printed next to chance (a random ranking), for both directions, from the split's scene file
 (`transformers_seps.train.data.synthetic.caption_holds`).
 
-    .venv/bin/python benchmarks/synthetic_ceiling.py --data_root data/synthetic --split test
+    python benchmarks/synthetic_ceiling.py --data_root data/synthetic --split test \\
+        [--results_file docs/results/NAME.json]
 """
 
 import argparse
 from math import comb
+
+from results import Column, Recorder, Table, add_results_argument
 
 from transformers_seps.train.data import load_retrieval_split
 from transformers_seps.train.data.synthetic import read_scenes
@@ -25,29 +28,35 @@ def expected_recall(num_candidates: int, num_correct: int, k: int) -> float:
     return 1.0 - comb(num_candidates - num_correct, k) / comb(num_candidates, k) if k < num_candidates else 1.0
 
 
-def table_row(name: str, i2t: list[float], t2i: list[float]) -> str:
-    cells = " | ".join(f"{value:.1f}" for value in i2t + t2i)
-    return f"| {name} | {cells} | {sum(i2t) + sum(t2i):.1f} |"
+KEYS = tuple(f"{direction}_r{k}" for direction in ("i2t", "t2i") for k in RECALL_AT)
+COLUMNS = [
+    Column("ranking"),
+    *(Column(key, key.replace("_r", " R@"), "{:.1f}") for key in KEYS),
+    Column("rsum", "rSum", "{:.1f}"),
+]
 
 
 def expected_t2i(images_fitting: list[int], k: int) -> float:
     return 100 * sum(expected_recall(n, 1, k) for n in images_fitting) / len(images_fitting)
 
 
-def random_order_row(name: str, t2i_candidates: list[int], i2t_candidates: list[int], captions_per_image: int) -> str:
+def random_order_row(name: str, t2i_candidates: list[int], i2t_candidates: list[int], captions_per_image: int) -> dict:
     """Mean expected R@K over queries, each query's right answers placed at random among its candidates."""
     i2t = [
         100 * sum(expected_recall(n, captions_per_image, k) for n in i2t_candidates) / len(i2t_candidates)
         for k in RECALL_AT
     ]
-    return table_row(name, i2t, [expected_t2i(t2i_candidates, k) for k in RECALL_AT])
+    recalls = i2t + [expected_t2i(t2i_candidates, k) for k in RECALL_AT]
+    return {"ranking": name, **dict(zip(KEYS, recalls, strict=True)), "rsum": sum(recalls)}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data_root", default="data/synthetic")
     parser.add_argument("--split", default="test")
+    add_results_argument(parser)
     args = parser.parse_args()
+    recorder = Recorder(args.results_file)
 
     split = load_retrieval_split(args.data_root, "synthetic", args.split, require_images=False, dense_captions="auto")
     scenes = read_scenes(args.data_root, args.split)
@@ -59,16 +68,20 @@ def main() -> None:
     images_fitting = holds.sum(axis=1).tolist()
     captions_fitting = holds.sum(axis=0).tolist()
 
-    print(
+    notes = (
         f"synthetic/{args.split}: {num_images} images, {num_captions} captions; a caption is true of "
         f"{sum(images_fitting) / num_captions:.1f} images on average (median "
         f"{sorted(images_fitting)[num_captions // 2]}), an image has {sum(captions_fitting) / num_images:.1f} "
-        f"true captions"
+        f"true captions."
     )
-    print("| ranking | i2t R@1 | i2t R@5 | i2t R@10 | t2i R@1 | t2i R@5 | t2i R@10 | rSum |")
-    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
-    print(random_order_row("chance", [num_images] * num_captions, [num_captions] * num_images, captions_per_image))
-    print(random_order_row("perfect reader", images_fitting, captions_fitting, captions_per_image))
+    rows = [
+        random_order_row("chance", [num_images] * num_captions, [num_captions] * num_images, captions_per_image),
+        random_order_row("perfect reader", images_fitting, captions_fitting, captions_per_image),
+    ]
+    table = Table(COLUMNS, rows)
+    print(notes)
+    print(table.markdown())
+    recorder.write({"main": table}, notes=notes)
 
 
 if __name__ == "__main__":

@@ -46,18 +46,18 @@ def test_bench_two_stage_on_saved_models(saved_models, tiny_synthetic, tmp_path)
     results = tmp_path / "two_stage.json"
     output = run_benchmark(
         "bench_two_stage.py", "--models", str(saved_models["paper"]), str(saved_models["official"]),
-        "--data_root", str(tiny_synthetic), "--shortlist_sizes", "3", "5", "100", "--output_json", str(results),
+        "--data_root", str(tiny_synthetic), "--shortlist_sizes", "3", "5", "100", "--results_file", str(results),
     )  # fmt: skip
     rows = table_rows(output)
-    report = json.loads(results.read_text())
-    mean = report["mean"]
-    assert mean["exhaustive"]["in_shortlist"] == 100.0  # the exhaustive search always holds the caption's image
-    # Exhaustive search holds the image in its top 5 as often as its t2i R@5 says.
-    assert mean["shortlist 5 + re-ranking"]["in_exhaustive_top"] == pytest.approx(mean["exhaustive"]["t2i_r5"])
+    record = json.loads(results.read_text())
+    table = {row["search"]: row for row in record["tables"]["main"]["rows"]}
+    assert table["exhaustive"]["in_shortlist"] == [100.0, 100.0]  # the exhaustive search holds every image
+    # The exhaustive search holds the image in its top 5 as often as its t2i R@5 says.
+    assert table["shortlist 5 + re-ranking"]["in_exhaustive_top"] == pytest.approx(table["exhaustive"]["t2i_r5"])
     # The first stage's own R@5: how often its shortlist of 5 holds the image.
-    assert mean["shortlist 5 + re-ranking"]["in_shortlist"] == pytest.approx(mean["first stage alone"]["t2i_r5"])
+    assert table["shortlist 5 + re-ranking"]["in_shortlist"] == pytest.approx(table["first stage alone"]["t2i_r5"])
     assert "shortlist 3 + re-ranking" in rows and "shortlist 100 + re-ranking" not in rows  # 100 >= 8 images
-    assert len(report["per_model"]) == 2 and " ± " in rows["exhaustive"][0]
+    assert " ± " in rows["exhaustive"][0]  # two models
 
 
 def test_synthetic_ceiling_matches_a_count_of_fitting_images(tiny_synthetic):
@@ -77,25 +77,22 @@ def test_compare_scorers_on_saved_models(saved_models, tiny_synthetic, tmp_path)
     results = tmp_path / "scorers.json"
     output = run_benchmark(
         "compare_scorers.py", "--models", str(saved_models["paper"]), str(saved_models["paper"]),
-        "--data_root", str(tiny_synthetic), "--output_json", str(results), "--pictures", str(tmp_path / "pictures"),
+        "--data_root", str(tiny_synthetic), "--results_file", str(results), "--pictures", str(tmp_path / "pictures"),
     )  # fmt: skip
     rows = table_rows(output)
-    dense, alone = rows["SEPS: S with each image's dense caption"], rows["SEPS: S without dense captions"]
-    assert rows["the model's score: S (dense captions) + w * G"] == dense != alone
-    assert all(value.endswith("± 0.0") or value.endswith("± 0.000") for value in dense)
+    dense, alone = rows["SEPS: S with each image's own dense caption"], rows["SEPS: S without dense captions"]
+    assert rows["the model's score: S (dense captions) + w G"] == dense != alone
+    assert all(value.endswith(("± 0.0", "± 0.000")) for value in dense)  # the same model twice
     assert "first stage alone: G" in rows
     for name in ("selection with dense captions", "selection without dense captions"):
         assert 0 <= float(rows[name][0].split(" ")[0]) <= 100
     config = SepsConfig.from_pretrained(saved_models["paper"])
     kept_share = 100 * config.num_kept_patches / config.num_patches  # K / N (13 of the 5 x 5 patches)
-    assert rows["random, as many patches"][0] == f"{kept_share:.1f}"
-    report = json.loads(results.read_text())
-    assert len(report["per_model"]) == 2 and report["std"]["scorers"]["seps"]["rsum"] == 0
-    assert (
-        report["mean"]["scorers"]["seps"]["t2i_by_template"]["pair"]["count"]
-        + sum(report["mean"]["scorers"]["seps"]["t2i_by_template"][kind]["count"] for kind in ("position", "relation"))
-        == 40
-    )  # every test caption (8 images x 5) has exactly one template
+    assert rows["random, as many patches"][0] == f"{kept_share:.1f} ± 0.0"
+    record = json.loads(results.read_text())
+    assert set(record["tables"]) == {"main", "grounding"}
+    first_row = record["tables"]["main"]["rows"][0]
+    assert len(first_row["rsum"]) == 2  # one value per model
     assert sorted(path.name for path in (tmp_path / "pictures").iterdir()) == [
         "selection_pair.png", "selection_position.png", "selection_relation.png"
     ]  # fmt: skip
@@ -107,16 +104,15 @@ def test_bench_training_times_the_run_with_and_without_cached_tokens(tmp_path):
         "bench_training.py", "--data_root", str(tmp_path / "data"), "--generate_synthetic",
         "--synthetic_num_train", "24", "--synthetic_num_dev", "8", "--synthetic_num_test", "8",
         "--image_size", "64", "--embed_dim", "32", "--per_device_train_batch_size", "8", "--steps", "2",
-        "--output_json", str(results),
+        "--results_file", str(results),
     )  # fmt: skip
     rows = table_rows(output)
     assert set(rows) - {"backbone tokens", "---"} == {
         "encoded at every step",
         "cached once (--cache_frozen_features true)",
     }
-    report = json.loads(results.read_text())
-    for name in ("encoded", "cached"):
-        assert report[name]["steps_per_second"] > 0 and report[name]["epoch_seconds"] > 0
+    for row in json.loads(results.read_text())["tables"]["main"]["rows"]:
+        assert row["steps_per_second"] > 0 and row["epoch_seconds"] > row["dev_evaluation_seconds"] > 0
 
 
 def test_bench_demo_trains_each_run_and_records_its_test_recall(tmp_path):
@@ -140,3 +136,17 @@ def test_bench_demo_trains_each_run_and_records_its_test_recall(tmp_path):
     assert row["run"] == "tiny official" and row["rsum"] == [eval_results["rsum"]]  # one value per seed
     assert rows["tiny official"][6] == f"{eval_results['rsum']:.1f}"
     assert record["notes"] == "Mean ± standard deviation over the seeds 3."
+    assert row["seps_rsum"] == [eval_results["seps_rsum"]]
+
+    # --split dev: the runs are not tested; the best epoch's dev metrics and the dev rSum of each epoch are recorded.
+    output = run_benchmark(
+        "bench_demo.py", "--seeds", "3", "--split", "dev", "--run", "tiny=", "--data_root", str(tmp_path / "data"),
+        "--output_root", str(tmp_path / "dev-runs"), "--results_file", str(results), "--", *tiny,
+    )  # fmt: skip
+    record = json.loads(results.read_text())
+    (row,) = record["tables"]["main"]["rows"]
+    run = tmp_path / "dev-runs" / "0-seed3"
+    assert not (run / "eval_results.json").exists() or "rsum" not in json.loads((run / "eval_results.json").read_text())
+    history = json.loads((run / "dev_history.json").read_text())
+    assert row["rsum"] == [history[0]["rsum"]] and row["first_stage_rsum"] == [history[0]["first_stage_rsum"]]
+    assert record["tables"]["epochs"]["rows"] == [{"run": "tiny", "epoch_0": [history[0]["rsum"]]}]

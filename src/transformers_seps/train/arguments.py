@@ -180,7 +180,7 @@ class RetrievalTrainingArguments:
         metadata={
             "help": "Learning rate of SEPS: its head and projections, and a backbone trained from scratch (default: "
             "the paper's 1e-4, the authors' code defaults to 2e-4; on the synthetic benchmark, measured: "
-            "README, Training defaults)."
+            "docs/training.md, Training defaults)."
         },
     )
     first_stage_learning_rate: float | None = field(
@@ -281,7 +281,7 @@ class EvaluationArguments(HubDatasetArguments):
         default="float32",
         metadata={
             "help": "bfloat16 runs the two large products of the scoring in bfloat16 (faster on GPUs and CPUs with "
-            "bfloat16 matrix units; README, Speed); the leak audit scores in float32.",
+            "bfloat16 matrix units; docs/speed.md, bfloat16); the leak audit scores in float32.",
             "choices": ("float32", "bfloat16"),
         },
     )

@@ -364,7 +364,8 @@ def _load_data(
 
 @dataclass
 class ResolvedDefaults:
-    """The options left unset (None) on the command line, resolved for the dataset (README: "Training defaults")."""
+    """The options left unset (None) on the command line, resolved for the dataset (docs/training.md, "Training
+    defaults")."""
 
     num_train_epochs: int
     freeze_text_model: bool
@@ -377,7 +378,8 @@ class ResolvedDefaults:
 
 # The paper's learning rate (section 4.3), the default of every part on real datasets.
 PAPER_LEARNING_RATE = 1e-4
-# The synthetic benchmark's learning rates (SEPS, first stage), chosen on its dev split (README, Training defaults).
+# The synthetic benchmark's learning rates (SEPS, first stage), chosen on its dev split (docs/training.md, "Training
+# defaults").
 SYNTHETIC_LEARNING_RATES = (1e-4, 1e-4)
 
 
@@ -386,7 +388,7 @@ def resolve_defaults(
 ) -> ResolvedDefaults:
     """Real datasets get the paper's and the authors' settings (30 epochs, backbones trained, every caption in every
     epoch, hardest negatives after one epoch); the synthetic benchmark its own (2 epochs, frozen pretrained
-    backbones, one caption per image and epoch, all negatives in every epoch). The README's "Training defaults"
+    backbones, one caption per image and epoch, all negatives in every epoch). docs/training.md's "Training defaults"
     table gives the source of each."""
     synthetic = data_args.dataset == "synthetic"
     num_train_epochs = args.num_train_epochs or (2 if synthetic else 30)
