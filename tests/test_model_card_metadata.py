@@ -82,7 +82,7 @@ def test_model_index_of_a_coco_report_with_its_folds_and_protocol():
     assert result.dataset_name == "MS-COCO 5K test (Karpathy split), dense captions paired with their own images"
     assert card.data.model_name == "seps"
     assert "Our evaluation of these weights is under *Results*" in card.text
-    assert f"| whole test set | {report['i2t_r1']:.1f} |" in card.text
+    assert f"| whole test set, the model's score (S) | {report['i2t_r1']:.1f} |" in card.text
     with pytest.raises(ValueError, match="pass their `checkpoint` too"):
         render_model_card("vit-224", "coco", repo_id="org/seps", eval_results=report)
 
