@@ -2,6 +2,7 @@
 as encoding every batch, only for frozen backbones, and the same trained model from the training script."""
 
 import sys
+from unittest.mock import patch
 
 import pytest
 import torch
@@ -125,6 +126,21 @@ def test_text_tokens_are_padded_to_the_longest_of_the_batch():
     assert padded_mask.sum(dim=1).tolist() == lengths[[2, 0]].tolist()
     assert (hidden[~padded_mask.bool()] == 0).all()
     assert cache.nbytes == sum(4 * t.numel() for t in cache.captions.values())
+
+
+def test_a_text_given_twice_is_encoded_once_with_the_tokens_of_encoding_it_alone():
+    model = frozen_model("paper")
+    ids, mask = random_captions(2, 9, seed=5, min_len=3)
+    ids, mask = ids[[0, 1, 0]], mask[[0, 1, 0]]  # keys 7 and 9 hold the same caption
+    cache = FrozenFeatureCache()
+    with patch.object(model, "encode_text_backbone", wraps=model.encode_text_backbone) as encode:
+        cache.add_texts("captions", model, [7, 8, 9], ids, mask, batch_size=8, progress=False)
+    assert encode.call_args.args[0].shape[0] == 2  # one batch of the two distinct captions
+    assert torch.equal(cache.captions[7], cache.captions[9])
+    with torch.no_grad():
+        alone = model.encode_text_backbone(ids[:1, : int(mask[0].sum())], mask[:1, : int(mask[0].sum())])[0]
+    torch.testing.assert_close(cache.captions[7], alone, rtol=1e-5, atol=1e-5)
+    assert not torch.equal(cache.captions[7][: len(cache.captions[8])], cache.captions[8][: len(cache.captions[7])])
 
 
 def train_command(output_dir, data_root, *extra: str) -> list[str]:

@@ -78,8 +78,9 @@ class FrozenFeatureCache:
         """Encode tokenised texts with the frozen text backbone and keep each one's real tokens under its key.
 
         `kind` is "captions" (keys: caption indices) or "dense" (keys: the image ids the dense captions describe).
-        Texts go in batches of similar length, padding trimmed per batch (several times faster on CPU than one at a
-        time); the batches depend on the texts only, so a resumed run caches exactly the values of the first.
+        Identical texts (a caption written twice) are encoded once and share their tokens. Texts go in batches of
+        similar length, padding trimmed per batch (several times faster on CPU than one at a time); the batches depend
+        on the texts only, so a resumed run caches exactly the values of the first.
         """
         if kind == "images":
             raise ValueError("images are added with add_images")
@@ -90,18 +91,23 @@ class FrozenFeatureCache:
                 f"one key per text: {len(keys)} keys, input_ids {tuple(input_ids.shape)}, attention_mask "
                 f"{tuple(attention_mask.shape)}"
             )
-        lengths = attention_mask.sum(dim=1)
+        unique, inverse = torch.unique(torch.cat([input_ids, attention_mask], dim=1), dim=0, return_inverse=True)
+        unique_ids, unique_mask = unique.split(input_ids.shape[1], dim=1)
+        lengths = unique_mask.sum(dim=1)
         order = torch.argsort(lengths, stable=True).tolist()
         device = model.device
+        encoded: list[torch.Tensor] = [torch.empty(0)] * len(order)
         for start in tqdm(range(0, len(order), batch_size), desc=f"encoding {kind}", disable=not progress):
             rows = order[start : start + batch_size]
             length = int(lengths[rows].max())
-            mask = attention_mask[rows, :length].to(device)
-            hidden = model.encode_text_backbone(input_ids[rows, :length].to(device), mask).cpu()
+            mask = unique_mask[rows, :length].to(device)
+            hidden = model.encode_text_backbone(unique_ids[rows, :length].to(device), mask).cpu()
             # The real tokens of the batch, in row order, split into one (views of a single tensor) per text.
             real = hidden[mask.cpu().bool()].split(lengths[rows].tolist())
             for row, states in zip(rows, real, strict=True):
-                store[int(keys[row])] = states
+                encoded[row] = states
+        for key, row in zip(keys, inverse.tolist(), strict=True):
+            store[int(key)] = encoded[row]
 
     def image_tokens(self, image_ids: torch.Tensor, device: torch.device) -> torch.Tensor:
         """(B, L_v, hidden) cached vision tokens of `image_ids` (B,), on `device`."""
