@@ -383,14 +383,14 @@ PAPER_LEARNING_RATE = 1e-4
 # worse at 1e-3.
 SYNTHETIC_LEARNING_RATES = (1e-3, 1e-4)
 # The synthetic benchmark's epochs: as many as `make demo` fits in 10 minutes on 2 CPU cores with cached tokens.
-SYNTHETIC_EPOCHS = 8
+SYNTHETIC_EPOCHS = 7
 
 
 def resolve_defaults(
     model_args: ModelArguments, data_args: DataArguments, args: RetrievalTrainingArguments
 ) -> ResolvedDefaults:
     """Real datasets get the paper's and the authors' settings (30 epochs, backbones trained, every caption in every
-    epoch, hardest negatives after one epoch); the synthetic benchmark its own (8 epochs, frozen pretrained
+    epoch, hardest negatives after one epoch); the synthetic benchmark its own (7 epochs, frozen pretrained
     backbones, one caption per image and epoch, all negatives in every epoch). docs/training.md's "Training defaults"
     table gives the source of each."""
     synthetic = data_args.dataset == "synthetic"
