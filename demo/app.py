@@ -28,7 +28,9 @@ from transformers_seps.train.cli import USAGE_ERROR_STATUS, UsageError, check_ex
 if TYPE_CHECKING:
     import gradio as gr
 
-EXAMPLE_CAPTION = "a red heart to the left of a large blue diamond"
+# A caption of the synthetic test split that is true of one test image only (test_00021.png), so the page opens on a
+# ranking with one right answer.
+EXAMPLE_CAPTION = "a small red cross above a large yellow star"
 DEFAULT_TOP_K = 4
 MAX_TOP_K = 8
 
