@@ -53,10 +53,10 @@ def test_the_synthetic_defaults_are_those_chosen_on_its_dev_split():
     model_args, data_args, args = parse()
     assert data_args.dataset == "synthetic"
     resolved = resolve_defaults(model_args, data_args, args)
-    assert resolved.num_train_epochs == 7
+    assert resolved.num_train_epochs == 6
     assert resolved.freeze_text_model and resolved.freeze_vision_model
     assert resolved.one_caption_per_image
-    assert resolved.max_violation_warmup_epochs == 7  # every epoch sums over all negatives
+    assert resolved.max_violation_warmup_epochs == 6  # every epoch sums over all negatives
     assert (args.per_device_train_batch_size, args.backbone_lr_ratio) == (32, 0.1)
     # SEPS at 1e-3, the first stage at 1e-4 (docs/training.md, "Training defaults").
     assert (resolved.learning_rate, resolved.first_stage_learning_rate) == (1e-3, 1e-4)

@@ -164,7 +164,7 @@ class RetrievalTrainingArguments:
     )
     num_train_epochs: int | None = field(
         default=None,
-        metadata={"help": "Epochs (default: the paper's 30; 7 on the synthetic benchmark, for its CPU budget)."},
+        metadata={"help": "Epochs (default: the paper's 30; 6 on the synthetic benchmark, for its CPU budget)."},
     )
     max_steps: int | None = field(
         default=None,
