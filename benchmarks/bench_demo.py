@@ -5,7 +5,8 @@ A run is a label and the arguments it adds to `examples/train_retrieval.py` (`--
 default the paper variant as `make demo` trains it, the official variant, and the paper variant without dense
 captions). Each seed of each run trains in a subprocess into `--output_root/<run number>-seed<seed>`, with
 `--data_root`, `--seed` and `--overwrite_output_dir`; its test metrics are read from `eval_results.json`, and its
-time is the whole run's (training, the dev evaluations, the test evaluation). Arguments after `--` go to every
+time is the whole run's (training, the dev evaluations, the test evaluation); another invocation with the same
+`--output_root` overwrites those folders (give each its own to keep the models). Arguments after `--` go to every
 run. `--results_file docs/results/NAME.json` also writes the table for the docs (`benchmarks/results.py`).
 
     python benchmarks/bench_demo.py --seeds 0 1 2 [--run "paper=" --run "official=--variant official"]
