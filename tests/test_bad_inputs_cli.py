@@ -337,23 +337,23 @@ def test_a_used_output_dir_is_refused_and_overwrite_starts_a_new_run(
     best = (output / "best" / "model.safetensors").read_bytes()
 
     with pytest.raises(UsageError, match="is not empty .*--overwrite_output_dir"):
-        run_training(*tiny_run_arguments(tiny_synthetic, output, tiny_text_model, learning_rate=1e-3))
+        run_training(*tiny_run_arguments(tiny_synthetic, output, tiny_text_model, learning_rate=3e-4))
     assert record(output) == first and (output / "eval_results.json").read_text() == results
     assert (output / "best" / "model.safetensors").read_bytes() == best
 
-    with pytest.raises(UsageError, match=r"--learning_rate 0.001 \(the run has None\)"):
+    with pytest.raises(UsageError, match=r"--learning_rate 0.0003 \(the run has None\)"):
         run_training(
             *tiny_run_arguments(
-                tiny_synthetic, output, tiny_text_model, learning_rate=1e-3, resume_from_checkpoint="latest"
+                tiny_synthetic, output, tiny_text_model, learning_rate=3e-4, resume_from_checkpoint="latest"
             )
         )
 
-    (output / "notes.txt").write_text("kept")
+    (output / "notes.txt").write_text("kept")  # another lr than the synthetic default (1e-3): another model
     run_training(
-        *tiny_run_arguments(tiny_synthetic, output, tiny_text_model, learning_rate=1e-3, overwrite_output_dir=True)
+        *tiny_run_arguments(tiny_synthetic, output, tiny_text_model, learning_rate=3e-4, overwrite_output_dir=True)
     )
     second = record(output)
-    assert second["run_id"] != first["run_id"] and second["arguments"]["learning_rate"] == 1e-3
+    assert second["run_id"] != first["run_id"] and second["arguments"]["learning_rate"] == 3e-4
     assert {path.name for path in (output / "checkpoints").iterdir()} == {"checkpoint-3", "checkpoint-4"}
     assert latest_checkpoint(output / "checkpoints", first["run_id"]) is None  # the old run's checkpoints are gone
     assert (output / "best" / "model.safetensors").read_bytes() != best

@@ -169,7 +169,9 @@ def test_the_training_script_trains_the_same_model_on_cached_tokens(tmp_path):
     trained = []
     for cache in ("true", "false"):
         output = tmp_path / f"cache-{cache}"
-        run(train_command(output, data_root, "--cache_frozen_features", cache))
+        # At the paper's lr: Adam's first steps move each weight by about the lr whatever the gradient's size, so at
+        # the synthetic default (1e-3) the float rounding of other batch shapes shows up past the tolerance.
+        run(train_command(output, data_root, "--cache_frozen_features", cache, "--learning_rate", "1e-4"))
         trained.append(load_file(str(output / "best" / "model.safetensors")))
     cached, encoded = trained
     assert set(cached) == set(encoded)
