@@ -3,9 +3,9 @@ two-stage search (FAISS shortlist + SEPS re-ranking of the shortlist read from t
 
 Random features (197 x 512 tokens per image, paper variant, random weights; no dense captions unless
 `--dense_tokens`), written as `SepsRetriever.save` writes them (`transformers_seps.index`), then opened as
-`SepsRetriever.load` opens them. Queries are random 16-token captions. Also prints how far float16 storage moves
-SEPS scores from float32. Each gallery size is built, measured and deleted in turn (10k images: 2 GB in float16).
-`--results_file docs/results/NAME.json` also writes the tables "main" and "float16" for the docs
+`SepsRetriever.load` opens them. Queries are random 16-token captions. Each gallery size is built, measured and
+deleted in turn (10k images: 2 GB in float16). What the storage dtype costs in recall and score error:
+`benchmarks/bench_token_codecs.py`. `--results_file docs/results/NAME.json` also writes the table for the docs
 (`benchmarks/results.py`).
 
     .venv/bin/python benchmarks/bench_index.py --sizes 10000 30000 --output_dir /tmp/bench-index \
@@ -95,21 +95,6 @@ def query_latencies(model, gallery: StoredGallery, shortlist_size: int, args) ->
     return np.array(seconds[1:])
 
 
-def float16_error(model, args) -> tuple[float, float]:
-    """Max abs difference of SEPS scores between float16-stored and float32 tokens (200 images, 20 captions), and
-    the fraction of captions whose top-10 images are the same."""
-    generator = torch.Generator().manual_seed(1)
-    config = model.config
-    images = random_tokens(generator, 200, config.num_patches + int(config.vision_cls_token), config.embed_dim)
-    words = random_tokens(generator, 20, args.caption_tokens, config.embed_dim)
-    mask = torch.ones(20, args.caption_tokens, dtype=torch.long)
-    with torch.no_grad():
-        exact = model.similarity(images, words, mask)
-        half = model.similarity(images.half(), words, mask)
-    same_top10 = exact.topk(10, dim=0).indices.sort(dim=0).values == half.topk(10, dim=0).indices.sort(dim=0).values
-    return (exact - half).abs().max().item(), same_top10.all(dim=0).float().mean().item()
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000], help="gallery sizes")
@@ -131,15 +116,6 @@ def main() -> None:
     reuse_freed_cpu_memory()
     torch.set_grad_enabled(False)
     model = build_model("paper", 512)
-    error, same_top10 = float16_error(model, args)
-    float16 = Table(
-        [
-            Column("max_abs_difference", "max abs score difference", "{:.1e}"),
-            Column("same_top10", "captions with the same top-10 images (%)", "{:.0f}"),
-        ],
-        [{"max_abs_difference": error, "same_top10": 100 * same_top10}],
-    )
-    print(f"float16 storage against float32 (200 images x 20 captions):\n{float16.markdown()}\n")
     print(
         f"{args.dtype} tokens, {args.first_stage} first stage, dense tokens {args.dense_tokens}, "
         f"{torch.get_num_threads()} threads, {args.queries} queries"
@@ -179,7 +155,7 @@ def main() -> None:
     print(table.markdown())
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(f"peak resident memory of the process: {peak:.0f} MB")
-    recorder.write({"main": table, "float16": float16})
+    recorder.write({"main": table})
 
 
 if __name__ == "__main__":

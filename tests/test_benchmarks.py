@@ -60,6 +60,31 @@ def test_bench_two_stage_on_saved_models(saved_models, tiny_synthetic, tmp_path)
     assert " ± " in rows["exhaustive"][0]  # two models
 
 
+def test_bench_token_codecs_writes_each_storage_dtype_and_compares_it_with_float32(
+    saved_models, tiny_synthetic, tmp_path
+):
+    results = tmp_path / "token_codecs.json"
+    run_benchmark(
+        "bench_token_codecs.py", "--models", str(saved_models["paper"]), str(saved_models["official"]), "--data_root",
+        str(tiny_synthetic), "--shortlist_size", "3", "--random_images", "12", "--random_captions", "4",
+        "--output_dir", str(tmp_path), "--results_file", str(results),
+    )  # fmt: skip
+    tables = json.loads(results.read_text())["tables"]
+    recall = {row["dtype"]: row for row in tables["main"]["rows"]}
+    shapes = {row["dtype"]: row for row in tables["shapes"]["rows"]}
+    assert recall["float32"]["t2i_r10_change"] == [0.0, 0.0]  # float32 is the reference, for each model
+    dtypes = ("float32", "float16", "int8")
+    for disk in (
+        [sum(recall[dtype]["kb_per_image"]) for dtype in dtypes],
+        [shapes[dtype]["kb_per_image"] for dtype in dtypes],
+    ):
+        float16_saves = disk[0] - disk[1]  # 2 bytes per value
+        # int8 saves a byte per value more, less its scale per token (2 bytes), against float16.
+        assert float16_saves > 0 and 0.75 * float16_saves / 2 < disk[1] - disk[2] < float16_saves / 2
+    assert shapes["float32"]["max_abs_difference"] == 0 < shapes["float16"]["max_abs_difference"]
+    assert list(tmp_path.iterdir()) == [results]  # the indexes are deleted
+
+
 def test_synthetic_ceiling_matches_a_count_of_fitting_images(tiny_synthetic):
     rows = table_rows(run_benchmark("synthetic_ceiling.py", "--data_root", str(tiny_synthetic), "--split", "test"))
     scenes = read_scenes(tiny_synthetic, "test")

@@ -18,7 +18,14 @@ from PIL import Image
 
 from transformers_seps import SepsConfig, SepsModel, SepsProcessor
 from transformers_seps.configuration_seps import NON_SCORING_FIELDS, SCORING_FIELDS
-from transformers_seps.index import MANIFEST_FILE, StoredGallery, model_signature, signature_difference
+from transformers_seps.index import (
+    MANIFEST_FILE,
+    StoredGallery,
+    dequantize_tokens,
+    model_signature,
+    quantize_tokens,
+    signature_difference,
+)
 from transformers_seps.retrieval import SepsRetriever
 from transformers_seps.train import indexing
 from transformers_seps.train.cli import UsageError
@@ -40,7 +47,7 @@ def gallery(count: int) -> tuple[list[Image.Image], list[str]]:
 
 @pytest.fixture(scope="module")
 def built(tmp_path_factory):
-    """A retriever with 11 images (two add_images calls) and dense captions, saved in float32 and float16."""
+    """A retriever with 11 images (two add_images calls) and dense captions, saved in float32, float16 and int8."""
     model, processor = tiny_model_with_processor("paper")
     images, dense = gallery(NUM_IMAGES)
     retriever = SepsRetriever(model, processor, batch_size=4)
@@ -49,6 +56,7 @@ def built(tmp_path_factory):
     root = tmp_path_factory.mktemp("index")
     retriever.save(root / "fp32", dtype=torch.float32, shard_size=4)
     retriever.save(root / "fp16", shard_size=4)
+    retriever.save(root / "int8", dtype=torch.int8, shard_size=4)
     return model, processor, retriever, root
 
 
@@ -74,6 +82,56 @@ def test_a_float16_index_ranks_like_the_float32_one(built):
     stored = retriever._gallery()
     float32_bytes = 4 * (stored.image_embeds.numel() + stored.dense_embeds.numel())
     assert 0.45 * float32_bytes < sizes["fp32"] - sizes["fp16"] < 0.55 * float32_bytes
+
+
+def test_int8_codes_are_within_half_a_step_of_each_token():
+    tokens = torch.randn(3, 5, 64) * torch.logspace(-3, 2, 5)[:, None]  # tokens of very different norms
+    tokens[1, 2] = 0
+    codes, scales = quantize_tokens(tokens)
+    assert codes.dtype == torch.int8 and scales.dtype == torch.float16 and scales.shape == (3, 5, 1)
+    assert codes.abs().amax(dim=-1).max() == 127  # each token uses the whole range...
+    assert torch.equal(codes[1, 2], torch.zeros(64, dtype=torch.int8))  # ...but a zero token, which stays zero
+    decoded = torch.from_numpy(dequantize_tokens(codes.numpy(), scales.numpy()))
+    step = scales.float()
+    assert ((decoded - tokens).abs() <= step / 2 * (1 + 1e-5)).all()
+
+
+def test_an_int8_index_decodes_its_tokens_and_ranks_like_the_float32_one(built):
+    model, _, retriever, root = built
+    retriever.shortlist_size = None
+    stored = StoredGallery(root / "int8", model)
+    assert json.loads((root / "int8" / MANIFEST_FILE).read_text())["dtype"] == "int8"
+    rows = torch.tensor([9, 0, 5, 4])  # from three shards
+    images, dense, mask = stored.rows(rows)
+    expected_images, expected_dense, expected_mask = retriever._gallery().rows(rows)
+    assert images.dtype == torch.float32 and torch.equal(mask, expected_mask.long())
+    for decoded, exact in ((images, expected_images), (dense, expected_dense)):
+        step = exact.abs().amax(dim=-1, keepdim=True) / 127
+        assert ((decoded - exact).abs() <= step * 0.51 + 1e-6).all()
+    loaded = SepsRetriever.load(root / "int8", model)
+    expected, result = retriever.search(QUERIES, top_k=NUM_IMAGES), loaded.search(QUERIES, top_k=NUM_IMAGES)
+    torch.testing.assert_close(result.scores, expected.scores, atol=2e-2, rtol=0)
+    # A byte per value and two per token's scale, against four per value in float32.
+    sizes = {name: sum(f.stat().st_size for f in (root / name).glob("shard-*")) for name in ("int8", "fp32")}
+    stored_tokens = retriever._gallery()
+    values = stored_tokens.image_embeds.numel() + stored_tokens.dense_embeds.numel()
+    tokens = values // stored_tokens.image_embeds.shape[-1]
+    assert sizes["fp32"] - sizes["int8"] == pytest.approx(3 * values - 2 * tokens, abs=2000)  # headers differ a bit
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.int8])
+def test_a_model_that_fuses_its_first_stage_searches_a_compressed_index(dtype, tmp_path):
+    """The fused score recomputes the first stage from the stored tokens (float16, or int8 decoded), whatever the
+    model's own dtype."""
+    model, processor = tiny_model_with_processor("paper")
+    model.config.first_stage_weight = 0.5
+    images, dense = gallery(6)
+    retriever = SepsRetriever(model, processor, shortlist_size=3)
+    retriever.add_images(images, dense)
+    retriever.save(tmp_path / "index", dtype=dtype, shard_size=4)
+    expected = retriever.search(QUERIES, top_k=3)
+    result = SepsRetriever.load(tmp_path / "index", model, shortlist_size=3).search(QUERIES, top_k=3)
+    torch.testing.assert_close(result.scores, expected.scores, atol=2e-2, rtol=0)
 
 
 def test_the_manifest_lists_the_shards_and_the_first_stage_holds_the_global_embeddings(built):

@@ -49,6 +49,7 @@ class SepsGlobalEmbedding(nn.Module):
     def _pool(
         tokens: torch.Tensor, mask: torch.Tensor | None, score: nn.Linear, projection: nn.Linear, vectors: int
     ) -> torch.Tensor:
+        tokens = tokens.to(score.weight.dtype)  # e.g. float16 tokens of an index on disk, for a float32 model
         weights = masked_token_softmax(score(tokens).transpose(1, 2), mask)  # (N, queries, L)
         pooled = torch.einsum("nql,nlc->nqc", weights, tokens)
         grouped = pooled.reshape(pooled.shape[0], vectors, -1)  # consecutive queries concatenated per vector

@@ -3,10 +3,11 @@
 Layout of an index folder (`SepsRetriever.save`, `examples/build_index.py`):
 
 - `shard-<first row>-<end row>.safetensors`: per image, the SEPS tokens (`image_embeds`, (n, L_v, C), float16
-  by default), the global embedding of the first stage (`global_embeds`, (n, V, D), float32: V vectors per image,
-  `SepsConfig.num_global_image_vectors`), and with dense captions
-  `dense_embeds` (n, L_d, C) and `dense_attention_mask` (n, L_d); the image ids in the file's metadata. Each shard
-  is written under a temporary name and renamed, so a shard file is always complete.
+  by default; stored in int8, codes with a float16 scale per token in `image_embeds_scale`, (n, L_v, 1):
+  `quantize_tokens`), the global embedding of the first stage (`global_embeds`, (n, V, D), float32: V vectors per
+  image, `SepsConfig.num_global_image_vectors`), and with dense captions `dense_embeds` (n, L_d, C) (and
+  `dense_embeds_scale`) and `dense_attention_mask` (n, L_d); the image ids in the file's metadata. Each shard is
+  written under a temporary name and renamed, so a shard file is always complete.
 - `first_stage.faiss`: the global embeddings in a FAISS index (exact inner product, or HNSW as an option), one row
   per vector: row image * V + k holds vector k of the image.
 - `processor/`: the processor that tokenises queries.
@@ -17,7 +18,8 @@ Layout of an index folder (`SepsRetriever.save`, `examples/build_index.py`):
 An index is searched only with a model of the same signature, wherever that model was loaded from: the model's
 name or path, its dtype field and the fields of training only are not part of it.
 
-Searching reads the SEPS tokens through memory maps, so only the shortlisted images are read from disk.
+Searching reads the SEPS tokens through memory maps, so only the shortlisted images are read from disk (and,
+stored in int8, decoded).
 """
 
 import hashlib
@@ -45,9 +47,13 @@ PROCESSOR_FOLDER = "processor"
 INDEX_FORMAT = "transformers-seps-gallery-index"
 INDEX_VERSION = 3  # 3: the model's signature in the manifest; 2: V global vectors per image (1 held one)
 FIRST_STAGE_KINDS = ("exact", "hnsw")
-# Storage precisions of the SEPS tokens; NumPy memory-maps both (bfloat16 it cannot).
-STORAGE_DTYPES = {"float16": torch.float16, "float32": torch.float32}
-_SAFETENSORS_NUMPY_DTYPES = {"F16": np.float16, "F32": np.float32, "U8": np.uint8}
+# Storage of the SEPS tokens and dense captions: float16 or float32 as they are; int8 as codes and a scale per
+# token (`quantize_tokens`), a quarter of float32's disk. NumPy memory-maps all three (bfloat16 it cannot).
+STORAGE_DTYPES = {"float16": torch.float16, "float32": torch.float32, "int8": torch.int8}
+_SAFETENSORS_NUMPY_DTYPES = {"F16": np.float16, "F32": np.float32, "U8": np.uint8, "I8": np.int8}
+_SAFETENSORS_STORAGE_NAMES = {"F16": "float16", "F32": "float32", "I8": "int8"}
+# Suffix of the tensor holding the per-token scales of an int8 tensor of a shard.
+SCALE_SUFFIX = "_scale"
 # HNSW: neighbours per node, and the search breadth (at least the shortlist size).
 HNSW_NEIGHBORS = 32
 HNSW_MIN_SEARCH_BREADTH = 128
@@ -142,6 +148,32 @@ def check_storage_dtype(dtype: torch.dtype) -> str:
     raise ValueError(f"dtype must be one of torch.{', torch.'.join(STORAGE_DTYPES)}, got {dtype!r}")
 
 
+def quantize_tokens(tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Symmetric int8 scalar quantisation of each token (the last dimension), as LLM.int8's vector-wise one:
+    (..., C) tokens -> (..., C) int8 codes and (..., 1) float16 scales, a token being codes * scale
+    (`dequantize_tokens`); the scale is the token's largest absolute value / 127, so each value is within half a
+    step (scale / 2) of the original. No training: each shard is coded on its own."""
+    tokens = tokens.float()
+    scales = (tokens.abs().amax(dim=-1, keepdim=True) / 127).half()
+    # Divide by the scale as stored, so that decoding (in float32) is within half a step; 0 for an all-zero token.
+    steps = scales.float()
+    codes = torch.where(steps > 0, tokens / steps.clamp_min(torch.finfo(torch.float32).tiny), 0.0)
+    return codes.round().clamp(-127, 127).to(torch.int8), scales
+
+
+def dequantize_tokens(codes: np.ndarray, scales: np.ndarray) -> np.ndarray:
+    """The float32 tokens of `quantize_tokens`' (..., C) codes and (..., 1) scales."""
+    return codes.astype(np.float32) * scales.astype(np.float32)
+
+
+def _stored_tensors(name: str, tokens: torch.Tensor, dtype: torch.dtype) -> dict[str, torch.Tensor]:
+    """The tensors of a shard that store `tokens` as `name` in the storage `dtype` (`STORAGE_DTYPES`)."""
+    if dtype == torch.int8:
+        codes, scales = quantize_tokens(tokens)
+        return {name: codes.contiguous(), name + SCALE_SUFFIX: scales.contiguous()}
+    return {name: tokens.to(dtype).contiguous()}
+
+
 def shard_name(first_row: int, num_rows: int) -> str:
     return f"shard-{first_row:09d}-{first_row + num_rows:09d}.safetensors"
 
@@ -161,11 +193,11 @@ def write_shard(
     with the fingerprint of the `model_signature` of the model that encoded them."""
     check_storage_dtype(dtype)
     tensors = {
-        "image_embeds": image_embeds.to(dtype).contiguous(),
+        **_stored_tensors("image_embeds", image_embeds, dtype),
         "global_embeds": global_embeds.float().contiguous(),
     }
     if dense_embeds is not None:
-        tensors["dense_embeds"] = dense_embeds.to(dtype).contiguous()
+        tensors.update(_stored_tensors("dense_embeds", dense_embeds, dtype))
         tensors["dense_attention_mask"] = dense_attention_mask.to(torch.uint8).contiguous()
     metadata = {"image_ids": json.dumps(list(image_ids)), "model_fingerprint": signature_fingerprint(signature)}
     path = Path(directory) / shard_name(first_row, len(image_ids))
@@ -271,7 +303,7 @@ def finalize_index(directory: Path, signature: dict[str, Any], first_stage: str 
         "num_images": expected_first,
         "image_tokens": image_tokens,
         "embed_dim": embed_dim,
-        "dtype": {"F16": "float16", "F32": "float32"}[dtype_code],
+        "dtype": _SAFETENSORS_STORAGE_NAMES[dtype_code],
         "global_dim": int(global_dim),
         "global_vectors": int(num_vectors),
         "dense_length": dense_length,
@@ -327,7 +359,8 @@ class StoredGallery:
                 f"{manifest['num_images']} images of {manifest['global_vectors']}"
             )
         self.image_ids: list = []
-        self._images, self._dense, self._dense_masks = [], [], []
+        # Per shard: a memory map of each stored tensor (None where the shard has none).
+        self._shards: list[dict[str, np.ndarray | None]] = []
         for entry in manifest["shards"]:
             path = directory / entry["file"]
             if not path.is_file():
@@ -336,9 +369,9 @@ class StoredGallery:
             if header["image_embeds"]["shape"][0] != entry["num_images"]:
                 raise ValueError(f"{path} does not hold the {entry['num_images']} images the manifest lists")
             self.image_ids.extend(json.loads(header["__metadata__"]["image_ids"]))
-            self._images.append(memory_map(path, header, offset, "image_embeds"))
-            self._dense.append(memory_map(path, header, offset, "dense_embeds"))
-            self._dense_masks.append(memory_map(path, header, offset, "dense_attention_mask"))
+            names = ("image_embeds", "dense_embeds", "dense_attention_mask")
+            names += tuple(name + SCALE_SUFFIX for name in names[:2])
+            self._shards.append({name: memory_map(path, header, offset, name) for name in names})
         self._starts = np.array([entry["first_row"] for entry in manifest["shards"]])
 
     def __len__(self) -> int:
@@ -350,26 +383,35 @@ class StoredGallery:
 
     def rows(self, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
         """SEPS tokens (and dense captions, padded to the gallery's longest) of the gallery rows `rows`, read from
-        the memory maps: (n, L_v, C), (n, L_d, C), (n, L_d)."""
+        the memory maps (int8 tokens decoded to float32): (n, L_v, C), (n, L_d, C), (n, L_d)."""
         rows = rows.cpu().numpy()
         shard_of_row = np.searchsorted(self._starts, rows, side="right") - 1
-        first_shard = self._images[0]
-        images = np.empty((len(rows), *first_shard.shape[1:]), dtype=first_shard.dtype)
+        token_dtype = np.float32 if self.manifest["dtype"] == "int8" else self._shards[0]["image_embeds"].dtype
+        images = np.empty((len(rows), self.manifest["image_tokens"], self.manifest["embed_dim"]), dtype=token_dtype)
         dense = mask = None
         if self.has_dense_captions:
             length = self.manifest["dense_length"]
-            dense = np.zeros((len(rows), length, first_shard.shape[2]), dtype=first_shard.dtype)
+            dense = np.zeros((len(rows), length, self.manifest["embed_dim"]), dtype=token_dtype)
             mask = np.zeros((len(rows), length), dtype=np.int64)
         for shard in np.unique(shard_of_row):
             selected = np.flatnonzero(shard_of_row == shard)
             local = rows[selected] - self._starts[shard]
-            images[selected] = self._images[shard][local]
+            tensors = self._shards[shard]
+            images[selected] = self._tokens(tensors, "image_embeds", local)
             if dense is not None:
-                shard_length = self._dense[shard].shape[1]
-                dense[selected, :shard_length] = self._dense[shard][local]
-                mask[selected, :shard_length] = self._dense_masks[shard][local]
+                shard_length = tensors["dense_embeds"].shape[1]
+                dense[selected, :shard_length] = self._tokens(tensors, "dense_embeds", local)
+                mask[selected, :shard_length] = tensors["dense_attention_mask"][local]
         as_tensor = torch.from_numpy
         return as_tensor(images), None if dense is None else as_tensor(dense), None if mask is None else as_tensor(mask)
+
+    @staticmethod
+    def _tokens(tensors: dict[str, np.ndarray | None], name: str, local: np.ndarray) -> np.ndarray:
+        """Rows `local` of a shard's tokens `name`, decoded if stored in int8."""
+        scales = tensors[name + SCALE_SUFFIX]
+        if scales is None:
+            return tensors[name][local]
+        return dequantize_tokens(tensors[name][local], scales[local])
 
     def shortlist(self, text_global: torch.Tensor, size: int) -> torch.Tensor:
         """(N_txt, size) gallery rows whose best global vector has the largest inner product with each (N_txt, D)

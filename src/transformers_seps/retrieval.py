@@ -338,7 +338,9 @@ class SepsRetriever:
         Args:
             directory: a folder that does not exist yet, or an empty one.
             dtype: storage of the SEPS tokens and dense captions, `torch.float16` (half the disk, scores within
-                about 1e-3 of float32; measured by `benchmarks/bench_index.py`) or `torch.float32` (exact).
+                about 1e-3 of float32; measured by `benchmarks/bench_index.py`), `torch.float32` (exact), or
+                `torch.int8` (a quarter of float32's disk: a byte per value and a float16 scale per token,
+                `transformers_seps.index.quantize_tokens`; recall against float32: `benchmarks/bench_token_codecs.py`).
             first_stage: "exact" (FAISS inner product over every image) or "hnsw" (approximate, for large galleries).
             shard_size: images per shard file.
         """

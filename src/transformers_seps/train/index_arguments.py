@@ -4,7 +4,7 @@ from dataclasses import dataclass, field
 
 from .arguments import DATASETS
 
-INDEX_DTYPES = ("float16", "float32")
+INDEX_DTYPES = ("float16", "float32", "int8")  # transformers_seps.index.STORAGE_DTYPES
 FIRST_STAGES = ("exact", "hnsw")
 
 
@@ -37,7 +37,13 @@ class IndexArguments:
     split: str = field(default="test", metadata={"help": "With --data_root: the split to index."})
     shard_size: int = field(default=1024, metadata={"help": "Images per shard file (the unit of resumption)."})
     batch_size: int = field(default=32, metadata={"help": "Images per encoding batch."})
-    dtype: str = field(default="float16", metadata={"help": "Storage of the SEPS tokens.", "choices": INDEX_DTYPES})
+    dtype: str = field(
+        default="float16",
+        metadata={
+            "help": "Storage of the SEPS tokens: float16, float32, or int8 (a byte per value and a scale per token).",
+            "choices": INDEX_DTYPES,
+        },
+    )
     first_stage: str = field(
         default="exact",
         metadata={"help": "exact: FAISS inner product over every image; hnsw: approximate.", "choices": FIRST_STAGES},
