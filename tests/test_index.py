@@ -256,7 +256,7 @@ def test_an_index_loads_with_the_same_weights_from_any_path_in_any_process(tmp_p
     assert moved == [expected]
 
 
-def test_save_refuses_a_non_empty_folder_and_a_loaded_retriever_is_read_only(built, tmp_path):
+def test_save_refuses_a_non_empty_folder_and_a_loaded_retriever_is_saved_already(built, tmp_path):
     model, _, retriever, root = built
     (tmp_path / "taken").mkdir()
     (tmp_path / "taken" / "notes.txt").write_text("keep me")
@@ -269,9 +269,8 @@ def test_save_refuses_a_non_empty_folder_and_a_loaded_retriever_is_read_only(bui
         retriever.save(tmp_path / "new", first_stage="ivf")
     assert not (tmp_path / "new").exists()
     loaded = SepsRetriever.load(root / "fp32", model)
-    images, _ = gallery(1)
-    with pytest.raises(ValueError, match="read-only"):
-        loaded.add_images(images)
+    with pytest.raises(ValueError, match="already on disk"):
+        loaded.save(tmp_path / "new")
 
 
 def test_without_faiss_save_names_the_extra_and_writes_nothing(built, tmp_path, monkeypatch):
@@ -471,6 +470,8 @@ def test_two_processes_split_the_shards_and_give_the_index_of_one(saved_models, 
         (["--data_root", "{synthetic}"], "--data_root needs --dataset"),
         (["--image_root", "{tmp}/nowhere"], "--image_root"),
         (["--image_root", "{synthetic}/images", "--shard_size", "0"], "--shard_size must be a positive"),
+        (["--image_root", "{synthetic}/images", "--append"], "holds no finished index to add to"),
+        (["--image_root", "{synthetic}/images", "--append", "--overwrite_output_dir"], "pick one"),
     ],
 )
 def test_build_script_errors_are_one_line(saved_models, tiny_synthetic, tmp_path, capsys, arguments, message):

@@ -25,6 +25,7 @@ stored in int8, decoded).
 import hashlib
 import json
 import os
+import re
 import struct
 from collections.abc import Sequence
 from pathlib import Path
@@ -54,6 +55,7 @@ _SAFETENSORS_NUMPY_DTYPES = {"F16": np.float16, "F32": np.float32, "U8": np.uint
 _SAFETENSORS_STORAGE_NAMES = {"F16": "float16", "F32": "float32", "I8": "int8"}
 # Suffix of the tensor holding the per-token scales of an int8 tensor of a shard.
 SCALE_SUFFIX = "_scale"
+_BUILD_SHARD = re.compile(r"shard-(\d+)-(\d+)\.safetensors")
 # HNSW: neighbours per node, and the search breadth (at least the shortlist size).
 HNSW_NEIGHBORS = 32
 HNSW_MIN_SEARCH_BREADTH = 128
@@ -174,8 +176,16 @@ def _stored_tensors(name: str, tokens: torch.Tensor, dtype: torch.dtype) -> dict
     return {name: tokens.to(dtype).contiguous()}
 
 
-def shard_name(first_row: int, num_rows: int) -> str:
-    return f"shard-{first_row:09d}-{first_row + num_rows:09d}.safetensors"
+def shard_name(first_row: int, num_rows: int, generation: int = 0) -> str:
+    """A shard's file name: its rows, and the update that wrote it (`transformers_seps.index_updates`; 0: the
+    build), so that an update never writes over a file the manifest names."""
+    suffix = f"-g{generation}" if generation else ""
+    return f"shard-{first_row:09d}-{first_row + num_rows:09d}{suffix}.safetensors"
+
+
+def first_stage_name(generation: int = 0) -> str:
+    """The FAISS file of the first stage written by the build (0) or by an update."""
+    return FIRST_STAGE_FILE if generation == 0 else f"first_stage-g{generation}.faiss"
 
 
 def write_shard(
@@ -188,9 +198,11 @@ def write_shard(
     dense_attention_mask: torch.Tensor | None,
     dtype: torch.dtype,
     signature: dict[str, Any],
+    generation: int = 0,
 ) -> Path:
     """Write the gallery rows [first_row, first_row + n) as one shard, atomically (temporary name, then rename),
-    with the fingerprint of the `model_signature` of the model that encoded them."""
+    with the fingerprint of the `model_signature` of the model that encoded them (`shard_name` for
+    `generation`)."""
     check_storage_dtype(dtype)
     tensors = {
         **_stored_tensors("image_embeds", image_embeds, dtype),
@@ -199,8 +211,16 @@ def write_shard(
     if dense_embeds is not None:
         tensors.update(_stored_tensors("dense_embeds", dense_embeds, dtype))
         tensors["dense_attention_mask"] = dense_attention_mask.to(torch.uint8).contiguous()
+    return save_shard(directory, shard_name(first_row, len(image_ids), generation), tensors, image_ids, signature)
+
+
+def save_shard(
+    directory: Path, name: str, tensors: dict[str, torch.Tensor], image_ids: Sequence[Any], signature: dict[str, Any]
+) -> Path:
+    """Save a shard's tensors as `name`, atomically (temporary name, then rename), with its image ids and the
+    fingerprint of the `model_signature` of the model that encoded them."""
     metadata = {"image_ids": json.dumps(list(image_ids)), "model_fingerprint": signature_fingerprint(signature)}
-    path = Path(directory) / shard_name(first_row, len(image_ids))
+    path = Path(directory) / name
     temporary = path.with_name(f".tmp-{path.name}")
     save_file(tensors, str(temporary), metadata=metadata)
     os.replace(temporary, path)
@@ -233,18 +253,20 @@ def memory_map(path: Path, header: dict, data_offset: int, name: str) -> np.ndar
 
 
 def _shard_files(directory: Path) -> list[tuple[int, int, Path]]:
-    """(first row, end row, path) of the finished shards of a folder, in row order."""
+    """(first row, end row, path) of the finished shards a build wrote in a folder, in row order."""
     shards = []
     for path in directory.glob("shard-*-*.safetensors"):
-        first, end = path.stem.split("-")[1:]
-        shards.append((int(first), int(end), path))
+        match = _BUILD_SHARD.fullmatch(path.name)
+        if match:
+            shards.append((int(match[1]), int(match[2]), path))
     return sorted(shards)
 
 
 def is_index_file(name: str) -> bool:
     """Whether `name`, in an index folder, is a file an index (or its interrupted build) writes."""
     shard = name.startswith("shard-") and name.endswith(".safetensors")
-    return shard or name in (MANIFEST_FILE, FIRST_STAGE_FILE, PROCESSOR_FOLDER) or name.startswith(".tmp-")
+    first_stage = name.startswith("first_stage") and name.endswith(".faiss")
+    return shard or first_stage or name in (MANIFEST_FILE, PROCESSOR_FOLDER) or name.startswith(".tmp-")
 
 
 def finished_shards(directory: Path) -> set[str]:
@@ -258,7 +280,7 @@ def finalize_index(directory: Path, signature: dict[str, Any], first_stage: str 
     if first_stage not in FIRST_STAGE_KINDS:
         raise ValueError(f"first_stage must be one of {FIRST_STAGE_KINDS}, got {first_stage!r}")
     directory = Path(directory)
-    faiss = import_faiss()
+    import_faiss()  # before any file is read
     fingerprint = signature_fingerprint(signature)
     shards = _shard_files(directory)
     if not shards:
@@ -287,15 +309,7 @@ def finalize_index(directory: Path, signature: dict[str, Any], first_stage: str 
         expected_first = end
     global_embeds = np.concatenate(global_parts)  # (N, V, D)
     num_vectors, global_dim = global_embeds.shape[1:]
-    global_embeds = np.ascontiguousarray(global_embeds.reshape(-1, global_dim))  # row image * V + k
-    if first_stage == "exact":
-        index = faiss.IndexFlatIP(global_dim)
-    else:
-        index = faiss.IndexHNSWFlat(global_dim, HNSW_NEIGHBORS, faiss.METRIC_INNER_PRODUCT)
-    index.add(global_embeds)
-    temporary = directory / f".tmp-{FIRST_STAGE_FILE}"
-    faiss.write_index(index, str(temporary))
-    os.replace(temporary, directory / FIRST_STAGE_FILE)
+    write_first_stage(directory, first_stage_index(global_embeds, first_stage), FIRST_STAGE_FILE)
     (image_tokens, embed_dim), dtype_code, _, _ = layout
     manifest = {
         "format": INDEX_FORMAT,
@@ -308,14 +322,42 @@ def finalize_index(directory: Path, signature: dict[str, Any], first_stage: str 
         "global_vectors": int(num_vectors),
         "dense_length": dense_length,
         "first_stage": first_stage,
+        "first_stage_file": FIRST_STAGE_FILE,
         "model_fingerprint": fingerprint,
         "model": signature,
         "shards": entries,
+        "generation": 0,
+        "deleted_rows": [],
     }
+    write_manifest(directory, manifest)
+    return manifest
+
+
+def first_stage_index(global_embeds: np.ndarray, kind: str) -> "faiss.Index":
+    """A FAISS index of `kind` (`FIRST_STAGE_KINDS`) over (N, V, D) global embeddings: row image * V + k holds
+    vector k of the image."""
+    faiss = import_faiss()
+    global_dim = global_embeds.shape[-1]
+    if kind == "exact":
+        index = faiss.IndexFlatIP(global_dim)
+    else:
+        index = faiss.IndexHNSWFlat(global_dim, HNSW_NEIGHBORS, faiss.METRIC_INNER_PRODUCT)
+    index.add(np.ascontiguousarray(global_embeds.reshape(-1, global_dim), dtype=np.float32))
+    return index
+
+
+def write_first_stage(directory: Path, index: "faiss.Index", name: str) -> None:
+    """Write the FAISS first stage as `name`, atomically."""
+    temporary = directory / f".tmp-{name}"
+    import_faiss().write_index(index, str(temporary))
+    os.replace(temporary, directory / name)
+
+
+def write_manifest(directory: Path, manifest: dict) -> None:
+    """Write the manifest atomically: the last step of a build or an update, which makes it the index."""
     temporary = directory / f".tmp-{MANIFEST_FILE}"
     temporary.write_text(json.dumps(manifest, indent=1))
     os.replace(temporary, directory / MANIFEST_FILE)
-    return manifest
 
 
 def check_manifest_version(manifest: dict, path: Path) -> None:
@@ -332,32 +374,46 @@ def check_manifest_version(manifest: dict, path: Path) -> None:
         )
 
 
+def read_manifest(directory: Path, model: SepsModel) -> dict:
+    """The manifest of a finished index folder encoded by `model`; `ValueError` naming what is wrong otherwise.
+    Fields that updates added (`transformers_seps.index_updates`) get their values for an index never updated."""
+    manifest_path = directory / MANIFEST_FILE
+    if not directory.is_dir():
+        raise FileNotFoundError(f"no such index folder: {directory}")
+    if not manifest_path.is_file():
+        raise ValueError(
+            f"{directory} has no {MANIFEST_FILE}: not a finished index (an interrupted build? run it again)"
+        )
+    manifest = json.loads(manifest_path.read_text())
+    check_manifest_version(manifest, manifest_path)
+    signature = model_signature(model)
+    if manifest["model_fingerprint"] != signature_fingerprint(signature):
+        raise ValueError(
+            f"{directory} was encoded by another model: {signature_difference(manifest['model'], signature)}"
+        )
+    return {"first_stage_file": FIRST_STAGE_FILE, "generation": 0, "deleted_rows": [], **manifest}
+
+
 class StoredGallery:
-    """A finished index folder, opened for search: memory maps of the shards and the FAISS first stage."""
+    """A finished index folder, opened for search: memory maps of the shards and the FAISS first stage.
+
+    Rows are the images in the order they were added; rows removed (`deleted_rows` of the manifest, until
+    `transformers_seps.index_updates.compact_index` drops them) are never returned."""
 
     def __init__(self, directory: str | os.PathLike, model: SepsModel):
         directory = Path(directory)
-        manifest_path = directory / MANIFEST_FILE
-        if not directory.is_dir():
-            raise FileNotFoundError(f"no such index folder: {directory}")
-        if not manifest_path.is_file():
-            raise ValueError(
-                f"{directory} has no {MANIFEST_FILE}: not a finished index (an interrupted build? run it again)"
-            )
-        manifest = json.loads(manifest_path.read_text())
-        check_manifest_version(manifest, manifest_path)
-        signature = model_signature(model)
-        if manifest["model_fingerprint"] != signature_fingerprint(signature):
-            raise ValueError(
-                f"{directory} was encoded by another model: {signature_difference(manifest['model'], signature)}"
-            )
+        manifest = read_manifest(directory, model)
+        self.directory = directory
         self.manifest = manifest
-        self.first_stage = import_faiss().read_index(str(directory / FIRST_STAGE_FILE))
+        first_stage_path = directory / manifest["first_stage_file"]
+        self.first_stage = import_faiss().read_index(str(first_stage_path))
         if self.first_stage.ntotal != manifest["num_images"] * manifest["global_vectors"]:
             raise ValueError(
-                f"{directory / FIRST_STAGE_FILE} holds {self.first_stage.ntotal} vectors, the manifest "
+                f"{first_stage_path} holds {self.first_stage.ntotal} vectors, the manifest "
                 f"{manifest['num_images']} images of {manifest['global_vectors']}"
             )
+        self.deleted = np.zeros(manifest["num_images"], dtype=bool)
+        self.deleted[manifest["deleted_rows"]] = True
         self.image_ids: list = []
         # Per shard: a memory map of each stored tensor (None where the shard has none).
         self._shards: list[dict[str, np.ndarray | None]] = []
@@ -375,7 +431,12 @@ class StoredGallery:
         self._starts = np.array([entry["first_row"] for entry in manifest["shards"]])
 
     def __len__(self) -> int:
-        return self.manifest["num_images"]
+        """The images a search can return (removed ones excluded)."""
+        return self.manifest["num_images"] - len(self.manifest["deleted_rows"])
+
+    def live_rows(self) -> torch.Tensor:
+        """The rows of the images a search can return, in order."""
+        return torch.from_numpy(np.flatnonzero(~self.deleted))
 
     @property
     def has_dense_captions(self) -> bool:
@@ -417,17 +478,19 @@ class StoredGallery:
         """(N_txt, size) gallery rows whose best global vector has the largest inner product with each (N_txt, D)
         caption embedding (`first_stage_scores`), best first.
 
-        FAISS returns the best size * V vectors; the first `size` distinct images among them are the shortlist.
-        With the exact index that is the exact shortlist: the best vector of an image of the top `size` ranks
-        below the vectors of at most size - 1 other images, that is at most (size - 1) * V vectors."""
+        FAISS returns the best (size + R) * V vectors, R the removed images; the first `size` distinct images among
+        them that are not removed are the shortlist. With the exact index that is the exact shortlist: the best
+        vector of an image of the top `size` ranks below the vectors of at most size - 1 + R other images, that is
+        at most (size - 1 + R) * V vectors."""
         num_vectors = self.manifest["global_vectors"]
-        breadth = min(size * num_vectors, self.first_stage.ntotal)
+        breadth = min((size + len(self.manifest["deleted_rows"])) * num_vectors, self.first_stage.ntotal)
         if self.manifest["first_stage"] == "hnsw":
             self.first_stage.hnsw.efSearch = max(breadth, HNSW_MIN_SEARCH_BREADTH)
         _, vector_rows = self.first_stage.search(text_global.float().cpu().numpy(), breadth)
         shortlists = []
         for query, rows in enumerate(vector_rows):
-            images = list(dict.fromkeys(int(row) // num_vectors for row in rows if row >= 0))[:size]
+            images = dict.fromkeys(int(row) // num_vectors for row in rows if row >= 0)
+            images = [image for image in images if not self.deleted[image]][:size]
             if len(images) < size:  # only an approximate index can miss images
                 raise RuntimeError(
                     f"the {self.manifest['first_stage']} first stage found {len(images)} images for query {query}, "

@@ -21,6 +21,7 @@ from .index import (
     model_signature,
     write_shard,
 )
+from .index_updates import append_images, compact_index, remove_images
 from .inputs import as_caption_batch, as_image_batch, check_one_caption, check_one_image
 from .modeling_seps import SepsModel
 from .processing_seps import SepsProcessor
@@ -177,6 +178,17 @@ def encode_images(
     return EncodedImages(image_embeds.cpu(), global_embeds, dense, mask)
 
 
+def _merge(parts: Sequence[EncodedImages]) -> EncodedImages:
+    """Batches of encoded images as one (dense captions padded to the longest)."""
+    dense = mask = None
+    if parts[0].dense_embeds is not None:
+        dense, mask = pad_and_stack(
+            [part.dense_embeds for part in parts], [part.dense_attention_mask for part in parts]
+        )
+    image_embeds = torch.cat([part.image_embeds for part in parts])
+    return EncodedImages(image_embeds, torch.cat([part.global_embeds for part in parts]), dense, mask)
+
+
 @dataclass
 class _InMemoryGallery:
     """The encoded gallery of a `SepsRetriever` built with `add_images`."""
@@ -188,6 +200,9 @@ class _InMemoryGallery:
 
     def __len__(self) -> int:
         return self.image_embeds.shape[0]
+
+    def live_rows(self) -> torch.Tensor:
+        return torch.arange(len(self))
 
     def rows(self, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
         if self.dense_embeds is None:
@@ -234,7 +249,8 @@ class SepsRetriever:
         self._stored = None  # a StoredGallery, for a retriever opened with `load`
 
     def __len__(self) -> int:
-        return len(self.image_ids)
+        """The images a search can return."""
+        return len(self._stored) if self._stored is not None else len(self.image_ids)
 
     @torch.no_grad()
     def add_images(
@@ -247,10 +263,10 @@ class SepsRetriever:
 
         A gallery either has dense captions for every image or for none. One image (and its dense caption, a `str`)
         counts as a list of one. `image_ids` (strings or integers, saved with the index) default to the images'
-        positions in the gallery.
+        positions in the gallery. On a retriever opened with [`load`], the images are added to the index on disk,
+        in place (`transformers_seps.index_updates.append_images`: one new shard; a process killed meanwhile
+        leaves the index as it was); their ids must be new to it.
         """
-        if self._stored is not None:
-            raise ValueError("a retriever opened with SepsRetriever.load is read-only: build a new index to add images")
         images = as_image_batch(images)
         if dense_captions is not None:
             dense_captions = as_caption_batch(dense_captions, "dense_captions")
@@ -260,18 +276,72 @@ class SepsRetriever:
                     f"{len(dense_captions)} dense captions"
                 )
         if image_ids is None:
-            image_ids = range(len(self), len(self) + len(images))
+            image_ids = range(len(self.image_ids), len(self.image_ids) + len(images))
         elif len(image_ids) != len(images) or not all(isinstance(i, (str, int)) for i in image_ids):
             raise ValueError(
                 f"image_ids must hold one str or int per image: got {len(images)} images and image_ids={image_ids!r}"
             )
-        if len(self) and (self._encoded[0].dense_embeds is not None) != (dense_captions is not None):
+        if self._encoded and (self._encoded[0].dense_embeds is not None) != (dense_captions is not None):
             raise ValueError("a gallery has dense captions for all images or for none")
+        encoded = []
         for start in range(0, len(images), self.batch_size):
             part = slice(start, start + self.batch_size)
             dense = list(dense_captions[part]) if dense_captions is not None else None
-            self._encoded.append(encode_images(self.model, self.processor, images[part], dense))
-        self.image_ids.extend(image_ids)
+            encoded.append(encode_images(self.model, self.processor, images[part], dense))
+        if self._stored is None:
+            self._encoded.extend(encoded)
+            self.image_ids.extend(image_ids)
+            return
+        merged = _merge(encoded)
+        append_images(
+            self._stored.directory,
+            self.model,
+            list(image_ids),
+            merged.image_embeds,
+            merged.global_embeds,
+            merged.dense_embeds,
+            merged.dense_attention_mask,
+        )
+        self._reopen()
+
+    def remove_images(self, image_ids: Sequence[str | int]) -> None:
+        """Remove the images of `image_ids` from the gallery (`KeyError` naming ids it does not hold). On a
+        retriever opened with [`load`], they are marked deleted in the index on disk, in place: searches skip them
+        at once, and [`compact`] frees their disk (`transformers_seps.index_updates`)."""
+        image_ids = list(image_ids)
+        if self._stored is not None:
+            remove_images(self._stored.directory, self.model, image_ids)
+            self._reopen()
+            return
+        wanted = set(image_ids)
+        missing = [image_id for image_id in image_ids if image_id not in self.image_ids]
+        if missing:
+            raise KeyError(f"not in the gallery: {missing[:5]!r}")
+        keep = torch.tensor([image_id not in wanted for image_id in self.image_ids], dtype=torch.bool)
+        gallery = self._gallery()
+        dense = gallery.dense_embeds
+        self._encoded = [
+            EncodedImages(
+                gallery.image_embeds[keep],
+                gallery.global_embeds[keep],
+                None if dense is None else dense[keep],
+                None if dense is None else gallery.dense_attention_mask[keep],
+            )
+        ][: int(keep.any())]
+        self.image_ids = [image_id for image_id in self.image_ids if image_id not in wanted]
+
+    def compact(self) -> None:
+        """Rewrite a loaded index's shards without its removed images and rebuild its first stage, in place
+        (`transformers_seps.index_updates.compact_index`); row numbers, and so search indices into `image_ids`,
+        change. Nothing to do for a gallery in memory (removing drops the images at once)."""
+        if self._stored is not None:
+            compact_index(self._stored.directory, self.model)
+            self._reopen()
+
+    def _reopen(self) -> None:
+        """Open the loaded index again after an update."""
+        self._stored = StoredGallery(self._stored.directory, self.model)
+        self.image_ids = self._stored.image_ids
 
     def _gallery(self):
         """The gallery to search: the `load`ed index, or the encoded images merged into one block."""
@@ -280,18 +350,7 @@ class SepsRetriever:
         if not self._encoded:
             raise ValueError("the gallery is empty: call add_images first")
         if len(self._encoded) > 1:
-            dense = mask = None
-            if self._encoded[0].dense_embeds is not None:
-                dense, mask = pad_and_stack(
-                    [part.dense_embeds for part in self._encoded], [part.dense_attention_mask for part in self._encoded]
-                )
-            merged = EncodedImages(
-                torch.cat([part.image_embeds for part in self._encoded]),
-                torch.cat([part.global_embeds for part in self._encoded]),
-                dense,
-                mask,
-            )
-            self._encoded = [merged]
+            self._encoded = [_merge(self._encoded)]
         part = self._encoded[0]
         return _InMemoryGallery(part.image_embeds, part.global_embeds, part.dense_embeds, part.dense_attention_mask)
 
@@ -310,17 +369,18 @@ class SepsRetriever:
         words = self.model.encode_text(inputs["input_ids"], inputs["attention_mask"])
         word_mask = inputs["attention_mask"]
         num_images = len(gallery)
+        if num_images == 0:
+            raise ValueError("the gallery is empty: every image was removed")
         top_k = min(top_k, num_images)
         shortlist_size = None if self.shortlist_size is None else max(self.shortlist_size, top_k)
         if shortlist_size is None or shortlist_size >= num_images:
-            blocks = []
-            for start in range(0, num_images, EXHAUSTIVE_BLOCK_SIZE):
-                block = torch.arange(start, min(start + EXHAUSTIVE_BLOCK_SIZE, num_images))
+            blocks, live = [], gallery.live_rows()
+            for block in live.split(EXHAUSTIVE_BLOCK_SIZE):
                 images, dense, dense_mask = gallery.rows(block)
                 dense_args = () if dense is None else (dense.to(words.device), dense_mask.to(words.device))
                 blocks.append(self.model.similarity(images.to(words.device), words, word_mask, *dense_args).cpu())
             best = torch.cat(blocks).t().topk(top_k, dim=1)
-            return RetrievalResult(best.values, best.indices)
+            return RetrievalResult(best.values, live[best.indices])
         shortlists = gallery.shortlist(self.model.global_text_embeds(words, word_mask).cpu(), shortlist_size)
         shortlisted = rerank_shortlists(self.model, shortlists, gallery.rows, words, word_mask)
         best = shortlisted.scores.topk(top_k, dim=1)

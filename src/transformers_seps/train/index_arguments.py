@@ -21,6 +21,14 @@ class IndexArguments:
             "beside it and takes its place once complete; the old one stays usable until then."
         },
     )
+    append: bool = field(
+        default=False,
+        metadata={
+            "help": "Add to the finished index in --output_dir, in place, the images it does not hold yet (by id), "
+            "a shard of --shard_size at a time; a killed run leaves every shard added or not, and run again adds "
+            "the rest. One process."
+        },
+    )
     image_root: str | None = field(
         default=None, metadata={"help": "Index every image under this folder (ids: paths relative to it)."}
     )

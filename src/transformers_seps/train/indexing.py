@@ -21,6 +21,7 @@ from ..index import (
     MANIFEST_FILE,
     PROCESSOR_FOLDER,
     STORAGE_DTYPES,
+    StoredGallery,
     finalize_index,
     finished_shards,
     import_faiss,
@@ -34,7 +35,7 @@ from ..index import (
 )
 from ..modeling_seps import SepsModel
 from ..processing_seps import SepsProcessor
-from ..retrieval import encode_images, pad_and_stack
+from ..retrieval import SepsRetriever, encode_images, pad_and_stack
 from .cli import (
     UsageError,
     check_choice,
@@ -248,6 +249,29 @@ def _build(
     return json.loads((directory / MANIFEST_FILE).read_text())
 
 
+def append_to_index(
+    model: SepsModel,
+    processor: SepsProcessor,
+    source: GallerySource,
+    directory: Path,
+    shard_size: int = 1024,
+    batch_size: int = 32,
+    progress: bool = True,
+) -> dict:
+    """Add to the finished index in `directory` the images of `source` whose ids it does not hold, one shard of
+    `shard_size` images per update (`transformers_seps.index_updates.append_images`), and return its manifest."""
+    stored = StoredGallery(directory, model)
+    held = {stored.image_ids[row] for row in stored.live_rows().tolist()}
+    retriever = SepsRetriever.load(directory, model, processor, batch_size=batch_size)
+    new = [row for row, image_id in enumerate(source.image_ids) if image_id not in held]
+    for start in tqdm(range(0, len(new), shard_size), desc="shards appended", disable=not progress):
+        rows = new[start : start + shard_size]
+        images = [load_rgb_image(source.image_paths[row]) for row in rows]
+        dense = None if source.dense_captions is None else [source.dense_captions[row] for row in rows]
+        retriever.add_images(images, dense, [source.image_ids[row] for row in rows])
+    return json.loads((directory / MANIFEST_FILE).read_text())
+
+
 def run_build_index(args: IndexArguments) -> dict:
     """Check the arguments, load the model, and build (or resume) the index of `examples/build_index.py`."""
     from accelerate import Accelerator
@@ -260,6 +284,10 @@ def run_build_index(args: IndexArguments) -> dict:
     check_writable_folder("output_dir", Path(args.output_dir))
     if args.overwrite_output_dir:
         check_replaceable(Path(args.output_dir))
+    if args.append and args.overwrite_output_dir:
+        raise UsageError("--append adds to the index in --output_dir; --overwrite_output_dir replaces it: pick one")
+    if args.append and not (Path(args.output_dir) / MANIFEST_FILE).is_file():
+        raise UsageError(f"--append: --output_dir {args.output_dir} holds no finished index to add to")
     try:
         import_faiss()
     except ImportError as error:
@@ -268,6 +296,17 @@ def run_build_index(args: IndexArguments) -> dict:
     accelerator = Accelerator(cpu=not torch.cuda.is_available())
     model = SepsModel.from_pretrained(args.model).to(accelerator.device).eval()
     processor = SepsProcessor.from_pretrained(args.model)
+    if args.append:
+        if accelerator.num_processes > 1:
+            raise UsageError("--append runs on one process (the index's manifest is rewritten by each shard added)")
+        try:
+            manifest = append_to_index(
+                model, processor, source, Path(args.output_dir), args.shard_size, args.batch_size
+            )
+        except ValueError as error:  # another model's index, or dense captions on one side only
+            raise UsageError(f"--append: {error}") from None
+        print(f"{args.output_dir}: {manifest['num_images'] - len(manifest['deleted_rows'])} images")
+        return manifest
     manifest = build_index(
         model,
         processor,
