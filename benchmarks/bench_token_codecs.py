@@ -57,8 +57,9 @@ def write_index(
     dense_embeds: torch.Tensor | None,
     dense_mask: torch.Tensor | None,
     dtype: str,
+    first_stage: str = "exact",
 ) -> StoredGallery:
-    """An exact-first-stage index of the encoded images in `directory` (as `SepsRetriever.save` writes it), opened."""
+    """An index of the encoded images in `directory` (as `SepsRetriever.save` writes it), opened."""
     directory.mkdir(parents=True)
     signature = model_signature(model)
     global_embeds = global_image_embeds(model, image_embeds)
@@ -69,7 +70,7 @@ def write_index(
         mask = None if dense_mask is None else dense_mask[rows]
         tokens = (image_embeds[rows], global_embeds[rows], dense, mask)
         write_shard(directory, start, ids, *tokens, STORAGE_DTYPES[dtype], signature)
-    finalize_index(directory, signature)
+    finalize_index(directory, signature, first_stage)
     return StoredGallery(directory, model)
 
 

@@ -176,3 +176,9 @@ def saved_models(tmp_path_factory):
         processor.save_pretrained(folder)
         folders[variant] = folder
     return folders
+
+
+@pytest.fixture(scope="module")
+def model_and_processor():
+    """A tiny paper-variant model and its processor (`tiny_model_with_processor`), shared by a module's tests."""
+    return tiny_model_with_processor("paper")

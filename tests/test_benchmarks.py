@@ -85,6 +85,21 @@ def test_bench_token_codecs_writes_each_storage_dtype_and_compares_it_with_float
     assert list(tmp_path.iterdir()) == [results]  # the indexes are deleted
 
 
+def test_compare_first_stages_finds_the_exact_shortlists_with_each_first_stage(saved_models, tiny_synthetic, tmp_path):
+    results = tmp_path / "first_stages.json"
+    run_benchmark(
+        "compare_first_stages.py", "--models", str(saved_models["paper"]), "--data_root", str(tiny_synthetic),
+        "--shortlist_sizes", "2", "4", "100", "--output_dir", str(tmp_path), "--results_file", str(results),
+    )  # fmt: skip
+    rows = json.loads(results.read_text())["tables"]["main"]["rows"]
+    assert {(row["first_stage"], row["size"]) for row in rows} == {
+        (kind, size) for kind in ("exact", "hnsw", "qdrant") for size in (2, 4)
+    }  # 100 is more than the split's images
+    for row in rows:  # a gallery this small: every first stage finds the exact shortlists
+        assert row["recall"] == [100.0] and (row["first_stage"] != "exact" or row["same"] == [100.0])
+    assert list(tmp_path.iterdir()) == [results]
+
+
 def test_synthetic_ceiling_matches_a_count_of_fitting_images(tiny_synthetic):
     rows = table_rows(run_benchmark("synthetic_ceiling.py", "--data_root", str(tiny_synthetic), "--split", "test"))
     scenes = read_scenes(tiny_synthetic, "test")

@@ -13,7 +13,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import tiny_model_with_processor
 from PIL import Image
 
 from transformers_seps import SepsModel
@@ -32,11 +31,6 @@ def gallery(count: int, seed: int = 5) -> tuple[list[Image.Image], list[str]]:
 
 IMAGES, DENSE = gallery(9)
 IDS = [f"img-{i}" for i in range(9)]
-
-
-@pytest.fixture(scope="module")
-def model_and_processor():
-    return tiny_model_with_processor("paper")
 
 
 def in_memory(model, processor, keep: list[int], shortlist_size: int | None = None) -> SepsRetriever:

@@ -9,7 +9,9 @@ Layout of an index folder (`SepsRetriever.save`, `examples/build_index.py`):
   `dense_embeds_scale`) and `dense_attention_mask` (n, L_d); the image ids in the file's metadata. Each shard is
   written under a temporary name and renamed, so a shard file is always complete.
 - `first_stage.faiss`: the global embeddings in a FAISS index (exact inner product, or HNSW as an option), one row
-  per vector: row image * V + k holds vector k of the image.
+  per vector: row image * V + k holds vector k of the image (`first_stage-g<n>.faiss` after an update,
+  `transformers_seps.index_updates`). Or, with a Qdrant first stage (`transformers_seps.qdrant_first_stage`), a
+  collection in `first_stage.qdrant/` or on a Qdrant server.
 - `processor/`: the processor that tokenises queries.
 - `manifest.json`, written last: what the index holds, and what it depends on in the model that encoded it
   (`model_signature`: the config fields that shape vectors and scores, `SCORING_FIELDS`, and a hash of the
@@ -36,6 +38,7 @@ import torch
 from safetensors.torch import save_file
 from transformers import PreTrainedConfig
 
+from . import qdrant_first_stage
 from .configuration_seps import SCORING_FIELDS
 from .modeling_seps import SepsModel
 
@@ -47,7 +50,9 @@ FIRST_STAGE_FILE = "first_stage.faiss"
 PROCESSOR_FOLDER = "processor"
 INDEX_FORMAT = "transformers-seps-gallery-index"
 INDEX_VERSION = 3  # 3: the model's signature in the manifest; 2: V global vectors per image (1 held one)
-FIRST_STAGE_KINDS = ("exact", "hnsw")
+# The first stage: FAISS, exact or HNSW (a file of the index), or Qdrant ("qdrant": embedded in the index folder;
+# "qdrant:<url>": on a server, `transformers_seps.qdrant_first_stage`).
+FIRST_STAGE_KINDS = ("exact", "hnsw", "qdrant", "qdrant:<url>")
 # Storage of the SEPS tokens and dense captions: float16 or float32 as they are; int8 as codes and a scale per
 # token (`quantize_tokens`), a quarter of float32's disk. NumPy memory-maps all three (bfloat16 it cannot).
 STORAGE_DTYPES = {"float16": torch.float16, "float32": torch.float32, "int8": torch.int8}
@@ -59,6 +64,20 @@ _BUILD_SHARD = re.compile(r"shard-(\d+)-(\d+)\.safetensors")
 # HNSW: neighbours per node, and the search breadth (at least the shortlist size).
 HNSW_NEIGHBORS = 32
 HNSW_MIN_SEARCH_BREADTH = 128
+
+
+def check_first_stage(kind: str) -> None:
+    """`ValueError` naming the allowed first stages for any other `kind`."""
+    if kind not in ("exact", "hnsw") and not qdrant_first_stage.is_qdrant(kind):
+        raise ValueError(f"first_stage must be one of {', '.join(FIRST_STAGE_KINDS)}, got {kind!r}")
+
+
+def import_first_stage_library(kind: str) -> None:
+    """Import what the first stage `kind` needs (FAISS or qdrant-client); `ImportError` naming the extra."""
+    if qdrant_first_stage.is_qdrant(kind):
+        qdrant_first_stage.import_qdrant()
+    else:
+        import_faiss()
 
 
 def import_faiss() -> "faiss":
@@ -265,7 +284,7 @@ def _shard_files(directory: Path) -> list[tuple[int, int, Path]]:
 def is_index_file(name: str) -> bool:
     """Whether `name`, in an index folder, is a file an index (or its interrupted build) writes."""
     shard = name.startswith("shard-") and name.endswith(".safetensors")
-    first_stage = name.startswith("first_stage") and name.endswith(".faiss")
+    first_stage = name.startswith("first_stage") and name.endswith((".faiss", ".qdrant"))
     return shard or first_stage or name in (MANIFEST_FILE, PROCESSOR_FOLDER) or name.startswith(".tmp-")
 
 
@@ -277,10 +296,10 @@ def finished_shards(directory: Path) -> set[str]:
 def finalize_index(directory: Path, signature: dict[str, Any], first_stage: str = "exact") -> dict:
     """Check that the shards of `directory` cover rows 0..N-1 once each and come from the model of `signature`
     (`model_signature`), put their global embeddings in a FAISS index, and write the manifest (last)."""
-    if first_stage not in FIRST_STAGE_KINDS:
-        raise ValueError(f"first_stage must be one of {FIRST_STAGE_KINDS}, got {first_stage!r}")
+    check_first_stage(first_stage)
     directory = Path(directory)
-    import_faiss()  # before any file is read
+    qdrant = qdrant_first_stage.is_qdrant(first_stage)
+    import_first_stage_library(first_stage)  # before any file is read
     fingerprint = signature_fingerprint(signature)
     shards = _shard_files(directory)
     if not shards:
@@ -309,7 +328,15 @@ def finalize_index(directory: Path, signature: dict[str, Any], first_stage: str 
         expected_first = end
     global_embeds = np.concatenate(global_parts)  # (N, V, D)
     num_vectors, global_dim = global_embeds.shape[1:]
-    write_first_stage(directory, first_stage_index(global_embeds, first_stage), FIRST_STAGE_FILE)
+    url = collection = first_stage_file = None
+    if qdrant:
+        url = qdrant_first_stage.server_url(first_stage)
+        client = qdrant_first_stage.client(directory, url)
+        collection = qdrant_first_stage.new_collection(client, fingerprint, global_dim)
+        qdrant_first_stage.write_points(client, collection, global_embeds, 0)
+    else:
+        first_stage_file = FIRST_STAGE_FILE
+        write_first_stage(directory, first_stage_index(global_embeds, first_stage), first_stage_file)
     (image_tokens, embed_dim), dtype_code, _, _ = layout
     manifest = {
         "format": INDEX_FORMAT,
@@ -321,8 +348,10 @@ def finalize_index(directory: Path, signature: dict[str, Any], first_stage: str 
         "global_dim": int(global_dim),
         "global_vectors": int(num_vectors),
         "dense_length": dense_length,
-        "first_stage": first_stage,
-        "first_stage_file": FIRST_STAGE_FILE,
+        "first_stage": "qdrant" if qdrant else first_stage,
+        "first_stage_file": first_stage_file,
+        "qdrant_url": url,
+        "qdrant_collection": collection,
         "model_fingerprint": fingerprint,
         "model": signature,
         "shards": entries,
@@ -391,7 +420,7 @@ def read_manifest(directory: Path, model: SepsModel) -> dict:
         raise ValueError(
             f"{directory} was encoded by another model: {signature_difference(manifest['model'], signature)}"
         )
-    return {"first_stage_file": FIRST_STAGE_FILE, "generation": 0, "deleted_rows": [], **manifest}
+    return {"first_stage_file": FIRST_STAGE_FILE, "generation": 0, "deleted_rows": [], "qdrant_url": None, **manifest}
 
 
 class StoredGallery:
@@ -405,13 +434,24 @@ class StoredGallery:
         manifest = read_manifest(directory, model)
         self.directory = directory
         self.manifest = manifest
-        first_stage_path = directory / manifest["first_stage_file"]
-        self.first_stage = import_faiss().read_index(str(first_stage_path))
-        if self.first_stage.ntotal != manifest["num_images"] * manifest["global_vectors"]:
-            raise ValueError(
-                f"{first_stage_path} holds {self.first_stage.ntotal} vectors, the manifest "
-                f"{manifest['num_images']} images of {manifest['global_vectors']}"
-            )
+        # The FAISS index, or the Qdrant client (`transformers_seps.qdrant_first_stage`).
+        self.first_stage = self.qdrant = None
+        if manifest["first_stage"] == "qdrant":
+            self.qdrant = qdrant_first_stage.client(directory, manifest["qdrant_url"])
+            held = qdrant_first_stage.point_count(self.qdrant, manifest["qdrant_collection"])
+            if held < manifest["num_images"]:
+                raise ValueError(
+                    f"the Qdrant collection {manifest['qdrant_collection']} holds {held} images, fewer than the "
+                    f"manifest's {manifest['num_images']}"
+                )
+        else:
+            first_stage_path = directory / manifest["first_stage_file"]
+            self.first_stage = import_faiss().read_index(str(first_stage_path))
+            if self.first_stage.ntotal != manifest["num_images"] * manifest["global_vectors"]:
+                raise ValueError(
+                    f"{first_stage_path} holds {self.first_stage.ntotal} vectors, the manifest "
+                    f"{manifest['num_images']} images of {manifest['global_vectors']}"
+                )
         self.deleted = np.zeros(manifest["num_images"], dtype=bool)
         self.deleted[manifest["deleted_rows"]] = True
         self.image_ids: list = []
@@ -481,19 +521,29 @@ class StoredGallery:
         FAISS returns the best (size + R) * V vectors, R the removed images; the first `size` distinct images among
         them that are not removed are the shortlist. With the exact index that is the exact shortlist: the best
         vector of an image of the top `size` ranks below the vectors of at most size - 1 + R other images, that is
-        at most (size - 1 + R) * V vectors."""
-        num_vectors = self.manifest["global_vectors"]
-        breadth = min((size + len(self.manifest["deleted_rows"])) * num_vectors, self.first_stage.ntotal)
-        if self.manifest["first_stage"] == "hnsw":
-            self.first_stage.hnsw.efSearch = max(breadth, HNSW_MIN_SEARCH_BREADTH)
-        _, vector_rows = self.first_stage.search(text_global.float().cpu().numpy(), breadth)
+        at most (size - 1 + R) * V vectors. Qdrant returns the best size + R + S images (S: points no manifest
+        lists, left by a killed update), scored by the best of their vectors."""
+        manifest = self.manifest
+        skipped = len(manifest["deleted_rows"])
+        if self.qdrant is not None:
+            held = qdrant_first_stage.point_count(self.qdrant, manifest["qdrant_collection"])
+            limit = min(size + skipped + held - manifest["num_images"], held)
+            candidates = qdrant_first_stage.search(self.qdrant, manifest["qdrant_collection"], text_global, limit)
+        else:
+            num_vectors = manifest["global_vectors"]
+            breadth = min((size + skipped) * num_vectors, self.first_stage.ntotal)
+            if manifest["first_stage"] == "hnsw":
+                self.first_stage.hnsw.efSearch = max(breadth, HNSW_MIN_SEARCH_BREADTH)
+            _, vector_rows = self.first_stage.search(text_global.detach().float().cpu().numpy(), breadth)
+            candidates = [
+                list(dict.fromkeys(int(row) // num_vectors for row in rows if row >= 0)) for rows in vector_rows
+            ]
         shortlists = []
-        for query, rows in enumerate(vector_rows):
-            images = dict.fromkeys(int(row) // num_vectors for row in rows if row >= 0)
-            images = [image for image in images if not self.deleted[image]][:size]
-            if len(images) < size:  # only an approximate index can miss images
+        for query, images in enumerate(candidates):
+            images = [image for image in images if image < manifest["num_images"] and not self.deleted[image]][:size]
+            if len(images) < size:  # only an approximate first stage can miss images
                 raise RuntimeError(
-                    f"the {self.manifest['first_stage']} first stage found {len(images)} images for query {query}, "
+                    f"the {manifest['first_stage']} first stage found {len(images)} images for query {query}, "
                     f"fewer than the shortlist's {size}"
                 )
             shortlists.append(images)

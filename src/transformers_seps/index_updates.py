@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from . import qdrant_first_stage
 from .index import (
     STORAGE_DTYPES,
     first_stage_index,
@@ -113,9 +114,15 @@ def append_images(
         signature,
         generation,
     )
-    first_stage = import_faiss().read_index(str(directory / manifest["first_stage_file"]))
-    first_stage.add(np.ascontiguousarray(global_embeds.float().reshape(-1, manifest["global_dim"]).numpy()))
-    write_first_stage(directory, first_stage, first_stage_name(generation))
+    first_stage_file = manifest["first_stage_file"]
+    if manifest["first_stage"] == "qdrant":
+        qdrant = qdrant_first_stage.client(directory, manifest["qdrant_url"])
+        qdrant_first_stage.write_points(qdrant, manifest["qdrant_collection"], global_embeds.float().numpy(), first_row)
+    else:
+        first_stage = import_faiss().read_index(str(directory / first_stage_file))
+        first_stage.add(np.ascontiguousarray(global_embeds.float().reshape(-1, manifest["global_dim"]).numpy()))
+        first_stage_file = first_stage_name(generation)
+        write_first_stage(directory, first_stage, first_stage_file)
     dense_length = manifest["dense_length"]
     if dense_embeds is not None:
         dense_length = max(dense_length, dense_embeds.shape[1])
@@ -123,7 +130,7 @@ def append_images(
         **manifest,
         "num_images": first_row + count,
         "dense_length": dense_length,
-        "first_stage_file": first_stage_name(generation),
+        "first_stage_file": first_stage_file,
         "shards": [*manifest["shards"], {"file": path.name, "first_row": first_row, "num_images": count}],
         "generation": generation,
     }
@@ -179,14 +186,26 @@ def compact_index(directory: str | Path, model: SepsModel) -> dict:
             save_shard(directory, name, tensors, kept_ids, signature)
             shards.append({"file": name, "first_row": next_row, "num_images": count})
         next_row += count
-    first_stage = first_stage_index(np.concatenate(global_parts), manifest["first_stage"])
-    write_first_stage(directory, first_stage, first_stage_name(generation))
+    global_embeds = np.concatenate(global_parts)
+    first_stage = {"first_stage_file": None, "qdrant_collection": None}
+    if manifest["first_stage"] == "qdrant":  # a new collection, the old one dropped once the manifest is written
+        qdrant = qdrant_first_stage.client(directory, manifest["qdrant_url"])
+        collection = qdrant_first_stage.new_collection(qdrant, manifest["model_fingerprint"], manifest["global_dim"])
+        qdrant_first_stage.write_points(qdrant, collection, global_embeds, 0)
+        first_stage["qdrant_collection"] = collection
+    else:
+        first_stage["first_stage_file"] = first_stage_name(generation)
+        index = first_stage_index(global_embeds, manifest["first_stage"])
+        write_first_stage(directory, index, first_stage["first_stage_file"])
     updated = {
         **manifest,
+        **first_stage,
         "num_images": next_row,
-        "first_stage_file": first_stage_name(generation),
         "shards": shards,
         "generation": generation,
         "deleted_rows": [],
     }
-    return _commit(directory, updated)
+    _commit(directory, updated)
+    if manifest["first_stage"] == "qdrant":
+        qdrant.delete_collection(manifest["qdrant_collection"])
+    return updated

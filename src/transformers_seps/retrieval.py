@@ -12,12 +12,12 @@ from PIL import Image
 from .configuration_seps import check_positive_int
 from .global_embedding import first_stage_scores
 from .index import (
-    FIRST_STAGE_KINDS,
     PROCESSOR_FOLDER,
     StoredGallery,
+    check_first_stage,
     check_storage_dtype,
     finalize_index,
-    import_faiss,
+    import_first_stage_library,
     model_signature,
     write_shard,
 )
@@ -401,20 +401,21 @@ class SepsRetriever:
                 about 1e-3 of float32; measured by `benchmarks/bench_index.py`), `torch.float32` (exact), or
                 `torch.int8` (a quarter of float32's disk: a byte per value and a float16 scale per token,
                 `transformers_seps.index.quantize_tokens`; recall against float32: `benchmarks/bench_token_codecs.py`).
-            first_stage: "exact" (FAISS inner product over every image) or "hnsw" (approximate, for large galleries).
+            first_stage: "exact" (FAISS inner product over every image), "hnsw" (approximate, for large galleries),
+                "qdrant" (a Qdrant store embedded in the index folder) or "qdrant:<url>" (a Qdrant server or
+                cluster; `transformers_seps.qdrant_first_stage`).
             shard_size: images per shard file.
         """
         check_positive_int("shard_size", shard_size)
         check_storage_dtype(dtype)
-        if first_stage not in FIRST_STAGE_KINDS:
-            raise ValueError(f"first_stage must be one of {FIRST_STAGE_KINDS}, got {first_stage!r}")
+        check_first_stage(first_stage)
         if self._stored is not None:
             raise ValueError("this retriever was opened with SepsRetriever.load: its index is already on disk")
         gallery = self._gallery()
         directory = Path(directory)
         if directory.exists() and (not directory.is_dir() or any(directory.iterdir())):
             raise FileExistsError(f"{directory} exists and is not an empty folder: save an index to a new folder")
-        import_faiss()  # before any file is written
+        import_first_stage_library(first_stage)  # before any file is written
         directory.mkdir(parents=True, exist_ok=True)
         signature = model_signature(self.model)
         for start in range(0, len(gallery), shard_size):

@@ -5,7 +5,6 @@ from dataclasses import dataclass, field
 from .arguments import DATASETS
 
 INDEX_DTYPES = ("float16", "float32", "int8")  # transformers_seps.index.STORAGE_DTYPES
-FIRST_STAGES = ("exact", "hnsw")
 
 
 @dataclass
@@ -54,5 +53,8 @@ class IndexArguments:
     )
     first_stage: str = field(
         default="exact",
-        metadata={"help": "exact: FAISS inner product over every image; hnsw: approximate.", "choices": FIRST_STAGES},
+        metadata={
+            "help": "exact: FAISS inner product over every image; hnsw: approximate; qdrant: a Qdrant store in the "
+            "index folder; qdrant:<url>: a Qdrant server or cluster (API key: QDRANT_API_KEY)."
+        },
     )

@@ -22,9 +22,10 @@ from ..index import (
     PROCESSOR_FOLDER,
     STORAGE_DTYPES,
     StoredGallery,
+    check_first_stage,
     finalize_index,
     finished_shards,
-    import_faiss,
+    import_first_stage_library,
     is_index_file,
     model_signature,
     read_shard_header,
@@ -46,7 +47,7 @@ from .cli import (
     replace_folder,
 )
 from .data import load_retrieval_split, load_rgb_image
-from .index_arguments import FIRST_STAGES, INDEX_DTYPES, IndexArguments
+from .index_arguments import INDEX_DTYPES, IndexArguments
 
 if TYPE_CHECKING:
     from accelerate import Accelerator
@@ -280,7 +281,10 @@ def run_build_index(args: IndexArguments) -> dict:
     check_int("shard_size", args.shard_size, 1)
     check_int("batch_size", args.batch_size, 1)
     check_choice("dtype", args.dtype, INDEX_DTYPES)
-    check_choice("first_stage", args.first_stage, FIRST_STAGES)
+    try:
+        check_first_stage(args.first_stage)
+    except ValueError as error:
+        raise UsageError(f"--{error}") from None
     check_writable_folder("output_dir", Path(args.output_dir))
     if args.overwrite_output_dir:
         check_replaceable(Path(args.output_dir))
@@ -289,7 +293,7 @@ def run_build_index(args: IndexArguments) -> dict:
     if args.append and not (Path(args.output_dir) / MANIFEST_FILE).is_file():
         raise UsageError(f"--append: --output_dir {args.output_dir} holds no finished index to add to")
     try:
-        import_faiss()
+        import_first_stage_library(args.first_stage)
     except ImportError as error:
         raise UsageError(str(error)) from None
     source = gallery_from_arguments(args)
