@@ -5,6 +5,7 @@ Every update writes new files only (shards and a FAISS first stage named for the
 file the current manifest names is touched), then the manifest, atomically: the update takes effect at that last
 rename. A process killed before it leaves the index as it was (with files no manifest names, which the next update
 deletes); killed after it, the index is the updated one. Files the new manifest no longer names are deleted last.
+One process updates an index at a time (nothing locks it against a second writer).
 
 - Adding images appends one shard and a first stage holding the old vectors and the new ones.
 - Removing images marks their rows deleted in the manifest: searches skip them at once; their tokens stay on disk.
@@ -28,7 +29,6 @@ from .index import (
     import_faiss,
     is_index_file,
     memory_map,
-    model_signature,
     read_manifest,
     read_shard_header,
     save_shard,
@@ -101,7 +101,7 @@ def append_images(
         raise ValueError(f"image ids must be unique in an index; some are {what}")
     generation = manifest["generation"] + 1
     first_row, count = manifest["num_images"], len(image_ids)
-    signature = model_signature(model)
+    signature = manifest["model"]  # the model's: `read_manifest` checked its fingerprint
     path = write_shard(
         directory,
         first_row,
@@ -164,7 +164,7 @@ def compact_index(directory: str | Path, model: SepsModel) -> dict:
     if not deleted.any():
         return manifest
     generation = manifest["generation"] + 1
-    signature = model_signature(model)
+    signature = manifest["model"]  # the model's: `read_manifest` checked its fingerprint
     shards, global_parts, next_row = [], [], 0
     for entry in manifest["shards"]:
         path = directory / entry["file"]
