@@ -287,7 +287,8 @@ class SepsConfig(PreTrainedConfig):
             Image-caption pairs scored at once by `SepsModel.similarity`; bounds its memory. None (the default)
             chooses from the device (`transformers_seps.modeling_seps.default_similarity_chunk_size`): 512 on CPU,
             among the fastest measured at one and two threads (`benchmarks/bench_similarity.py --chunk_sizes ...`,
-            docs/speed.md, Knobs); on CUDA as many pairs as fit in half the free memory. A value set here (or `similarity(chunk_size=...)`) wins.
+            docs/speed.md, Knobs); on CUDA as many pairs as fit in half the free memory. A value set here (or
+            `similarity(chunk_size=...)`) wins.
         initializer_range (`float`, defaults to 0.02):
             Kept for Transformers' initialisation helpers; the SEPS head uses Xavier-uniform linear layers.
         logit_scale (`float`, defaults to 1.0):
