@@ -38,9 +38,18 @@ import torch
 from safetensors.torch import save_file
 from transformers import PreTrainedConfig
 
-from . import qdrant_first_stage
 from .configuration_seps import SCORING_FIELDS
 from .modeling_seps import SepsModel
+from .qdrant_first_stage import (
+    import_qdrant,
+    is_qdrant,
+    new_qdrant_collection,
+    qdrant_client_of,
+    qdrant_point_count,
+    qdrant_server_url,
+    search_qdrant,
+    write_qdrant_points,
+)
 
 if TYPE_CHECKING:
     import faiss
@@ -68,14 +77,14 @@ HNSW_MIN_SEARCH_BREADTH = 128
 
 def check_first_stage(kind: str) -> None:
     """`ValueError` naming the allowed first stages for any other `kind`."""
-    if kind not in ("exact", "hnsw") and not qdrant_first_stage.is_qdrant(kind):
+    if kind not in ("exact", "hnsw") and not is_qdrant(kind):
         raise ValueError(f"first_stage must be one of {', '.join(FIRST_STAGE_KINDS)}, got {kind!r}")
 
 
 def import_first_stage_library(kind: str) -> None:
     """Import what the first stage `kind` needs (FAISS or qdrant-client); `ImportError` naming the extra."""
-    if qdrant_first_stage.is_qdrant(kind):
-        qdrant_first_stage.import_qdrant()
+    if is_qdrant(kind):
+        import_qdrant()
     else:
         import_faiss()
 
@@ -298,7 +307,7 @@ def finalize_index(directory: Path, signature: dict[str, Any], first_stage: str 
     (`model_signature`), put their global embeddings in a FAISS index, and write the manifest (last)."""
     check_first_stage(first_stage)
     directory = Path(directory)
-    qdrant = qdrant_first_stage.is_qdrant(first_stage)
+    qdrant = is_qdrant(first_stage)
     import_first_stage_library(first_stage)  # before any file is read
     fingerprint = signature_fingerprint(signature)
     shards = _shard_files(directory)
@@ -330,10 +339,10 @@ def finalize_index(directory: Path, signature: dict[str, Any], first_stage: str 
     num_vectors, global_dim = global_embeds.shape[1:]
     url = collection = first_stage_file = None
     if qdrant:
-        url = qdrant_first_stage.server_url(first_stage)
-        client = qdrant_first_stage.client(directory, url)
-        collection = qdrant_first_stage.new_collection(client, fingerprint, global_dim)
-        qdrant_first_stage.write_points(client, collection, global_embeds, 0)
+        url = qdrant_server_url(first_stage)
+        client = qdrant_client_of(directory, url)
+        collection = new_qdrant_collection(client, fingerprint, global_dim)
+        write_qdrant_points(client, collection, global_embeds, 0)
     else:
         first_stage_file = FIRST_STAGE_FILE
         write_first_stage(directory, first_stage_index(global_embeds, first_stage), first_stage_file)
@@ -437,8 +446,8 @@ class StoredGallery:
         # The FAISS index, or the Qdrant client (`transformers_seps.qdrant_first_stage`).
         self.first_stage = self.qdrant = None
         if manifest["first_stage"] == "qdrant":
-            self.qdrant = qdrant_first_stage.client(directory, manifest["qdrant_url"])
-            held = qdrant_first_stage.point_count(self.qdrant, manifest["qdrant_collection"])
+            self.qdrant = qdrant_client_of(directory, manifest["qdrant_url"])
+            held = qdrant_point_count(self.qdrant, manifest["qdrant_collection"])
             if held < manifest["num_images"]:
                 raise ValueError(
                     f"the Qdrant collection {manifest['qdrant_collection']} holds {held} images, fewer than the "
@@ -526,9 +535,9 @@ class StoredGallery:
         manifest = self.manifest
         skipped = len(manifest["deleted_rows"])
         if self.qdrant is not None:
-            held = qdrant_first_stage.point_count(self.qdrant, manifest["qdrant_collection"])
+            held = qdrant_point_count(self.qdrant, manifest["qdrant_collection"])
             limit = min(size + skipped + held - manifest["num_images"], held)
-            candidates = qdrant_first_stage.search(self.qdrant, manifest["qdrant_collection"], text_global, limit)
+            candidates = search_qdrant(self.qdrant, manifest["qdrant_collection"], text_global, limit)
         else:
             num_vectors = manifest["global_vectors"]
             breadth = min((size + skipped) * num_vectors, self.first_stage.ntotal)

@@ -21,7 +21,6 @@ from typing import Any
 import numpy as np
 import torch
 
-from . import qdrant_first_stage
 from .index import (
     STORAGE_DTYPES,
     first_stage_index,
@@ -38,6 +37,7 @@ from .index import (
     write_shard,
 )
 from .modeling_seps import SepsModel
+from .qdrant_first_stage import new_qdrant_collection, qdrant_client_of, write_qdrant_points
 
 
 def _delete_unlisted_files(directory: Path, manifest: dict) -> None:
@@ -116,8 +116,8 @@ def append_images(
     )
     first_stage_file = manifest["first_stage_file"]
     if manifest["first_stage"] == "qdrant":
-        qdrant = qdrant_first_stage.client(directory, manifest["qdrant_url"])
-        qdrant_first_stage.write_points(qdrant, manifest["qdrant_collection"], global_embeds.float().numpy(), first_row)
+        qdrant = qdrant_client_of(directory, manifest["qdrant_url"])
+        write_qdrant_points(qdrant, manifest["qdrant_collection"], global_embeds.float().numpy(), first_row)
     else:
         first_stage = import_faiss().read_index(str(directory / first_stage_file))
         first_stage.add(np.ascontiguousarray(global_embeds.float().reshape(-1, manifest["global_dim"]).numpy()))
@@ -189,9 +189,9 @@ def compact_index(directory: str | Path, model: SepsModel) -> dict:
     global_embeds = np.concatenate(global_parts)
     first_stage = {"first_stage_file": None, "qdrant_collection": None}
     if manifest["first_stage"] == "qdrant":  # a new collection, the old one dropped once the manifest is written
-        qdrant = qdrant_first_stage.client(directory, manifest["qdrant_url"])
-        collection = qdrant_first_stage.new_collection(qdrant, manifest["model_fingerprint"], manifest["global_dim"])
-        qdrant_first_stage.write_points(qdrant, collection, global_embeds, 0)
+        qdrant = qdrant_client_of(directory, manifest["qdrant_url"])
+        collection = new_qdrant_collection(qdrant, manifest["model_fingerprint"], manifest["global_dim"])
+        write_qdrant_points(qdrant, collection, global_embeds, 0)
         first_stage["qdrant_collection"] = collection
     else:
         first_stage["first_stage_file"] = first_stage_name(generation)

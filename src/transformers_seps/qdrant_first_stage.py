@@ -36,7 +36,7 @@ def is_qdrant(kind: str) -> bool:
     return kind == PREFIX or kind.startswith(f"{PREFIX}:")
 
 
-def server_url(kind: str) -> str | None:
+def qdrant_server_url(kind: str) -> str | None:
     """The server of `"qdrant:<url>"`; None for the embedded store (`"qdrant"`)."""
     return kind.partition(":")[2] or None
 
@@ -51,7 +51,7 @@ def import_qdrant():
     return qdrant_client
 
 
-def client(directory: Path, url: str | None) -> "QdrantClient":
+def qdrant_client_of(directory: Path, url: str | None) -> "QdrantClient":
     """The client of an index's first stage: its server's, or its embedded store's (`LOCAL_FOLDER`)."""
     qdrant_client = import_qdrant()
     if url is not None:
@@ -70,7 +70,7 @@ def _close_local_clients() -> None:
     _LOCAL_CLIENTS.clear()
 
 
-def new_collection(qdrant: "QdrantClient", fingerprint: str, global_dim: int) -> str:
+def new_qdrant_collection(qdrant: "QdrantClient", fingerprint: str, global_dim: int) -> str:
     """Create an empty collection of multivector points scored by MAX_SIM of inner products; return its name
     (`seps-<model fingerprint>-<random>`: unique on a shared server)."""
     models = import_qdrant().models
@@ -86,7 +86,7 @@ def new_collection(qdrant: "QdrantClient", fingerprint: str, global_dim: int) ->
     return name
 
 
-def write_points(qdrant: "QdrantClient", collection: str, global_embeds: np.ndarray, first_row: int) -> None:
+def write_qdrant_points(qdrant: "QdrantClient", collection: str, global_embeds: np.ndarray, first_row: int) -> None:
     """Upsert (n, V, D) global embeddings as the points of rows first_row .. first_row + n - 1."""
     models = import_qdrant().models
     for start in range(0, len(global_embeds), UPSERT_BATCH):
@@ -98,7 +98,7 @@ def write_points(qdrant: "QdrantClient", collection: str, global_embeds: np.ndar
         qdrant.upsert(collection, points=points, wait=True)
 
 
-def search(qdrant: "QdrantClient", collection: str, text_global: torch.Tensor, limit: int) -> list[list[int]]:
+def search_qdrant(qdrant: "QdrantClient", collection: str, text_global: torch.Tensor, limit: int) -> list[list[int]]:
     """The `limit` best rows for each (N_txt, D) caption vector, best first."""
     models = import_qdrant().models
     requests = [
@@ -108,5 +108,5 @@ def search(qdrant: "QdrantClient", collection: str, text_global: torch.Tensor, l
     return [[point.id for point in response.points] for response in qdrant.query_batch_points(collection, requests)]
 
 
-def point_count(qdrant: "QdrantClient", collection: str) -> int:
+def qdrant_point_count(qdrant: "QdrantClient", collection: str) -> int:
     return qdrant.count(collection, exact=True).count
