@@ -535,6 +535,7 @@ class StoredGallery:
         manifest = self.manifest
         skipped = len(manifest["deleted_rows"])
         if self.qdrant is not None:
+            # Counted at each search: on a server, another process may have added points since this one opened.
             held = qdrant_point_count(self.qdrant, manifest["qdrant_collection"])
             limit = min(size + skipped + held - manifest["num_images"], held)
             candidates = search_qdrant(self.qdrant, manifest["qdrant_collection"], text_global, limit)

@@ -320,14 +320,13 @@ class SepsRetriever:
         keep = torch.tensor([image_id not in wanted for image_id in self.image_ids], dtype=torch.bool)
         gallery = self._gallery()
         dense = gallery.dense_embeds
-        self._encoded = [
-            EncodedImages(
-                gallery.image_embeds[keep],
-                gallery.global_embeds[keep],
-                None if dense is None else dense[keep],
-                None if dense is None else gallery.dense_attention_mask[keep],
-            )
-        ][: int(keep.any())]
+        kept = EncodedImages(
+            gallery.image_embeds[keep],
+            gallery.global_embeds[keep],
+            None if dense is None else dense[keep],
+            None if dense is None else gallery.dense_attention_mask[keep],
+        )
+        self._encoded = [kept] if keep.any() else []  # an empty gallery holds no block
         self.image_ids = [image_id for image_id in self.image_ids if image_id not in wanted]
 
     def compact(self) -> None:
